@@ -1,0 +1,502 @@
+"""``fast_align``: a short list of candidate rigid transforms of a particle against an average.
+
+FAML's step 1 (paper section 2.1; DESIGN.md section 3.1):
+
+1. Translation-invariant rotational score. On spherical shells of Fourier space (radius
+   ``1..band_limit``), with ``w`` the particle's Fourier weight,
+   ``p0 = w^2 (|X| - mu_s)``, ``p1 = w^2``, ``q0 = |A| - nu_s``, ``q1 = q0^2``, where ``mu_s``
+   is the shell's mean observed particle magnitude and ``nu_s`` the shell's mean average
+   magnitude (zero-mean magnitudes; no ``r^2`` shell weight: both measured to find more true
+   poses at low SNR, DESIGN.md section 3.1). The score is
+   ``c~(R) = C0(R) / sqrt(C1(R))`` with ``Ci(R) = sum_s <pi_s, qi_s o R^-1>``.
+2. ``C0`` and ``C1`` for every rotation of a ``(2L + 2) x n x n`` Euler grid at once: spherical
+   harmonics to degree ``L`` per shell (even degrees only: magnitudes are Friedel-symmetric),
+   then the SO(3) correlation of :mod:`faml.align.so3` (Wigner-d sum + one 2D inverse FFT per
+   ``beta``). No volume is rotated in this step.
+3. Candidate rotations = local maxima of ``c~`` (wrap-around and poles handled), best first,
+   refined below the grid step by a quadratic fit.
+4. For each candidate, the average is rotated about voxel ``N // 2`` (in Fourier space, from a
+   padded spectrum: :mod:`faml.align.fourier_rotation`) and the wedge-constrained
+   correlation is evaluated for every integer shift by one inverse FFT
+   (:mod:`faml.align.translate`); the best within ``max_shift`` is refined below a voxel.
+   The candidates are returned ordered by that correlation.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import scipy.fft
+from scipy.spatial.transform import Rotation
+
+from faml.align._sphere import analyse, sphere_grid
+from faml.align.fourier_rotation import (
+    PaddedSpectrum,
+    crop_half_spectrum,
+    crop_volume,
+    padded_spectrum,
+    rotated_spectra,
+)
+from faml.align.peaks import find_peaks
+from faml.align.shells import default_band_limit, sample_shells, shell_degree_caps
+from faml.align.so3 import euler_grid, so3_correlate
+from faml.align.translate import correlation_at_shifts, refine_shifts, translation_search
+from faml.geometry.euler import matrix_to_euler
+
+__all__ = [
+    "Candidate",
+    "AlignSettings",
+    "PreparedAverage",
+    "prepare_average",
+    "align_to",
+    "fast_align",
+]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One candidate rigid transform of a particle against an average.
+
+    Attributes
+    ----------
+    rotation
+        `(3, 3)` float64 matrix in RELION's sense: it maps the average's ``(x, y, z)``
+        coordinates (about voxel ``N // 2``) to the particle's.
+    shift
+        `(3,)` float64 ``(x, y, z)`` voxels: the particle is the average rotated by
+        ``rotation`` about voxel ``N // 2`` and then displaced by ``shift``. (RELION's
+        ``rlnOrigin*Angst`` is ``-shift * pixel_size``.)
+    score
+        Wedge-constrained correlation of the particle with the transformed average
+        (Pearson-like, ``-1..1``, DC excluded); candidates are ordered by it.
+    rotational_score
+        The translation-invariant score ``c~`` at the (refined) grid maximum that proposed it.
+    """
+
+    rotation: np.ndarray
+    shift: np.ndarray
+    score: float
+    rotational_score: float = field(default=float("nan"))
+
+    @property
+    def euler(self) -> np.ndarray:
+        """`(3,)` RELION ``(rot, tilt, psi)`` in degrees of :attr:`rotation`."""
+        return matrix_to_euler(self.rotation)
+
+
+@dataclass(frozen=True)
+class AlignSettings:
+    """Parameters of the fast alignment for one box size.
+
+    Attributes
+    ----------
+    box
+        ``N``, the cubic box side in voxels.
+    max_candidates
+        ``M``: at most this many candidates are returned.
+    max_shift
+        Largest translation searched, voxels (sphere radius). Default ``N / 4``.
+    band_limit
+        Outermost Fourier shell (voxels) used by the rotational search. Default ``N // 2 - 1``.
+    degree
+        Spherical harmonic band limit ``L``. Default ``N // 2`` (16 at 32^3, 32 at 64^3).
+    shell_weights
+        Optional `(band_limit,)` non-negative weight per shell ``1..band_limit`` of the
+        rotational score (e.g. an SNR estimate). Default: all ones.
+    refine
+        Refine rotations below the grid step and shifts below a voxel.
+    translation_box
+        Box (even, ``<= N``) at which candidates are scored, shifted and polished: the
+        particle and average Fourier-cropped to it. Default ``N`` up to 32^3, else
+        ``max(32, N // 2)``: the rotational search already used the full band, and the
+        ranking and shifts need the low frequencies most (shifts stay sub-voxel).
+    polish
+        How many of the best candidates get a final local refinement of their rotation on
+        the wedge-constrained (phase-aware) correlation itself: the magnitude score's
+        maximum sits a few degrees off the truth under a missing wedge, the correlation's
+        does not. Two rounds of a 6-point stencil per candidate (12 correlation maps each).
+    """
+
+    box: int
+    max_candidates: int = 20
+    max_shift: float | None = None
+    band_limit: int | None = None
+    degree: int | None = None
+    shell_weights: tuple[float, ...] | None = None
+    refine: bool = True
+    polish: int = 1
+    translation_box: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.box < 8:
+            raise ValueError(f"box must be at least 8 voxels, got {self.box}")
+        if self.translation_box is not None and not (
+            8 <= self.translation_box <= self.box
+            and (self.translation_box == self.box or self.translation_box % 2 == 0)
+            and self.box % 2 == 0
+        ):
+            raise ValueError(
+                f"translation_box must be even, >= 8 and <= {self.box} (and the box even), "
+                f"got {self.translation_box}"
+            )
+        if self.polish < 0:
+            raise ValueError(f"polish must be >= 0, got {self.polish}")
+        if self.max_candidates < 1:
+            raise ValueError(f"max_candidates must be >= 1, got {self.max_candidates}")
+        if self.max_shift is not None and not 0 <= self.max_shift < self.box / 2:
+            raise ValueError(f"max_shift must lie in [0, {self.box / 2}), got {self.max_shift}")
+        if self.band_limit is not None and not 2 <= self.band_limit < self.box / 2:
+            raise ValueError(
+                f"band_limit must lie in [2, {self.box / 2}) for a {self.box}^3 box, "
+                f"got {self.band_limit}"
+            )
+        if self.degree is not None and not 2 <= self.degree <= 128:
+            raise ValueError(f"degree must lie in [2, 128], got {self.degree}")
+        if self.shell_weights is not None:
+            sw = np.asarray(self.shell_weights, dtype=np.float64)
+            if (
+                sw.shape != (self.resolved_band_limit,)
+                or np.any(sw < 0)
+                or not np.all(np.isfinite(sw))
+            ):
+                raise ValueError(
+                    f"shell_weights must be {self.resolved_band_limit} finite non-negative "
+                    f"values (shells 1..{self.resolved_band_limit}), got shape {sw.shape}"
+                )
+
+    @property
+    def resolved_translation_box(self) -> int:
+        """The translation box actually used (see ``translation_box``)."""
+        if self.translation_box is not None:
+            return int(self.translation_box)
+        if self.box <= 32 or self.box % 2:
+            return self.box
+        half = self.box // 2
+        return max(32, half + half % 2)
+
+    @property
+    def translation_band_limit(self) -> int:
+        """Band limit (in ``translation_box`` voxels) of the translation stage."""
+        tb = self.resolved_translation_box
+        return min(self.resolved_band_limit, default_band_limit(tb))
+
+    @property
+    def resolved_max_shift(self) -> float:
+        """``max_shift`` with its default applied (voxels of the full box)."""
+        return self.box / 4 if self.max_shift is None else float(self.max_shift)
+
+    @property
+    def resolved_band_limit(self) -> int:
+        """``band_limit`` with its default applied."""
+        return default_band_limit(self.box) if self.band_limit is None else int(self.band_limit)
+
+    @property
+    def resolved_degree(self) -> int:
+        """``degree`` with its default applied."""
+        return self.box // 2 if self.degree is None else int(self.degree)
+
+
+@dataclass(frozen=True)
+class PreparedAverage:
+    """What the fast alignment needs of an average, computed once and reused per particle.
+
+    Attributes
+    ----------
+    settings
+        The settings it was prepared for.
+    volume
+        `(N, N, N)` float32 real-space average, ``(z, y, x)``.
+    coeffs
+        `(2, S, n_l, L + 1)` harmonic coefficients of ``q0`` and ``q1`` on the shells.
+    padded
+        The padded spectrum of the average cropped to ``settings.resolved_translation_box``,
+        from which rotated copies are drawn (:mod:`faml.align.fourier_rotation`).
+    """
+
+    settings: AlignSettings
+    volume: np.ndarray
+    coeffs: np.ndarray
+    padded: PaddedSpectrum
+
+
+def _check_volume(name: str, v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v)
+    if v.ndim != 3 or len(set(v.shape)) != 1:
+        raise ValueError(f"{name} must be a cubic (N, N, N) volume, got shape {v.shape}")
+    if not np.all(np.isfinite(v)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return np.ascontiguousarray(v, dtype=np.float32)
+
+
+@lru_cache(maxsize=16)
+def _band_mask(box: int, band_limit: int) -> np.ndarray:
+    """`(N, N, N//2 + 1)` float32 ``rfftn``-layout sphere ``|k| <= band_limit + 1/2`` voxels."""
+    kz = np.fft.fftfreq(box, 1.0 / box)[:, None, None]
+    ky = np.fft.fftfreq(box, 1.0 / box)[None, :, None]
+    kx = np.fft.rfftfreq(box, 1.0 / box)[None, None, :]
+    mask = (kz**2 + ky**2 + kx**2 <= (band_limit + 0.5) ** 2).astype(np.float32)
+    mask.setflags(write=False)
+    return mask
+
+
+def _shell_setup(settings: AlignSettings):
+    L = settings.resolved_degree
+    grid = sphere_grid(L)
+    radii = np.arange(1, settings.resolved_band_limit + 1)
+    degrees = np.arange(0, L + 1, 2)
+    caps = shell_degree_caps(radii, L)
+    keep = degrees[None, :] <= caps[:, None]  # (S, n_l)
+    return grid, radii, degrees, keep
+
+
+def prepare_average(average: np.ndarray, settings: AlignSettings) -> PreparedAverage:
+    """Precompute the average's shell harmonics (``q0``, ``q1``) for :func:`align_to`.
+
+    Parameters
+    ----------
+    average
+        `(N, N, N)` real-space average, ``(z, y, x)``.
+    settings
+        Alignment settings for this box.
+    """
+    average = _check_volume("average", average)
+    if average.shape[0] != settings.box:
+        raise ValueError(
+            f"average is {average.shape[0]}^3 but the settings are for {settings.box}^3"
+        )
+    grid, radii, degrees, keep = _shell_setup(settings)
+    mag = np.abs(scipy.fft.rfftn(average, workers=1)).astype(np.float32)
+    q0 = sample_shells(mag[None], radii, grid)[0].astype(np.float64)  # (S, nt, np)
+    q0 -= np.einsum("j,sjk->s", grid.weights, q0)[:, None, None] / (4 * np.pi)
+    coeffs = analyse(np.stack([q0, q0 * q0]), grid, degrees) * keep[None, :, :, None]
+    coarse = crop_volume(average, settings.resolved_translation_box)
+    return PreparedAverage(settings, average, coeffs, padded_spectrum(coarse))
+
+
+class _Stopwatch:
+    """Adds the wall time of named stages into a dict (when one is given)."""
+
+    def __init__(self, sink: dict[str, float] | None):
+        self.sink = sink
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        if self.sink is not None:
+            now = time.perf_counter()
+            self.sink[name] = self.sink.get(name, 0.0) + now - self.last
+            self.last = now
+
+
+STAGES = ("spectra+shells", "sht", "so3", "peaks", "translations", "polish")
+"""Names of the stages :func:`align_to` reports in its ``timings`` dict."""
+
+
+def _rotational_score(particle_ft, weight_sq, prepared, clock):
+    """``c~`` on the Euler grid: `(n_beta, n_alpha, n_gamma)` float64."""
+    st = prepared.settings
+    grid, radii, degrees, keep = _shell_setup(st)
+    # Normalised interpolation: the shell value of |X| is interp(w^2 |X|) / interp(w^2), so
+    # nodes next to the wedge's edge read observed neighbours only instead of a mix of signal
+    # and the zeros of the missing region; a node counts as observed where interp(w^2) >= 1/2.
+    # (Interpolating |X| and w^2 separately moved the maximum 5-20 degrees off the truth on a
+    # +-60 degree wedge.)
+    magnitude = np.sqrt(particle_ft.real**2 + particle_ft.imag**2)
+    w2_s, w2mag_s = sample_shells(np.stack([weight_sq, weight_sq * magnitude]), radii, grid).astype(
+        np.float64
+    )  # (S, n_theta, n_phi) each
+    mag = w2mag_s / np.maximum(w2_s, 1e-6)
+    w2 = (w2_s >= 0.5).astype(np.float64)
+    shell_sum_w = np.einsum("j,sjk->s", grid.weights, w2)
+    mu = np.einsum("j,sjk->s", grid.weights, w2 * mag) / np.maximum(shell_sum_w, 1e-12)
+    p0 = w2 * (mag - mu[:, None, None])
+    clock.lap("spectra+shells")
+    f = analyse(np.stack([p0, w2]), grid, degrees) * keep[None, :, :, None]
+    if st.shell_weights is not None:
+        f = f * np.asarray(st.shell_weights)[None, :, None, None]
+    clock.lap("sht")
+    c0, c1 = so3_correlate(f, prepared.coeffs, degrees, euler_grid(st.resolved_degree))
+    c0 = c0.astype(np.float64)
+    score = c0 / np.sqrt(np.maximum(c1, 1e-30 * max(float(c1.max()), 1e-30)))
+    clock.lap("so3")
+    return score
+
+
+def align_to(
+    particle: np.ndarray,
+    wedge: np.ndarray,
+    prepared: PreparedAverage,
+    *,
+    timings: dict[str, float] | None = None,
+) -> list[Candidate]:
+    """Candidate transforms of ``particle`` against a prepared average (see :func:`fast_align`).
+
+    ``timings``, if given, receives the seconds spent per stage (:data:`STAGES`), added to
+    what it holds.
+    """
+    clock = _Stopwatch(timings)
+    st = prepared.settings
+    particle = _check_volume("particle", particle)
+    box = particle.shape[0]
+    half = (box, box, box // 2 + 1)
+    if box != st.box:
+        raise ValueError(f"particle is {box}^3 but the average is {st.box}^3")
+    wedge = np.asarray(wedge, dtype=np.float32)
+    if wedge.shape != half:
+        raise ValueError(
+            f"wedge must be the particle's Fourier weight in rfftn layout {half}, got {wedge.shape}"
+        )
+    particle_ft = scipy.fft.rfftn(particle, workers=1)
+    # Everything is scored within the band limit: beyond it the average is not trusted
+    # (resolution) and the interpolation of rotated volumes is least accurate.
+    weight_sq = wedge * wedge * _band_mask(box, st.resolved_band_limit)
+    score = _rotational_score(particle_ft, weight_sq, prepared, clock)
+    peaks = find_peaks(score, euler_grid(st.resolved_degree), st.max_candidates, refine=st.refine)
+    rotations = np.stack([p.rotation for p in peaks])
+    clock.lap("peaks")
+    # Translations and polishing at the translation box (shifts in its voxels until the end).
+    tbox = st.resolved_translation_box
+    particle_ft = crop_half_spectrum(particle_ft, tbox)
+    weight_sq = crop_half_spectrum(wedge * wedge, tbox) * _band_mask(
+        tbox, st.translation_band_limit
+    )
+    shifts, scores = _score_rotations(prepared, particle_ft, weight_sq, rotations)
+    order = np.argsort(-scores, kind="stable")
+    rotations, shifts, scores = rotations[order], shifts[order], scores[order]
+    values = np.array([peaks[i].value for i in order])
+    clock.lap("translations")
+    n_polish = min(st.polish, len(peaks)) if st.refine else 0
+    if n_polish:
+        step = np.radians(st_step_deg(st)) / 2
+        sel = slice(0, n_polish)
+        for _ in range(3):
+            rotations[sel], shifts[sel], scores[sel] = _polish(
+                prepared, particle_ft, weight_sq, rotations[sel], shifts[sel], scores[sel], step
+            )
+            step /= 2
+        order = np.argsort(-scores, kind="stable")
+        rotations, shifts, scores = rotations[order], shifts[order], scores[order]
+        values = values[order]
+    clock.lap("polish")
+    shifts = shifts * (st.box / tbox)
+    return [
+        Candidate(rotations[i], shifts[i], float(scores[i]), float(values[i]))
+        for i in range(len(peaks))
+    ]
+
+
+def st_step_deg(settings: AlignSettings) -> float:
+    """The Euler grid's coarsest step (degrees) for these settings."""
+    return euler_grid(settings.resolved_degree).step_deg
+
+
+def _score_rotations(
+    prepared: PreparedAverage,
+    particle_ft: np.ndarray,
+    weight_sq: np.ndarray,
+    rotations: np.ndarray,
+    newton: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Best shift `(B, 3)` and constrained correlation `(B,)` per rotation `(B, 3, 3)`.
+
+    All shifts within ``max_shift`` are searched, then refined below a voxel; shifts are in
+    voxels of the translation box.
+    """
+    st = prepared.settings
+    rotated_ft = rotated_spectra(prepared.padded, rotations, st.translation_band_limit)
+    scale = st.resolved_translation_box / st.box
+    return translation_search(
+        particle_ft,
+        weight_sq,
+        rotated_ft,
+        st.resolved_max_shift * scale,
+        subvoxel=st.refine,
+        newton=newton,
+    )
+
+
+def _polish(prepared, particle_ft, weight_sq, rotations, shifts, scores, step):
+    """One round of local rotation refinement on the constrained correlation.
+
+    For each of `(B, 3, 3)` ``rotations`` (with their `(B, 3)` ``shifts`` and `(B,)`
+    ``scores``), the correlation is evaluated at the current shift for small rotations by
+    ``+-step`` (radians) about x, y and z applied on the particle side; a parabola per axis
+    gives the move. At the moved rotation the shift is re-optimised (Newton), and the move is
+    kept only where it raises the correlation. Returns updated rotations, shifts and scores.
+    """
+    st = prepared.settings
+    band = st.translation_band_limit
+    n = rotations.shape[0]
+    axes = np.concatenate([np.eye(3), -np.eye(3)]) * step  # (6, 3) rotation vectors
+    kicks = Rotation.from_rotvec(axes).as_matrix()  # (6, 3, 3)
+    trial = np.einsum("kij,bjl->bkil", kicks, rotations).reshape(-1, 3, 3)
+    trial_ft = rotated_spectra(prepared.padded, trial, band)
+    s = correlation_at_shifts(particle_ft, weight_sq, trial_ft, np.repeat(shifts, 6, axis=0))
+    s = s.reshape(n, 2, 3)
+    plus, minus = s[:, 0], s[:, 1]
+    denom = plus - 2 * scores[:, None] + minus
+    with np.errstate(divide="ignore", invalid="ignore"):
+        move = np.where(denom < 0, 0.5 * (minus - plus) / denom, 0.0)
+    move = np.clip(move, -1.0, 1.0) * step  # (n, 3) rotation vectors
+    moved = Rotation.from_rotvec(move).as_matrix() @ rotations
+    moved_ft = rotated_spectra(prepared.padded, moved, band)
+    new_shifts, new_scores = refine_shifts(particle_ft, weight_sq, moved_ft, shifts, iterations=1)
+    better = new_scores > scores
+    return (
+        np.where(better[:, None, None], moved, rotations),
+        np.where(better[:, None], new_shifts, shifts),
+        np.where(better, new_scores, scores),
+    )
+
+
+def fast_align(
+    particle: np.ndarray,
+    wedge: np.ndarray,
+    average: np.ndarray,
+    *,
+    max_candidates: int = 20,
+    max_shift: float | None = None,
+    band_limit: int | None = None,
+    degree: int | None = None,
+) -> list[Candidate]:
+    """Candidate rigid transforms that bring ``average`` onto ``particle``, best first.
+
+    Parameters
+    ----------
+    particle
+        `(N, N, N)` float32 real-space subtomogram, ``(z, y, x)`` axis order.
+    wedge
+        `(N, N, N//2 + 1)` the particle's Fourier weight (missing wedge, 0..1) in numpy
+        ``rfftn`` layout: DC at ``[0, 0, 0]``, not shifted (RELION's FFTW half layout).
+    average
+        `(N, N, N)` float32 real-space average, ``(z, y, x)``.
+    max_candidates
+        ``M``, the most candidates returned (default 20).
+    max_shift
+        Largest shift searched, voxels (a sphere). Default ``N / 4``.
+    band_limit
+        Outermost Fourier shell (voxels) of the rotational search. Default ``N // 2 - 1``.
+    degree
+        Spherical harmonic degree ``L`` of the rotational search. Default ``N // 2``: an
+        Euler grid of ``2L + 2`` tilts and ``>= 2L + 2`` rot/psi steps.
+
+    Returns
+    -------
+    list[Candidate]
+        At most ``max_candidates``, ordered by the wedge-constrained correlation, best first.
+        ``cand.rotation`` (3x3, RELION's sense) maps the average's ``(x, y, z)`` coordinates
+        to the particle's about voxel ``N // 2``; ``cand.shift`` (``(x, y, z)`` voxels) is the
+        displacement applied after the rotation:
+        ``particle(x) ~ average(R^T (x - c - shift) + c)``, ``c = N // 2``.
+    """
+    particle = _check_volume("particle", particle)
+    settings = AlignSettings(
+        box=particle.shape[0],
+        max_candidates=max_candidates,
+        max_shift=max_shift,
+        band_limit=band_limit,
+        degree=degree,
+    )
+    return align_to(particle, wedge, prepare_average(average, settings))

@@ -1,0 +1,1 @@
+"""Geometry: RELION's Euler convention, rotations on SO(3), volume transforms, wedge masks."""
