@@ -99,9 +99,9 @@ def wigner_sum(d_table, degrees, prod_re, prod_im, out):  # pragma: no cover - c
 
 
 @numba.njit(cache=True, fastmath=True, nogil=True)
-def gather_rotated_spectrum(
-    spec_re, spec_im, matrices, kzyx, flat, phase_re, phase_im, out
-):  # pragma: no cover
+def gather_rotated_spectrum(  # pragma: no cover - compiled
+    spec_re, spec_im, matrices, kzyx, flat, phase_re, phase_im, px_re, px_im, w2m, out, norm_sq
+):
     """Rotated copies of a padded spectrum, sampled at the points of a smaller half grid.
 
     ``spec_re``, ``spec_im``: `(P, P, P//2+1)` float32 real and imaginary parts of the
@@ -111,7 +111,13 @@ def gather_rotated_spectrum(
     indices (signed); ``flat``: `(n,)` int64 flat indices of the targets in the output rows;
     ``phase_re``, ``phase_im``: `(n,)` float32 factors; ``out``: `(B, M)` complex64,
     written at ``flat`` only. Trilinear, Friedel-aware (``S(-u) = conj(S(u))``).
+
+    With empty ``px_re`` the rotated spectra ``A`` themselves are written. Otherwise
+    ``px_re``, ``px_im`` (`(n,)` float32: a particle's ``w^2 X`` at the points) and ``w2m``
+    (`(n,)` float32: ``w^2`` times the half-spectrum multiplicity) make it write the cross
+    spectra ``w^2 X conj(A)`` and add ``sum w2m |A|^2`` into ``norm_sq`` (`(B,)` float64).
     """
+    cross = px_re.shape[0] > 0
     p = spec_re.shape[0]
     for b in range(matrices.shape[0]):
         m = matrices[b]
@@ -162,7 +168,15 @@ def gather_rotated_spectrum(
             )
             pr = phase_re[i]
             pi = phase_im[i]
-            out[b, flat[i]] = complex(re * pr - im * pi, re * pi + im * pr)
+            a_re = re * pr - im * pi
+            a_im = re * pi + im * pr
+            if cross:
+                xr = px_re[i]
+                xi = px_im[i]
+                out[b, flat[i]] = complex(xr * a_re + xi * a_im, xi * a_re - xr * a_im)
+                norm_sq[b] += w2m[i] * (a_re * a_re + a_im * a_im)
+            else:
+                out[b, flat[i]] = complex(a_re, a_im)
 
 
 @numba.njit(cache=True, nogil=True)

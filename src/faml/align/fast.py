@@ -38,12 +38,17 @@ from faml.align.fourier_rotation import (
     crop_half_spectrum,
     crop_volume,
     padded_spectrum,
-    rotated_spectra,
+    rotated_cross_spectra,
 )
 from faml.align.peaks import find_peaks
 from faml.align.shells import default_band_limit, sample_shells, shell_degree_caps
 from faml.align.so3 import euler_grid, so3_correlate
-from faml.align.translate import correlation_at_shifts, refine_shifts, translation_search
+from faml.align.translate import (
+    CrossSpectra,
+    correlation_at_shifts,
+    refine_shifts,
+    search_cross,
+)
 from faml.geometry.euler import matrix_to_euler
 
 __all__ = [
@@ -371,7 +376,7 @@ def align_to(
     if n_polish:
         step = np.radians(st_step_deg(st)) / 2
         sel = slice(0, n_polish)
-        for _ in range(3):
+        for _ in range(2):
             rotations[sel], shifts[sel], scores[sel] = _polish(
                 prepared, particle_ft, weight_sq, rotations[sel], shifts[sel], scores[sel], step
             )
@@ -392,12 +397,19 @@ def st_step_deg(settings: AlignSettings) -> float:
     return euler_grid(settings.resolved_degree).step_deg
 
 
+def _cross(prepared: PreparedAverage, particle_ft, weight_sq, rotations) -> CrossSpectra:
+    """Cross spectra of the (translation-box) particle with the average at ``rotations``."""
+    st = prepared.settings
+    return rotated_cross_spectra(
+        prepared.padded, rotations, st.translation_band_limit, particle_ft, weight_sq
+    )
+
+
 def _score_rotations(
     prepared: PreparedAverage,
     particle_ft: np.ndarray,
     weight_sq: np.ndarray,
     rotations: np.ndarray,
-    newton: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Best shift `(B, 3)` and constrained correlation `(B,)` per rotation `(B, 3, 3)`.
 
@@ -405,16 +417,9 @@ def _score_rotations(
     voxels of the translation box.
     """
     st = prepared.settings
-    rotated_ft = rotated_spectra(prepared.padded, rotations, st.translation_band_limit)
     scale = st.resolved_translation_box / st.box
-    return translation_search(
-        particle_ft,
-        weight_sq,
-        rotated_ft,
-        st.resolved_max_shift * scale,
-        subvoxel=st.refine,
-        newton=newton,
-    )
+    cs = _cross(prepared, particle_ft, weight_sq, rotations)
+    return search_cross(cs, st.resolved_max_shift * scale, subvoxel=st.refine)
 
 
 def _polish(prepared, particle_ft, weight_sq, rotations, shifts, scores, step):
@@ -426,14 +431,13 @@ def _polish(prepared, particle_ft, weight_sq, rotations, shifts, scores, step):
     gives the move. At the moved rotation the shift is re-optimised (Newton), and the move is
     kept only where it raises the correlation. Returns updated rotations, shifts and scores.
     """
-    st = prepared.settings
-    band = st.translation_band_limit
     n = rotations.shape[0]
     axes = np.concatenate([np.eye(3), -np.eye(3)]) * step  # (6, 3) rotation vectors
     kicks = Rotation.from_rotvec(axes).as_matrix()  # (6, 3, 3)
     trial = np.einsum("kij,bjl->bkil", kicks, rotations).reshape(-1, 3, 3)
-    trial_ft = rotated_spectra(prepared.padded, trial, band)
-    s = correlation_at_shifts(particle_ft, weight_sq, trial_ft, np.repeat(shifts, 6, axis=0))
+    s = correlation_at_shifts(
+        _cross(prepared, particle_ft, weight_sq, trial), np.repeat(shifts, 6, axis=0)
+    )
     s = s.reshape(n, 2, 3)
     plus, minus = s[:, 0], s[:, 1]
     denom = plus - 2 * scores[:, None] + minus
@@ -441,8 +445,9 @@ def _polish(prepared, particle_ft, weight_sq, rotations, shifts, scores, step):
         move = np.where(denom < 0, 0.5 * (minus - plus) / denom, 0.0)
     move = np.clip(move, -1.0, 1.0) * step  # (n, 3) rotation vectors
     moved = Rotation.from_rotvec(move).as_matrix() @ rotations
-    moved_ft = rotated_spectra(prepared.padded, moved, band)
-    new_shifts, new_scores = refine_shifts(particle_ft, weight_sq, moved_ft, shifts, iterations=1)
+    new_shifts, new_scores = refine_shifts(
+        _cross(prepared, particle_ft, weight_sq, moved), shifts, iterations=1
+    )
     better = new_scores > scores
     return (
         np.where(better[:, None, None], moved, rotations),

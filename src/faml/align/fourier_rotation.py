@@ -26,6 +26,7 @@ import numpy as np
 import scipy.fft
 
 from faml.align._kernels import gather_rotated_spectrum
+from faml.align.translate import CrossSpectra, half_spectrum_multiplicity, particle_norm
 from faml.geometry.axes import box_center, matrix_xyz_to_zyx
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "padded_spectrum",
     "band_points",
     "rotated_spectra",
+    "rotated_cross_spectra",
     "crop_half_spectrum",
     "crop_volume",
 ]
@@ -118,8 +120,87 @@ def rotated_spectra(padded: PaddedSpectrum, rotations: np.ndarray, band_limit: i
     mats = PADDING * matrix_xyz_to_zyx(rotations.transpose(0, 2, 1))
     mats = np.ascontiguousarray(mats, dtype=np.float32)
     out = np.zeros((rotations.shape[0], box * box * (box // 2 + 1)), dtype=np.complex64)
-    gather_rotated_spectrum(padded.real, padded.imag, mats, kzyx, flat, phase[0], phase[1], out)
+    none = np.zeros(0, dtype=np.float32)
+    gather_rotated_spectrum(
+        padded.real,
+        padded.imag,
+        mats,
+        kzyx,
+        flat,
+        phase[0],
+        phase[1],
+        none,
+        none,
+        none,
+        out,
+        np.zeros(0),
+    )
     return out.reshape(rotations.shape[0], box, box, box // 2 + 1)
+
+
+def rotated_cross_spectra(
+    padded: PaddedSpectrum,
+    rotations: np.ndarray,
+    band_limit: int,
+    particle_ft: np.ndarray,
+    weight_sq: np.ndarray,
+) -> CrossSpectra:
+    """:class:`~faml.align.translate.CrossSpectra` of a particle and rotated copies, in one pass.
+
+    The same as ``cross_spectra(particle_ft, weight_sq, rotated_spectra(...))`` with
+    ``weight_sq`` zero beyond ``band_limit``, without writing the rotated spectra.
+
+    Parameters
+    ----------
+    padded
+        The average's padded spectrum (box ``N``).
+    rotations
+        `(B, 3, 3)` rotations (RELION's sense).
+    band_limit
+        Frequencies beyond it (Fourier voxels) are left out.
+    particle_ft
+        `(N, N, N//2 + 1)` the particle's ``rfftn``.
+    weight_sq
+        `(N, N, N//2 + 1)` the particle's Fourier weight squared.
+    """
+    rotations = np.asarray(rotations, dtype=np.float64)
+    if rotations.ndim != 3 or rotations.shape[1:] != (3, 3):
+        raise ValueError(f"rotations must be (B, 3, 3), got {rotations.shape}")
+    box = padded.box
+    half = (box, box, box // 2 + 1)
+    if particle_ft.shape != half or weight_sq.shape != half:
+        raise ValueError(
+            f"particle spectrum and weight must be {half}, got {particle_ft.shape} and "
+            f"{weight_sq.shape}"
+        )
+    kzyx, flat, phase = band_points(box, int(band_limit))
+    w2 = weight_sq.reshape(-1)[flat]
+    px = (w2 * particle_ft.reshape(-1)[flat]).astype(np.complex64)
+    w2m = (w2 * half_spectrum_multiplicity(box)[flat % (box // 2 + 1)]).astype(np.float32)
+    px[flat == 0] = 0.0  # DC carries no alignment information
+    w2m[flat == 0] = 0.0
+    mats = PADDING * matrix_xyz_to_zyx(rotations.transpose(0, 2, 1))
+    mats = np.ascontiguousarray(mats, dtype=np.float32)
+    out = np.zeros((rotations.shape[0], box * box * (box // 2 + 1)), dtype=np.complex64)
+    norm_sq = np.zeros(rotations.shape[0])
+    gather_rotated_spectrum(
+        padded.real,
+        padded.imag,
+        mats,
+        kzyx,
+        flat,
+        phase[0],
+        phase[1],
+        np.ascontiguousarray(px.real),
+        np.ascontiguousarray(px.imag),
+        w2m,
+        out,
+        norm_sq,
+    )
+    band_w2 = np.zeros(box * box * (box // 2 + 1), dtype=np.float32)
+    band_w2[flat] = w2
+    norm_x = particle_norm(particle_ft, band_w2.reshape(half))
+    return CrossSpectra(out.reshape((-1,) + half), np.sqrt(norm_sq), norm_x)
 
 
 def crop_half_spectrum(spectrum: np.ndarray, size: int) -> np.ndarray:

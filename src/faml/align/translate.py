@@ -16,6 +16,7 @@ The maximum within ``max_shift`` (a sphere) is refined below a voxel by a parabo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -24,9 +25,13 @@ import scipy.fft
 from faml.geometry.axes import xyz_to_zyx, zyx_to_xyz
 
 __all__ = [
+    "CrossSpectra",
     "correlation_at_shifts",
+    "cross_spectra",
     "half_spectrum_multiplicity",
+    "particle_norm",
     "refine_shifts",
+    "search_cross",
     "shift_offsets",
     "translation_search",
 ]
@@ -78,6 +83,71 @@ def _parabola_offset(minus: np.ndarray, centre: np.ndarray, plus: np.ndarray) ->
     return np.clip(delta, -0.5, 0.5)
 
 
+@dataclass(frozen=True)
+class CrossSpectra:
+    """What the translation stage needs of a particle and ``B`` rotated averages.
+
+    Attributes
+    ----------
+    cross
+        `(B, N, N, N//2 + 1)` complex64 ``w^2 X conj(A_R)`` in ``rfftn`` layout (DC zero).
+    norm_a
+        `(B,)` ``sqrt(sum_k w^2 |A_R,k|^2)`` over the full spectrum, DC excluded.
+    norm_x
+        ``sqrt(sum_k w^2 |X_k|^2)`` over the full spectrum, DC excluded.
+    """
+
+    cross: np.ndarray
+    norm_a: np.ndarray
+    norm_x: float
+
+    @property
+    def box(self) -> int:
+        """``N``."""
+        return self.cross.shape[1]
+
+    def normalise(self, values: np.ndarray) -> np.ndarray:
+        """Raw correlation sums `(B,)` -> constrained correlations (``-1..1``)."""
+        return values / np.maximum(self.norm_a * self.norm_x, np.finfo(np.float64).tiny)
+
+    def weighted(self) -> np.ndarray:
+        """``cross`` times the half-spectrum multiplicity (sums over it = full-spectrum sums)."""
+        return self.cross * half_spectrum_multiplicity(self.box)
+
+
+def particle_norm(particle_ft: np.ndarray, weight_sq: np.ndarray) -> float:
+    """``sqrt(sum_k w^2 |X_k|^2)`` over the full spectrum, DC excluded."""
+    wm = weight_sq * half_spectrum_multiplicity(particle_ft.shape[0])
+    px = particle_ft.real**2 + particle_ft.imag**2
+    total = float(np.sum(wm * px, dtype=np.float64) - wm[0, 0, 0] * px[0, 0, 0])
+    return float(np.sqrt(max(total, 0.0)))
+
+
+def cross_spectra(
+    particle_ft: np.ndarray, weight_sq: np.ndarray, rotated_ft: np.ndarray
+) -> CrossSpectra:
+    """:class:`CrossSpectra` of a particle spectrum and `(B, N, N, N//2 + 1)` rotated averages.
+
+    ``particle_ft`` is the particle's ``rfftn`` (DC at ``[0, 0, 0]``), ``weight_sq`` its
+    Fourier weight squared ``w^2`` in the same layout.
+    """
+    if rotated_ft.ndim != 4 or rotated_ft.shape[1:] != particle_ft.shape:
+        raise ValueError(
+            f"rotated_ft must be (B, {', '.join(map(str, particle_ft.shape))}), "
+            f"got {rotated_ft.shape}"
+        )
+    wm = weight_sq * half_spectrum_multiplicity(particle_ft.shape[0])
+    wx = (weight_sq * particle_ft).astype(np.complex64)
+    wx[0, 0, 0] = 0.0
+    pa = rotated_ft.real**2 + rotated_ft.imag**2
+    na = np.einsum("bzyx,zyx->b", pa, wm, dtype=np.float64) - wm[0, 0, 0] * pa[:, 0, 0, 0]
+    return CrossSpectra(
+        wx[None] * np.conj(rotated_ft),
+        np.sqrt(np.maximum(na, 0.0)),
+        particle_norm(particle_ft, weight_sq),
+    )
+
+
 def translation_search(
     particle_ft: np.ndarray,
     weight_sq: np.ndarray,
@@ -109,29 +179,26 @@ def translation_search(
     -------
     shifts
         `(B, 3)` float64 ``(x, y, z)`` voxels: the particle is the rotated average displaced
-        by this shift.
+        by this shift (never longer than ``max_shift``).
     scores
         `(B,)` float64 constrained correlation at that shift (``-1..1``).
     """
-    box = particle_ft.shape[0]
-    if rotated_ft.ndim != 4 or rotated_ft.shape[1:] != particle_ft.shape:
-        raise ValueError(
-            f"rotated_ft must be (B, {', '.join(map(str, particle_ft.shape))}), "
-            f"got {rotated_ft.shape}"
-        )
-    mult = half_spectrum_multiplicity(box)
-    wx = (weight_sq * particle_ft).astype(np.complex64)
-    wx[0, 0, 0] = 0.0
-    norm_x, norm_a = _norms(particle_ft, weight_sq, rotated_ft, mult)
-    cross = wx[None] * np.conj(rotated_ft)
-    cc = scipy.fft.irfftn(cross, s=(box, box, box), axes=(1, 2, 3), workers=1)
+    cs = cross_spectra(particle_ft, weight_sq, rotated_ft)
+    return search_cross(cs, max_shift, subvoxel=subvoxel, newton=newton)
+
+
+def search_cross(
+    cs: CrossSpectra, max_shift: float, *, subvoxel: bool = True, newton: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`translation_search` on precomputed :class:`CrossSpectra`."""
+    box = cs.box
+    cc = scipy.fft.irfftn(cs.cross, s=(box, box, box), axes=(1, 2, 3), workers=1)
     cc *= float(box) ** 3
     flat, off = shift_offsets(box, float(max_shift))
-    cc_flat = cc.reshape(cc.shape[0], -1)
-    vals = cc_flat[:, flat]
+    vals = cc.reshape(cc.shape[0], -1)[:, flat]
     best = np.argmax(vals, axis=1)
     best_off = off[best].astype(np.float64)  # (B, 3) zyx
-    peak = vals[np.arange(vals.shape[0]), best]
+    peak = vals[np.arange(vals.shape[0]), best].astype(np.float64)
     if subvoxel:
         rows = np.arange(cc.shape[0])
         idx_c = off[best] % box
@@ -145,15 +212,33 @@ def translation_search(
         # The height of an integer-shift peak depends on how far the true shift is from an
         # integer, which biased the comparison of rotations (measured: the truth lost to a
         # rotation 3-5 degrees off): score the exact correlation at the sub-voxel shift.
-        a = cross * mult
+        a = cs.weighted()
         if newton:
             best_off, peak = _newton_shift(
                 a, best_off, off[best].astype(np.float64), newton, radius=float(max_shift)
             )
         else:
             peak, _, _ = _correlation_derivatives(a, best_off, order=0)
-    denom = np.maximum(norm_a * norm_x, np.finfo(np.float64).tiny)
-    return zyx_to_xyz(best_off).copy(), peak / denom
+    return zyx_to_xyz(best_off).copy(), cs.normalise(peak)
+
+
+def correlation_at_shifts(cs: CrossSpectra, shifts_xyz: np.ndarray) -> np.ndarray:
+    """Constrained correlations `(B,)` at given `(B, 3)` shifts (voxels); no inverse FFT."""
+    t = xyz_to_zyx(np.asarray(shifts_xyz, dtype=np.float64))
+    f, _, _ = _correlation_derivatives(cs.weighted(), t, order=0)
+    return cs.normalise(f)
+
+
+def refine_shifts(
+    cs: CrossSpectra, shifts_xyz: np.ndarray, *, iterations: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
+    """Newton refinement of known `(B, 3)` shifts (each within 1 voxel of its start).
+
+    Returns refined `(B, 3)` shifts and `(B,)` constrained correlations; no inverse FFT.
+    """
+    t0 = xyz_to_zyx(np.asarray(shifts_xyz, dtype=np.float64)).copy()
+    t, f = _newton_shift(cs.weighted(), t0, t0, iterations=iterations)
+    return zyx_to_xyz(t).copy(), cs.normalise(f)
 
 
 def _phase_terms(box: int, shift: np.ndarray, half: bool, order: int) -> np.ndarray:
@@ -195,62 +280,6 @@ def _correlation_derivatives(a: np.ndarray, t_zyx: np.ndarray, order: int = 2):
         [np.stack([term(unit[p] + unit[q]) for q in range(3)], -1) for p in range(3)], -2
     )
     return f, grad, hess
-
-
-def correlation_at_shifts(
-    particle_ft: np.ndarray, weight_sq: np.ndarray, rotated_ft: np.ndarray, shifts_xyz: np.ndarray
-) -> np.ndarray:
-    """The constrained correlation of :func:`translation_search` at given shifts.
-
-    ``rotated_ft``: `(B, N, N, N//2 + 1)`; ``shifts_xyz``: `(B, 3)` voxels. Returns `(B,)`.
-    Costs no inverse FFT: the phase factor is separable.
-    """
-    box = particle_ft.shape[0]
-    mult = half_spectrum_multiplicity(box)
-    wx = (weight_sq * particle_ft).astype(np.complex64)
-    wx[0, 0, 0] = 0.0
-    a = wx[None] * np.conj(rotated_ft) * mult
-    f, _, _ = _correlation_derivatives(a, xyz_to_zyx(np.asarray(shifts_xyz, float)), order=0)
-    norm_x, norm_a = _norms(particle_ft, weight_sq, rotated_ft, mult)
-    return f / np.maximum(norm_a * norm_x, np.finfo(np.float64).tiny)
-
-
-def refine_shifts(
-    particle_ft: np.ndarray,
-    weight_sq: np.ndarray,
-    rotated_ft: np.ndarray,
-    shifts_xyz: np.ndarray,
-    *,
-    iterations: int = 2,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Local sub-voxel refinement of known shifts, without an inverse FFT.
-
-    Newton steps on the closed-form constrained correlation from ``shifts_xyz`` (`(B, 3)`),
-    each within 1 voxel of the start. Returns refined `(B, 3)` shifts and `(B,)` scores as
-    :func:`translation_search` defines them.
-    """
-    box = particle_ft.shape[0]
-    mult = half_spectrum_multiplicity(box)
-    wx = (weight_sq * particle_ft).astype(np.complex64)
-    wx[0, 0, 0] = 0.0
-    a = wx[None] * np.conj(rotated_ft) * mult
-    t0 = xyz_to_zyx(np.asarray(shifts_xyz, dtype=np.float64)).copy()
-    t, f = _newton_shift(a, t0, t0, iterations=iterations)
-    norm_x, norm_a = _norms(particle_ft, weight_sq, rotated_ft, mult)
-    return zyx_to_xyz(t).copy(), f / np.maximum(norm_a * norm_x, np.finfo(np.float64).tiny)
-
-
-def _norms(particle_ft, weight_sq, rotated_ft, mult):
-    """``sqrt(sum w^2 |X|^2)`` and `(B,)` ``sqrt(sum w^2 |A_R|^2)``.
-
-    Sums run over the full spectrum (half layout times multiplicity), DC excluded.
-    """
-    wm = weight_sq * mult
-    px = particle_ft.real**2 + particle_ft.imag**2
-    norm_x = np.sqrt(max(float(np.sum(wm * px, dtype=np.float64) - wm[0, 0, 0] * px[0, 0, 0]), 0.0))
-    pa = rotated_ft.real**2 + rotated_ft.imag**2
-    na = np.einsum("bzyx,zyx->b", pa, wm, dtype=np.float64) - wm[0, 0, 0] * pa[:, 0, 0, 0]
-    return norm_x, np.sqrt(np.maximum(na, 0.0))
 
 
 def _into_sphere(t: np.ndarray, radius: float) -> np.ndarray:
