@@ -3,11 +3,10 @@
 import numpy as np
 import pytest
 import scipy.fft
-from scipy.special import sph_harm_y
 
 from conftest import transform_reference
 from faml.align import AlignSettings, align_to, fast_align, prepare_average
-from faml.align._sphere import analyse, sphere_grid
+from faml.align._sphere import analyse, sphere_grid, synthesise
 from faml.align.fourier_rotation import crop_volume, padded_spectrum, rotated_spectra
 from faml.align.peaks import find_peaks
 from faml.align.shells import sample_shells
@@ -26,19 +25,6 @@ def random_coeffs(rng, degree, even):
         c[l, 0] = rng.standard_normal()
         c[l, 1 : l + 1] = rng.standard_normal(l) + 1j * rng.standard_normal(l)
     return c
-
-
-def synthesise(c, directions):
-    """Real function sum_lm c_lm Y_lm at `(..., 3)` unit vectors (m >= 0 stored)."""
-    x, y, z = directions[..., 0], directions[..., 1], directions[..., 2]
-    th, ph = np.arccos(np.clip(z, -1, 1)), np.arctan2(y, x)
-    v = np.zeros(th.shape)
-    for l in range(c.shape[0]):  # noqa: E741
-        v += (c[l, 0] * sph_harm_y(l, 0, th, ph)).real
-        for m in range(1, l + 1):
-            if c[l, m] != 0:
-                v += 2 * (c[l, m] * sph_harm_y(l, m, th, ph)).real
-    return v
 
 
 def test_sphere_analysis_is_exact_for_band_limited_functions():

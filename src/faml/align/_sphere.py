@@ -16,9 +16,9 @@ from functools import lru_cache
 
 import numpy as np
 import scipy.fft
-from scipy.special import roots_legendre, sph_legendre_p
+from scipy.special import roots_legendre, sph_harm_y, sph_legendre_p
 
-__all__ = ["SphereGrid", "sphere_grid", "analyse"]
+__all__ = ["SphereGrid", "sphere_grid", "analyse", "synthesise"]
 
 
 @dataclass(frozen=True)
@@ -118,3 +118,40 @@ def analyse(values: np.ndarray, grid: SphereGrid, degrees: np.ndarray | None = N
     table = grid.legendre if degrees is None else grid.legendre[np.asarray(degrees)]
     # f_lm = sum_j Lambda_lm(theta_j) * fm[j, m]
     return np.einsum("lmj,...jm->...lm", table, fm)
+
+
+def synthesise(coeffs: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """Evaluate the real function ``sum_lm f_lm Y_lm`` at arbitrary directions.
+
+    The inverse of :func:`analyse` for band-limited functions, at any points (not only a
+    grid's nodes): used to evaluate rotated functions directly, e.g. to check the SO(3)
+    correlation against quadrature.
+
+    Parameters
+    ----------
+    coeffs
+        `(L + 1, L + 1)` coefficients ``f_lm`` for ``m >= 0`` (rows ``l``; zero for ``m > l``).
+    directions
+        `(..., 3)` unit vectors ``(x, y, z)``.
+
+    Returns
+    -------
+    np.ndarray
+        `(...)` float64 values.
+    """
+    coeffs = np.asarray(coeffs)
+    directions = np.asarray(directions, dtype=np.float64)
+    if coeffs.ndim != 2 or coeffs.shape[0] != coeffs.shape[1]:
+        raise ValueError(f"coeffs must be (L+1, L+1), got {coeffs.shape}")
+    if directions.shape[-1:] != (3,):
+        raise ValueError(f"directions must be (..., 3), got {directions.shape}")
+    theta = np.arccos(np.clip(directions[..., 2], -1.0, 1.0))
+    phi = np.arctan2(directions[..., 1], directions[..., 0])
+    out = np.zeros(theta.shape)
+    for l in range(coeffs.shape[0]):  # noqa: E741
+        for m in range(l + 1):
+            if coeffs[l, m] == 0:
+                continue
+            term = (coeffs[l, m] * sph_harm_y(l, m, theta, phi)).real
+            out += term if m == 0 else 2.0 * term
+    return out
