@@ -110,7 +110,12 @@ class AlignSettings:
         Spherical harmonic band limit ``L``. Default ``N // 2`` (16 at 32^3, 32 at 64^3).
     shell_weights
         Optional `(band_limit,)` non-negative weight per shell ``1..band_limit`` of the
-        rotational score (e.g. an SNR estimate). Default: all ones.
+        rotational score (e.g. an SNR estimate). Default: proportional to the radius ``r``.
+        Measured on the 32^3 ribosome test set (+-60 wedge, 200 particles aligned to the
+        true map): a candidate within 10 degrees at SNR 0.1 for 90.5% of particles with
+        equal weights, 94.5% with ``r`` (95% with ``r^2``, 94% with ``sqrt(r)``); within
+        15 degrees at SNR 0.02 for 35% (equal), 48.5% (``r``), 43% (``sqrt(r)``).
+        Down-weighting outer shells (``1/r``, a Gaussian low-pass) lost 10-25 points.
     refine
         Refine rotations below the grid step and shifts below a voxel.
     translation_box
@@ -122,7 +127,16 @@ class AlignSettings:
         How many of the best candidates get a final local refinement of their rotation on
         the wedge-constrained (phase-aware) correlation itself: the magnitude score's
         maximum sits a few degrees off the truth under a missing wedge, the correlation's
-        does not. Two rounds of a 6-point stencil per candidate (12 correlation maps each).
+        does not. Each round is a 6-point stencil (step: half the grid step, halved per
+        round) and a parabola per axis.
+    proposals
+        How many maxima of the rotational score go to the translation stage, of which the
+        best ``max_candidates`` by constrained correlation are kept. Default
+        ``max_candidates``.
+    polish_rounds
+        Rounds of polishing. Measured on 50 noise-free 32^3 poses (+-60 wedge): one round
+        leaves a median error of 0.26 degrees (max 1.8), two rounds 0.05 (max 0.17) for
+        about 25% more time.
     """
 
     box: int
@@ -133,6 +147,8 @@ class AlignSettings:
     shell_weights: tuple[float, ...] | None = None
     refine: bool = True
     polish: int = 1
+    polish_rounds: int = 1
+    proposals: int | None = None
     translation_box: int | None = None
 
     def __post_init__(self) -> None:
@@ -147,8 +163,10 @@ class AlignSettings:
                 f"translation_box must be even, >= 8 and <= {self.box} (and the box even), "
                 f"got {self.translation_box}"
             )
-        if self.polish < 0:
-            raise ValueError(f"polish must be >= 0, got {self.polish}")
+        if self.polish < 0 or self.polish_rounds < 0:
+            raise ValueError(
+                f"polish and polish_rounds must be >= 0, got {self.polish}, {self.polish_rounds}"
+            )
         if self.max_candidates < 1:
             raise ValueError(f"max_candidates must be >= 1, got {self.max_candidates}")
         if self.max_shift is not None and not 0 <= self.max_shift < self.box / 2:
@@ -171,6 +189,18 @@ class AlignSettings:
                     f"shell_weights must be {self.resolved_band_limit} finite non-negative "
                     f"values (shells 1..{self.resolved_band_limit}), got shape {sw.shape}"
                 )
+
+    @property
+    def resolved_shell_weights(self) -> np.ndarray:
+        """`(band_limit,)` float64 shell weights with the default (``r``) applied."""
+        if self.shell_weights is None:
+            return np.arange(1, self.resolved_band_limit + 1, dtype=np.float64)
+        return np.asarray(self.shell_weights, dtype=np.float64)
+
+    @property
+    def resolved_proposals(self) -> int:
+        """``proposals`` with its default applied (never fewer than ``max_candidates``)."""
+        return max(self.max_candidates, self.proposals or self.max_candidates)
 
     @property
     def resolved_translation_box(self) -> int:
@@ -319,8 +349,7 @@ def _rotational_score(particle_ft, weight_sq, prepared, clock):
     p0 = w2 * (mag - mu[:, None, None])
     clock.lap("spectra+shells")
     f = analyse(np.stack([p0, w2]), grid, degrees) * keep[None, :, :, None]
-    if st.shell_weights is not None:
-        f = f * np.asarray(st.shell_weights)[None, :, None, None]
+    f = f * st.resolved_shell_weights[None, :, None, None]
     clock.lap("sht")
     c0, c1 = so3_correlate(f, prepared.coeffs, degrees, euler_grid(st.resolved_degree))
     c0 = c0.astype(np.float64)
@@ -358,7 +387,9 @@ def align_to(
     # (resolution) and the interpolation of rotated volumes is least accurate.
     weight_sq = wedge * wedge * _band_mask(box, st.resolved_band_limit)
     score = _rotational_score(particle_ft, weight_sq, prepared, clock)
-    peaks = find_peaks(score, euler_grid(st.resolved_degree), st.max_candidates, refine=st.refine)
+    peaks = find_peaks(
+        score, euler_grid(st.resolved_degree), st.resolved_proposals, refine=st.refine
+    )
     rotations = np.stack([p.rotation for p in peaks])
     clock.lap("peaks")
     # Translations and polishing at the translation box (shifts in its voxels until the end).
@@ -369,14 +400,15 @@ def align_to(
     )
     shifts, scores = _score_rotations(prepared, particle_ft, weight_sq, rotations)
     order = np.argsort(-scores, kind="stable")
+    order = order[: st.max_candidates]
     rotations, shifts, scores = rotations[order], shifts[order], scores[order]
     values = np.array([peaks[i].value for i in order])
     clock.lap("translations")
-    n_polish = min(st.polish, len(peaks)) if st.refine else 0
+    n_polish = min(st.polish, len(scores)) if st.refine else 0
     if n_polish:
         step = np.radians(st_step_deg(st)) / 2
         sel = slice(0, n_polish)
-        for _ in range(2):
+        for _ in range(st.polish_rounds):
             rotations[sel], shifts[sel], scores[sel] = _polish(
                 prepared, particle_ft, weight_sq, rotations[sel], shifts[sel], scores[sel], step
             )
@@ -388,7 +420,7 @@ def align_to(
     shifts = shifts * (st.box / tbox)
     return [
         Candidate(rotations[i], shifts[i], float(scores[i]), float(values[i]))
-        for i in range(len(peaks))
+        for i in range(len(scores))
     ]
 
 

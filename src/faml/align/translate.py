@@ -110,10 +110,6 @@ class CrossSpectra:
         """Raw correlation sums `(B,)` -> constrained correlations (``-1..1``)."""
         return values / np.maximum(self.norm_a * self.norm_x, np.finfo(np.float64).tiny)
 
-    def weighted(self) -> np.ndarray:
-        """``cross`` times the half-spectrum multiplicity (sums over it = full-spectrum sums)."""
-        return self.cross * half_spectrum_multiplicity(self.box)
-
 
 def particle_norm(particle_ft: np.ndarray, weight_sq: np.ndarray) -> float:
     """``sqrt(sum_k w^2 |X_k|^2)`` over the full spectrum, DC excluded."""
@@ -212,7 +208,7 @@ def search_cross(
         # The height of an integer-shift peak depends on how far the true shift is from an
         # integer, which biased the comparison of rotations (measured: the truth lost to a
         # rotation 3-5 degrees off): score the exact correlation at the sub-voxel shift.
-        a = cs.weighted()
+        a = cs.cross
         if newton:
             best_off, peak = _newton_shift(
                 a, best_off, off[best].astype(np.float64), newton, radius=float(max_shift)
@@ -225,7 +221,7 @@ def search_cross(
 def correlation_at_shifts(cs: CrossSpectra, shifts_xyz: np.ndarray) -> np.ndarray:
     """Constrained correlations `(B,)` at given `(B, 3)` shifts (voxels); no inverse FFT."""
     t = xyz_to_zyx(np.asarray(shifts_xyz, dtype=np.float64))
-    f, _, _ = _correlation_derivatives(cs.weighted(), t, order=0)
+    f, _, _ = _correlation_derivatives(cs.cross, t, order=0)
     return cs.normalise(f)
 
 
@@ -237,7 +233,7 @@ def refine_shifts(
     Returns refined `(B, 3)` shifts and `(B,)` constrained correlations; no inverse FFT.
     """
     t0 = xyz_to_zyx(np.asarray(shifts_xyz, dtype=np.float64)).copy()
-    t, f = _newton_shift(cs.weighted(), t0, t0, iterations=iterations)
+    t, f = _newton_shift(cs.cross, t0, t0, iterations=iterations)
     return zyx_to_xyz(t).copy(), cs.normalise(f)
 
 
@@ -253,10 +249,10 @@ def _phase_terms(box: int, shift: np.ndarray, half: bool, order: int) -> np.ndar
 
 
 def _correlation_derivatives(a: np.ndarray, t_zyx: np.ndarray, order: int = 2):
-    """Value `(B,)`, gradient `(B, 3)` and Hessian `(B, 3, 3)` of ``Re sum a_k e^{2 pi i k.t}``.
+    """Value `(B,)`, gradient `(B, 3)` and Hessian `(B, 3, 3)` of ``Re sum_k a_k e^{2 pi i k.t}``.
 
-    ``a``: `(B, N, N, N//2 + 1)` complex64 with the half-spectrum multiplicity folded in (the
-    sum over the half layout is then the sum over the full spectrum). The phase factor is
+    ``a``: `(B, N, N, N//2 + 1)` complex64 in ``rfftn`` layout; the sum runs over the full
+    spectrum (each half-layout column weighted by its multiplicity). The phase factor is
     separable in ``(z, y, x)``, so three small batched matrix products do it. With
     ``order=0`` only the value is computed (gradient and Hessian are ``None``).
     """
@@ -264,6 +260,7 @@ def _correlation_derivatives(a: np.ndarray, t_zyx: np.ndarray, order: int = 2):
     ez = _phase_terms(box, t_zyx[:, 0], False, order)  # (B, N, o)
     ey = _phase_terms(box, t_zyx[:, 1], False, order)
     ex = _phase_terms(box, t_zyx[:, 2], True, order)
+    ex *= half_spectrum_multiplicity(box)[None, :, None]
     sx = np.matmul(a, ex[:, None])  # (B, Z, Y, ox)
     sxy = np.matmul(sx.transpose(0, 1, 3, 2), ey[:, None])  # (B, Z, ox, oy)
     sxyz = np.einsum("bzij,bzk->bijk", sxy, ez).real.astype(np.float64)  # [b, ox, oy, oz]
