@@ -6,6 +6,21 @@ import numba
 import numpy as np
 
 
+@numba.njit(inline="always", nogil=True)
+def _periodic_cell(u, n):  # pragma: no cover - compiled
+    """Lower and upper grid index of ``u`` on a periodic axis of ``n`` points, and fraction.
+
+    ``|u| < n``. Shifting by ``n`` avoids the modulo of negative integers (slow).
+    """
+    u = u + n
+    i0 = np.int64(u)
+    t = u - i0
+    i0 = i0 - n if i0 >= n else i0
+    i1 = i0 + 1
+    i1 = i1 - n if i1 >= n else i1
+    return i0, i1, t
+
+
 @numba.njit(cache=True, fastmath=True, nogil=True)
 def gather_half_spectrum(volumes, coords, out):  # pragma: no cover - compiled
     """Trilinear samples of Friedel-symmetric real volumes stored in ``rfftn`` layout.
@@ -24,21 +39,10 @@ def gather_half_spectrum(volumes, coords, out):  # pragma: no cover - compiled
             kz = -kz
             ky = -ky
             kx = -kx
-        # |k| < n / 2: shift by n to index without a (slow) modulo of negatives.
-        kz += n
-        ky += n
-        z0 = np.int64(kz)
-        y0 = np.int64(ky)
+        z0, z1, tz = _periodic_cell(kz, n)
+        y0, y1, ty = _periodic_cell(ky, n)
         x0 = np.int64(kx)
-        tz = kz - z0
-        ty = ky - y0
         tx = kx - x0
-        z1 = z0 + 1
-        y1 = y0 + 1
-        z0 = z0 - n if z0 >= n else z0
-        z1 = z1 - n if z1 >= n else z1
-        y0 = y0 - n if y0 >= n else y0
-        y1 = y1 - n if y1 >= n else y1
         x1 = x0 + 1
         w000 = (1 - tz) * (1 - ty) * (1 - tx)
         w001 = (1 - tz) * (1 - ty) * tx
@@ -134,21 +138,10 @@ def gather_rotated_spectrum(  # pragma: no cover - compiled
                 uy = -uy
                 ux = -ux
                 sign = numba.float32(-1.0)
-            # |u| < p / 2: shift by p to index without a (slow) modulo of negatives.
-            uz += p
-            uy += p
-            z0 = np.int64(uz)
-            y0 = np.int64(uy)
+            z0, z1, tz = _periodic_cell(uz, p)
+            y0, y1, ty = _periodic_cell(uy, p)
             x0 = np.int64(ux)
-            tz = uz - numba.float32(z0)
-            ty = uy - numba.float32(y0)
             tx = ux - numba.float32(x0)
-            z1 = z0 + 1
-            y1 = y0 + 1
-            z0 = z0 - p if z0 >= p else z0
-            z1 = z1 - p if z1 >= p else z1
-            y0 = y0 - p if y0 >= p else y0
-            y1 = y1 - p if y1 >= p else y1
             x1 = x0 + 1
             w00 = (1 - tz) * (1 - ty)
             w01 = (1 - tz) * ty

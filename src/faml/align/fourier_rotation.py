@@ -105,6 +105,21 @@ def band_points(box: int, band_limit: int) -> tuple[np.ndarray, np.ndarray, np.n
     return kzyx, flat, phase
 
 
+def _gather(padded, rotations, kzyx, flat, phase, px_re, px_im, w2m):
+    """Run the gather kernel for `(B, 3, 3)` rotations: `(B, M)` output and `(B,)` norms."""
+    box = padded.box
+    # Source index u = PADDING * R^T k, written for (z, y, x) vectors.
+    mats = PADDING * matrix_xyz_to_zyx(rotations.transpose(0, 2, 1))
+    mats = np.ascontiguousarray(mats, dtype=np.float32)
+    out = np.zeros((rotations.shape[0], box * box * (box // 2 + 1)), dtype=np.complex64)
+    norm_sq = np.zeros(rotations.shape[0])
+    gather_rotated_spectrum(
+        padded.real, padded.imag, mats, kzyx, flat, phase[0], phase[1], px_re, px_im, w2m,
+        out, norm_sq,
+    )  # fmt: skip
+    return out, norm_sq
+
+
 def rotated_spectra(padded: PaddedSpectrum, rotations: np.ndarray, band_limit: int) -> np.ndarray:
     """``rfftn`` of the volume rotated by each of `(B, 3, 3)` ``rotations`` about ``N // 2``.
 
@@ -116,25 +131,8 @@ def rotated_spectra(padded: PaddedSpectrum, rotations: np.ndarray, band_limit: i
         raise ValueError(f"rotations must be (B, 3, 3), got {rotations.shape}")
     box = padded.box
     kzyx, flat, phase = band_points(box, int(band_limit))
-    # Source index u = PADDING * R^T k, written for (z, y, x) vectors.
-    mats = PADDING * matrix_xyz_to_zyx(rotations.transpose(0, 2, 1))
-    mats = np.ascontiguousarray(mats, dtype=np.float32)
-    out = np.zeros((rotations.shape[0], box * box * (box // 2 + 1)), dtype=np.complex64)
     none = np.zeros(0, dtype=np.float32)
-    gather_rotated_spectrum(
-        padded.real,
-        padded.imag,
-        mats,
-        kzyx,
-        flat,
-        phase[0],
-        phase[1],
-        none,
-        none,
-        none,
-        out,
-        np.zeros(0),
-    )
+    out, _ = _gather(padded, rotations, kzyx, flat, phase, none, none, none)
     return out.reshape(rotations.shape[0], box, box, box // 2 + 1)
 
 
@@ -182,23 +180,8 @@ def rotated_cross_spectra(
     phase = np.ascontiguousarray(phase[:, seen])
     px = (w2 * particle_ft.reshape(-1)[flat]).astype(np.complex64)
     w2m = (w2 * half_spectrum_multiplicity(box)[flat % (box // 2 + 1)]).astype(np.float32)
-    mats = PADDING * matrix_xyz_to_zyx(rotations.transpose(0, 2, 1))
-    mats = np.ascontiguousarray(mats, dtype=np.float32)
-    out = np.zeros((rotations.shape[0], box * box * (box // 2 + 1)), dtype=np.complex64)
-    norm_sq = np.zeros(rotations.shape[0])
-    gather_rotated_spectrum(
-        padded.real,
-        padded.imag,
-        mats,
-        kzyx,
-        flat,
-        phase[0],
-        phase[1],
-        np.ascontiguousarray(px.real),
-        np.ascontiguousarray(px.imag),
-        w2m,
-        out,
-        norm_sq,
+    out, norm_sq = _gather(
+        padded, rotations, kzyx, flat, phase, px.real.copy(), px.imag.copy(), w2m
     )
     band_w2 = np.zeros(box * box * (box // 2 + 1), dtype=np.float32)
     band_w2[flat] = w2
