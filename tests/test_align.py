@@ -201,6 +201,16 @@ def test_candidate_contract(ribosome32):
         assert -1.0 <= c.score <= 1.0
 
 
+def test_max_shift_is_a_hard_limit(ribosome32):
+    rng = np.random.default_rng(8)
+    box = ribosome32.shape[0]
+    wedge = wedge_mask(box, (-60, 60))
+    (p,), _, _ = _make_particles(ribosome32, 1, 0.0, rng, wedge)  # shifted by up to 3 voxels
+    for limit in (0.0, 1.5):
+        for c in fast_align(p, wedge, ribosome32, max_shift=limit):
+            assert np.linalg.norm(c.shift) <= limit + 1e-6
+
+
 def test_bad_inputs_are_named(ribosome32):
     box = ribosome32.shape[0]
     wedge = wedge_mask(box, (-60, 60))

@@ -477,8 +477,12 @@ def _polish(prepared, particle_ft, weight_sq, rotations, shifts, scores, step):
         move = np.where(denom < 0, 0.5 * (minus - plus) / denom, 0.0)
     move = np.clip(move, -1.0, 1.0) * step  # (n, 3) rotation vectors
     moved = Rotation.from_rotvec(move).as_matrix() @ rotations
+    st = prepared.settings
     new_shifts, new_scores = refine_shifts(
-        _cross(prepared, particle_ft, weight_sq, moved), shifts, iterations=1
+        _cross(prepared, particle_ft, weight_sq, moved),
+        shifts,
+        iterations=1,
+        max_shift=st.resolved_max_shift * st.resolved_translation_box / st.box,
     )
     better = new_scores > scores
     return (

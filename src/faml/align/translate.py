@@ -251,14 +251,15 @@ def correlation_at_shifts(cs: CrossSpectra, shifts_xyz: np.ndarray) -> np.ndarra
 
 
 def refine_shifts(
-    cs: CrossSpectra, shifts_xyz: np.ndarray, *, iterations: int = 2
+    cs: CrossSpectra, shifts_xyz: np.ndarray, *, iterations: int = 2, max_shift: float = np.inf
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Newton refinement of known `(B, 3)` shifts (each within 1 voxel of its start).
+    """Newton refinement of known `(B, 3)` shifts, without an inverse FFT.
 
+    Each shift stays within 1 voxel of its start and never gets longer than ``max_shift``.
     Returns refined `(B, 3)` shifts and `(B,)` constrained correlations; no inverse FFT.
     """
     t0 = xyz_to_zyx(np.asarray(shifts_xyz, dtype=np.float64)).copy()
-    t, f = _newton_shift(cs.cross, t0, t0, iterations=iterations)
+    t, f = _newton_shift(cs.cross, t0, t0, iterations=iterations, radius=float(max_shift))
     return zyx_to_xyz(t).copy(), cs.normalise(f)
 
 
