@@ -1,0 +1,1 @@
+"""Files in and out: MRC volumes, RELION STAR files, the particle table, atomic writes."""

@@ -1,0 +1,178 @@
+"""The particle table: the one description of the data set the engine sees.
+
+A :class:`ParticleTable` lists each particle's file, its Fourier weight (a tilt range or a 3D
+weight file in RELION's ``rlnCtfImage`` layouts), the common box and voxel size, and, when
+known, the true pose and class (simulated data). Volumes are read lazily, one particle at a
+time (:meth:`ParticleTable.load`): memory does not grow with the number of particles.
+
+Tables come from a RELION particles STAR file (:func:`faml.io.star.read_particles_star`) or
+from a directory / glob of MRC files (:func:`from_mrc_files`).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from faml.geometry.wedge import read_weight, wedge_mask
+from faml.io.mrc import read_header, read_volume
+
+__all__ = ["ParticleTable", "from_mrc_files"]
+
+
+@lru_cache(maxsize=8)
+def _cached_wedge(box: int, lo: float, hi: float) -> np.ndarray:
+    mask = wedge_mask(box, (lo, hi))
+    mask.setflags(write=False)
+    return mask
+
+
+@dataclass(frozen=True)
+class ParticleTable:
+    """Particles of one data set (all the same cubic box and voxel size).
+
+    Attributes
+    ----------
+    paths
+        File of each particle (absolute).
+    names
+        ``rlnImageName`` of each particle as it will be written back (as read from a STAR
+        file, or the path).
+    box
+        ``N``: every particle is `(N, N, N)`.
+    voxel_size
+        Angstrom per voxel.
+    tilt_ranges
+        `(n, 2)` tilt range (degrees, about Y) of each particle, used where it has no weight
+        file.
+    weight_paths
+        Per particle a 3D Fourier weight file (RELION ``rlnCtfImage``: full cube or FFTW half
+        volume) or ``None``.
+    tomo_names
+        ``rlnTomoName`` per particle, or ``None``.
+    subtomo_rotations
+        `(n, 3, 3)` RELION 5 ``rlnTomoSubtomogramRot/Tilt/Psi`` matrices (identity if absent):
+        the particle's total pose is ``A_subtomo @ A_particle``.
+    true_rotations, true_shifts, true_classes
+        Ground truth for simulated data (`(n, 3, 3)`, `(n, 3)` voxels, `(n,)` 1-based), or
+        ``None``.
+    extra
+        Other per-particle columns read from a STAR file, written back unchanged.
+    """
+
+    paths: tuple[str, ...]
+    names: tuple[str, ...]
+    box: int
+    voxel_size: float
+    tilt_ranges: np.ndarray
+    weight_paths: tuple[str | None, ...]
+    tomo_names: tuple[str, ...] | None = None
+    subtomo_rotations: np.ndarray | None = None
+    true_rotations: np.ndarray | None = None
+    true_shifts: np.ndarray | None = None
+    true_classes: np.ndarray | None = None
+    extra: dict[str, tuple] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.paths)
+        if n == 0:
+            raise ValueError("the particle table is empty")
+        if len(self.names) != n or len(self.weight_paths) != n:
+            raise ValueError("names and weight_paths must have one entry per particle")
+        if np.shape(self.tilt_ranges) != (n, 2):
+            raise ValueError(f"tilt_ranges must be ({n}, 2), got {np.shape(self.tilt_ranges)}")
+        if self.voxel_size <= 0:
+            raise ValueError(f"voxel size must be positive, got {self.voxel_size}")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def wedge(self, index: int) -> np.ndarray:
+        """`(N, N, N//2 + 1)` float32 Fourier weight of particle ``index`` (``rfftn`` layout)."""
+        wp = self.weight_paths[index]
+        if wp is not None:
+            return read_weight(wp, self.box)
+        lo, hi = (float(v) for v in self.tilt_ranges[index])
+        return _cached_wedge(self.box, lo, hi)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Particle ``index``: its `(N, N, N)` float32 volume and its Fourier weight."""
+        vol, _ = read_volume(self.paths[index])
+        if vol.shape != (self.box,) * 3:
+            raise ValueError(
+                f"particle {self.paths[index]} is {vol.shape}, the data set's box is "
+                f"{(self.box,) * 3}"
+            )
+        return vol, self.wedge(index)
+
+    def subset(self, indices: np.ndarray) -> ParticleTable:
+        """The table of the particles ``indices`` (in that order)."""
+        idx = np.asarray(indices, dtype=np.int64)
+
+        def pick(seq):
+            return None if seq is None else tuple(seq[i] for i in idx)
+
+        def pick_arr(a):
+            return None if a is None else np.asarray(a)[idx]
+
+        return replace(
+            self,
+            paths=pick(self.paths),
+            names=pick(self.names),
+            tilt_ranges=np.asarray(self.tilt_ranges)[idx],
+            weight_paths=pick(self.weight_paths),
+            tomo_names=pick(self.tomo_names),
+            subtomo_rotations=pick_arr(self.subtomo_rotations),
+            true_rotations=pick_arr(self.true_rotations),
+            true_shifts=pick_arr(self.true_shifts),
+            true_classes=pick_arr(self.true_classes),
+            extra={k: pick(v) for k, v in self.extra.items()},
+        )
+
+
+def _expand(pattern: str | os.PathLike[str]) -> list[str]:
+    p = Path(pattern)
+    if p.is_dir():
+        files = sorted(str(f) for f in p.iterdir() if f.suffix.lower() in (".mrc", ".mrcs", ".rec"))
+    else:
+        files = sorted(glob.glob(str(pattern)))
+    return [os.path.abspath(f) for f in files]
+
+
+def from_mrc_files(
+    pattern: str | os.PathLike[str],
+    tilt_range: tuple[float, float] = (-60.0, 60.0),
+    voxel_size: float | None = None,
+) -> ParticleTable:
+    """A table of the MRC particles in a directory or matching a glob.
+
+    All particles share ``tilt_range``. The voxel size is ``voxel_size`` if given, else the
+    first file's header; the headers of all files are checked (cheaply) for a common cubic box.
+    """
+    files = _expand(pattern)
+    if not files:
+        raise ValueError(f"no MRC files found at {pattern}")
+    first = read_header(files[0])
+    if len(set(first.shape)) != 1:
+        raise ValueError(f"particle {files[0]} is not cubic: {first.shape}")
+    for f in files[1:]:
+        h = read_header(f)
+        if h.shape != first.shape:
+            raise ValueError(f"particle {f} is {h.shape}, but {files[0]} is {first.shape}")
+    vs = voxel_size if voxel_size else first.voxel_size
+    if not vs:
+        raise ValueError(f"{files[0]} has no voxel size in its header: give --voxel-size")
+    n = len(files)
+    return ParticleTable(
+        paths=tuple(files),
+        names=tuple(files),
+        box=first.shape[0],
+        voxel_size=float(vs),
+        tilt_ranges=np.tile(np.asarray(tilt_range, dtype=np.float64), (n, 1)),
+        weight_paths=(None,) * n,
+    )

@@ -1,0 +1,203 @@
+"""RELION particles STAR files: read 3D subtomogram particles, write faml's results.
+
+Read: RELION 3.1 / 4 / 5 layouts (``data_optics`` + ``data_particles``, optionally
+``data_general``) and the single-block RELION 3.0 layout. Image names are resolved relative
+to the STAR file's folder first, then to the current folder (RELION writes them relative to
+its project folder). The voxel size comes from the optics group's ``rlnImagePixelSize``, else
+``rlnPixelSize`` / ``rlnDetectorPixelSize``, else the first particle's MRC header, else the
+caller's ``voxel_size``. ``rlnCtfImage`` (a 3D weight per particle) replaces the tilt range
+for that particle. RELION 5 ``rlnTomoSubtomogramRot/Tilt/Psi`` are read as the subtomogram
+frame and kept.
+
+Write: RELION 3.1+ layout with an optics block (``rlnImagePixelSize``, ``rlnImageSize``,
+``rlnImageDimensionality 3``) and per particle ``rlnImageName``, ``rlnAngleRot/Tilt/Psi``,
+``rlnOriginX/Y/ZAngst`` (minus the displacement, Angstrom), ``rlnClassNumber``,
+``rlnMaxValueProbDistribution``, plus the columns read (e.g. ``rlnTomoName``,
+``rlnCtfImage``, coordinates) unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import starfile
+
+from faml.geometry.euler import euler_to_matrix, matrix_to_euler, shift_to_origin_angst
+from faml.io.atomic import atomic_path
+from faml.io.mrc import read_header
+from faml.io.particles import ParticleTable
+
+__all__ = ["read_particles_star", "write_particles_star"]
+
+_WRITTEN = (
+    "rlnImageName",
+    "rlnAngleRot",
+    "rlnAngleTilt",
+    "rlnAnglePsi",
+    "rlnOriginXAngst",
+    "rlnOriginYAngst",
+    "rlnOriginZAngst",
+    "rlnClassNumber",
+    "rlnMaxValueProbDistribution",
+    "rlnOpticsGroup",
+    "rlnRandomSubset",
+)
+
+
+def _resolve(name: str, star_dir: Path) -> str:
+    path = name.split("@")[-1]  # "1@stack.mrcs" style: a 3D particle is one whole file
+    for base in (star_dir, Path.cwd()):
+        candidate = (base / path) if not os.path.isabs(path) else Path(path)
+        if candidate.exists():
+            return str(candidate.resolve())
+    raise ValueError(f"particle file {path!r} not found (relative to {star_dir} or {Path.cwd()})")
+
+
+def read_particles_star(
+    path: str | os.PathLike[str],
+    tilt_range: tuple[float, float] = (-60.0, 60.0),
+    voxel_size: float | None = None,
+) -> ParticleTable:
+    """Read a RELION particles STAR file of 3D subtomograms into a :class:`ParticleTable`.
+
+    Parameters
+    ----------
+    path
+        The STAR file.
+    tilt_range
+        Tilt range (degrees, about Y) of particles without an ``rlnCtfImage`` weight.
+    voxel_size
+        Angstrom per voxel when neither the STAR file nor the MRC headers give it.
+    """
+    path = Path(path)
+    try:
+        blocks = starfile.read(path, always_dict=True)
+    except Exception as exc:  # starfile raises a variety of parser errors
+        raise ValueError(f"{path} is not a readable STAR file ({exc})") from exc
+    if "particles" in blocks:
+        particles = blocks["particles"]
+    elif len(blocks) == 1:
+        particles = next(iter(blocks.values()))  # RELION 3.0: one unnamed block
+    else:
+        raise ValueError(f"{path} has no data_particles block (blocks: {', '.join(blocks)})")
+    if not isinstance(particles, pd.DataFrame) or len(particles) == 0:
+        raise ValueError(f"{path} holds no particles")
+    if "rlnImageName" not in particles.columns:
+        raise ValueError(f"{path} has no rlnImageName column")
+    star_dir = path.resolve().parent
+    paths = tuple(_resolve(str(n), star_dir) for n in particles["rlnImageName"])
+
+    optics = blocks.get("optics")
+    pixel = None
+    if isinstance(optics, pd.DataFrame) and "rlnImagePixelSize" in optics.columns:
+        if "rlnOpticsGroup" in particles.columns and "rlnOpticsGroup" in optics.columns:
+            sizes = dict(zip(optics["rlnOpticsGroup"], optics["rlnImagePixelSize"], strict=True))
+            used = {float(sizes[g]) for g in particles["rlnOpticsGroup"]}
+        else:
+            used = {float(v) for v in optics["rlnImagePixelSize"]}
+        if len(used) > 1:
+            raise ValueError(f"{path}: particles have different pixel sizes {sorted(used)}")
+        pixel = used.pop()
+    for col in ("rlnPixelSize", "rlnDetectorPixelSize"):
+        if pixel is None and col in particles.columns:
+            pixel = float(particles[col].iloc[0])
+    header = read_header(paths[0])
+    if len(set(header.shape)) != 1:
+        raise ValueError(f"particle {paths[0]} is not cubic: {header.shape}")
+    pixel = pixel or header.voxel_size or voxel_size
+    if not pixel:
+        raise ValueError(f"{path}: no pixel size in the STAR file or MRC header; give --voxel-size")
+
+    n = len(particles)
+    weights: tuple[str | None, ...] = (None,) * n
+    if "rlnCtfImage" in particles.columns:
+        weights = tuple(_resolve(str(w), star_dir) for w in particles["rlnCtfImage"])
+    tomo = tuple(str(t) for t in particles["rlnTomoName"]) if "rlnTomoName" in particles else None
+    sub_cols = ["rlnTomoSubtomogramRot", "rlnTomoSubtomogramTilt", "rlnTomoSubtomogramPsi"]
+    subtomo = None
+    if all(c in particles.columns for c in sub_cols):
+        subtomo = euler_to_matrix(particles[sub_cols].to_numpy(dtype=np.float64))
+    extra = {
+        c: tuple(particles[c].tolist())
+        for c in particles.columns
+        if c not in _WRITTEN and c != "rlnTomoName"
+    }
+    return ParticleTable(
+        paths=paths,
+        names=tuple(str(v) for v in particles["rlnImageName"]),
+        box=header.shape[0],
+        voxel_size=float(pixel),
+        tilt_ranges=np.tile(np.asarray(tilt_range, dtype=np.float64), (n, 1)),
+        weight_paths=weights,
+        tomo_names=tomo,
+        subtomo_rotations=subtomo,
+        extra=extra,
+    )
+
+
+def write_particles_star(
+    path: str | os.PathLike[str],
+    table: ParticleTable,
+    rotations: np.ndarray,
+    shifts: np.ndarray,
+    classes: np.ndarray,
+    max_probability: np.ndarray,
+    random_subset: np.ndarray | None = None,
+) -> None:
+    """Write faml's result for every particle as a RELION 3.1+ particles STAR file (atomic).
+
+    Parameters
+    ----------
+    table
+        The particles (names, voxel size, columns to carry over).
+    rotations
+        `(n, 3, 3)` poses in RELION's sense (reference -> particle).
+    shifts
+        `(n, 3)` displacements ``(x, y, z)`` in voxels (written as ``rlnOrigin*Angst`` =
+        ``-shift * voxel_size``).
+    classes
+        `(n,)` 1-based class numbers.
+    max_probability
+        `(n,)` largest responsibility of each particle.
+    random_subset
+        Optional `(n,)` half-set (1 or 2) of each particle (``rlnRandomSubset``).
+    """
+    n = len(table)
+    angles = matrix_to_euler(np.asarray(rotations).reshape(n, 3, 3))
+    origins = shift_to_origin_angst(np.asarray(shifts).reshape(n, 3), table.voxel_size)
+    optics = pd.DataFrame(
+        {
+            "rlnOpticsGroup": [1],
+            "rlnOpticsGroupName": ["opticsGroup1"],
+            "rlnImagePixelSize": [table.voxel_size],
+            "rlnImageSize": [table.box],
+            "rlnImageDimensionality": [3],
+        }
+    )
+    cols: dict[str, object] = {"rlnImageName": list(table.names)}
+    if table.tomo_names is not None:
+        cols["rlnTomoName"] = list(table.tomo_names)
+    cols.update(
+        {
+            "rlnAngleRot": angles[:, 0],
+            "rlnAngleTilt": angles[:, 1],
+            "rlnAnglePsi": angles[:, 2],
+            "rlnOriginXAngst": origins[:, 0],
+            "rlnOriginYAngst": origins[:, 1],
+            "rlnOriginZAngst": origins[:, 2],
+            "rlnClassNumber": np.asarray(classes, dtype=np.int64),
+            "rlnMaxValueProbDistribution": np.asarray(max_probability, dtype=np.float64),
+            "rlnOpticsGroup": np.ones(n, dtype=np.int64),
+        }
+    )
+    if random_subset is not None:
+        cols["rlnRandomSubset"] = np.asarray(random_subset, dtype=np.int64)
+    for key, values in table.extra.items():
+        if key not in cols and key != "rlnOpticsGroup":
+            cols[key] = list(values)
+    particles = pd.DataFrame(cols)
+    with atomic_path(path) as tmp:
+        starfile.write({"optics": optics, "particles": particles}, tmp, float_format="%.6f")
