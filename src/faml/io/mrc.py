@@ -8,6 +8,7 @@ carries none (0) gives ``None``.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import mrcfile
@@ -67,7 +68,20 @@ def read_volume(path: str | os.PathLike[str]) -> tuple[np.ndarray, float | None]
             data = np.asarray(m.data)
             voxel = _voxel(m)
     except (ValueError, OSError) as exc:
-        raise ValueError(f"{path} is not a readable MRC file ({exc})") from exc
+        # Some writers leave header fields such as the machine stamp empty; mrcfile reads
+        # those files in permissive mode (it warns), as long as the data are complete.
+        data = None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                with mrcfile.open(path, permissive=True) as m:
+                    if m.data is not None:
+                        data = np.asarray(m.data)
+                        voxel = _voxel(m)
+        except (ValueError, OSError):
+            pass
+        if data is None:
+            raise ValueError(f"{path} is not a readable MRC file ({exc})") from exc
     # 3D data counts as a volume whatever the space group says: subtomogram writers differ
     # (some mark single volumes as image stacks, ispg 0).
     if data.ndim != 3:

@@ -1,0 +1,78 @@
+"""Typed run configuration of the FAML / FA engine."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+__all__ = ["RunConfig"]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that decides a run's result (and so goes into ``run.json``).
+
+    Attributes
+    ----------
+    classes
+        ``K``, number of classes (1: averaging only).
+    method
+        ``"faml"`` (candidates + maximum likelihood) or ``"fa"`` (alignment only, hard).
+    iterations
+        Most iterations; the run stops earlier when classes and poses stop changing.
+    seed
+        The one seed of every random choice.
+    max_candidates
+        ``M``, candidates per particle and class from the fast alignment.
+    max_shift
+        Largest translation searched (voxels); default ``box / 4``.
+    voronoi_samples
+        ``S``, Monte-Carlo points of the Voronoi weights.
+    mask_radius
+        Radius of the default soft spherical mask, as a fraction of the box (used when no
+        mask file is given).
+    min_band
+        Smallest band (Fourier shells) used for alignment and likelihood, whatever the FSC.
+    band_margin
+        Shells beyond the FSC resolution included in the likelihood (as RELION).
+    stop_class_change
+        Early stop when fewer than this share of particles changed class ...
+    stop_pose_change_deg
+        ... and the median change of the best rotation is below this (degrees).
+    chunk_size
+        Particles per task of the map step; fixed, so results do not depend on the number
+        of workers.
+    """
+
+    classes: int = 1
+    method: str = "faml"
+    iterations: int = 15
+    seed: int = 0
+    max_candidates: int = 20
+    max_shift: float | None = None
+    voronoi_samples: int = 10000
+    mask_radius: float = 0.45
+    min_band: int = 4
+    band_margin: int = 2
+    stop_class_change: float = 0.005
+    stop_pose_change_deg: float = 1.0
+    chunk_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.classes < 1:
+            raise ValueError(f"--classes must be at least 1, got {self.classes}")
+        if self.method not in ("faml", "fa"):
+            raise ValueError(f"--method must be 'faml' or 'fa', got {self.method!r}")
+        if self.iterations < 1:
+            raise ValueError(f"--iterations must be at least 1, got {self.iterations}")
+        if self.max_candidates < 1:
+            raise ValueError(f"max_candidates must be at least 1, got {self.max_candidates}")
+        if self.voronoi_samples < 100:
+            raise ValueError(f"voronoi_samples must be at least 100, got {self.voronoi_samples}")
+        if not 0.1 <= self.mask_radius <= 0.5:
+            raise ValueError(f"mask_radius must lie in [0.1, 0.5], got {self.mask_radius}")
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1, got {self.chunk_size}")
+
+    def to_dict(self) -> dict:
+        """Plain dict for ``run.json``."""
+        return asdict(self)

@@ -1,0 +1,437 @@
+"""The FAML / FA driver: initialise, iterate map-reduce steps, checkpoint, write results.
+
+One run (:func:`run`) on a :class:`~faml.io.particles.ParticleTable`:
+
+- iteration 0 is the random start (DESIGN.md 3.5), then iterations 1.. of
+  :mod:`faml.ml.em` until ``config.iterations`` or convergence: fewer than
+  ``config.stop_class_change`` of the particles changed class and the median change of their
+  best rotation is below ``config.stop_pose_change_deg``;
+- particles are split once into two random halves (``rlnRandomSubset``); each class average
+  is filtered by the FSC between its two half averages (weights ``sqrt(2F / (1 + F))``, cut
+  where the FSC first drops below 0.143) and multiplied by the mask before it is used for
+  alignment and likelihood; the band of both follows that resolution (never fewer than
+  ``config.min_band`` shells; the likelihood adds ``config.band_margin`` shells);
+- every iteration is checkpointed in ``DIR/iterations/NNN/`` (``manifest.json`` written last:
+  an iteration without it is incomplete); ``resume=True`` continues after the last complete
+  one and gives the same result as an uninterrupted run (everything depends only on the
+  saved model, the seed and the iteration number);
+- results: ``class_NNN.mrc`` (filtered, masked), ``particles.star`` (RELION 3.1+),
+  ``run.json`` (version, command line, configuration, per-iteration parameters, timings).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.fft
+
+from faml import __version__
+from faml.align import prepare_average
+from faml.align.fourier_rotation import padded_spectrum
+from faml.geometry.masks import soft_sphere
+from faml.geometry.rotations import rotation_distance
+from faml.io.atomic import atomic_path, write_text_atomic
+from faml.io.mrc import write_volume
+from faml.io.particles import ParticleTable
+from faml.io.star import write_particles_star
+from faml.ml.config import RunConfig
+from faml.ml.em import (
+    ParticleResult,
+    Stats,
+    StepContext,
+    initial_chunk,
+    m_step,
+    process_chunk,
+    residual_shells,
+    settings_for,
+)
+from faml.ml.fourier import band_from_fsc, fsc, fsc_filter, shell_index
+from faml.parallel import make_executor
+
+__all__ = ["ModelState", "RunResult", "run", "filtered_average"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """The parameters ``Theta`` after an iteration (what a checkpoint holds).
+
+    Attributes
+    ----------
+    iteration
+        0 for the random start.
+    averages
+        `(K, N, N, N//2 + 1)` complex128 unfiltered class averages (``rfftn``).
+    fsc
+        `(K, N//2 + 1)` FSC between the half-set averages of each class.
+    band
+        Fourier shell limit of alignment (and, plus the margin, of the likelihood).
+    alpha, sigma2, xi
+        Class priors `(K,)`, noise variance per shell `(N//2 + 1,)`, translation prior (voxels).
+    """
+
+    iteration: int
+    averages: np.ndarray
+    fsc: np.ndarray
+    band: int
+    alpha: np.ndarray
+    sigma2: np.ndarray
+    xi: float
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What :func:`run` returns: the final model and per-particle results."""
+
+    state: ModelState
+    classes: np.ndarray  # (n,) 0-based
+    rotations: np.ndarray  # (n, 3, 3)
+    shifts: np.ndarray  # (n, 3) voxels
+    max_probability: np.ndarray  # (n,)
+    maps: np.ndarray  # (K, N, N, N) filtered, masked real-space averages
+    history: list[dict]
+
+
+def filtered_average(state: ModelState, klass: int, mask: np.ndarray) -> np.ndarray:
+    """Real-space class average, FSC-filtered to the current band and masked."""
+    box = mask.shape[0]
+    weights = fsc_filter(state.fsc[klass], state.band)
+    spec = state.averages[klass] * weights[np.minimum(shell_index(box), box // 2)]
+    vol = scipy.fft.irfftn(spec, s=(box,) * 3, workers=1)
+    return (vol * mask).astype(np.float32)
+
+
+def _halves(n: int, seed: int) -> np.ndarray:
+    perm = np.random.default_rng([seed, 7919]).permutation(n)
+    halves = np.zeros(n, dtype=np.int64)
+    halves[perm[1::2]] = 1
+    return halves
+
+
+def _chunks(n: int, size: int) -> list[np.ndarray]:
+    return [np.arange(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+class _ChunkTask:
+    """Picklable map-step task: runs one chunk with the iteration's context."""
+
+    def __init__(self, fn, *args):
+        self.fn = fn
+        self.args = args
+
+    def __call__(self, indices):
+        return self.fn(*self.args, indices)
+
+
+def _reduce(executor, task, chunks, classes, box):
+    total = Stats.zeros(classes, box)
+    results: list[ParticleResult] = []
+    for res, stats in executor.map(task, chunks):
+        total += stats
+        results.extend(res)
+    return results, total
+
+
+def _state_after(stats, previous, config, box, n, iteration, previous_sigma2=None):
+    m = m_step(stats, previous, config.method, previous_sigma2, n)
+    curves = np.stack(
+        [fsc(m.half_averages[0, k], m.half_averages[1, k]) for k in range(config.classes)]
+    )
+    bands = [band_from_fsc(c) for c in curves]
+    band = int(np.clip(max(bands), config.min_band, box // 2 - 1))
+    return ModelState(iteration, m.averages, curves, band, m.alpha, m.sigma2, m.xi)
+
+
+def _initial_sigma2(table, state, results, mask, seed):
+    """Noise per shell from a random particle against its class mean (paper section 2.4)."""
+    box = table.box
+    j = int(np.random.default_rng([seed, 104729]).integers(len(table)))
+    vol, wedge = table.load(j)
+    r = results[j]
+    padded = padded_spectrum(filtered_average(state, r.klass, mask))
+    band = box // 2 - 1
+    d = residual_shells(
+        scipy.fft.rfftn(vol, workers=1), wedge, padded, r.rotation[None], r.shift[None], band
+    )[0]
+    idx = shell_index(box)
+    mult = np.full(box // 2 + 1, 2.0)
+    mult[0] = 1.0
+    if box % 2 == 0:
+        mult[-1] = 1.0
+    count = np.bincount(idx.ravel(), weights=(wedge * mult).ravel(), minlength=box // 2 + 1)
+    sigma2 = d / np.maximum(count[: box // 2 + 1], 1e-30)
+    sigma2[0] = sigma2[1]
+    positive = sigma2[sigma2 > 0]
+    return np.maximum(sigma2, 1e-6 * (positive.max() if positive.size else 1.0))
+
+
+def _save_checkpoint(folder: Path, state: ModelState, results, halves, history, table, maps):
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = folder / "manifest.json"
+    if manifest.exists():
+        manifest.unlink()
+    with atomic_path(folder / "model.npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(
+                fh,
+                iteration=state.iteration,
+                averages=state.averages,
+                fsc=state.fsc,
+                band=state.band,
+                alpha=state.alpha,
+                sigma2=state.sigma2,
+                xi=state.xi,
+            )
+    with atomic_path(folder / "particles.npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(
+                fh,
+                classes=np.array([r.klass for r in results]),
+                rotations=np.stack([r.rotation for r in results]),
+                shifts=np.stack([r.shift for r in results]),
+                max_probability=np.array([r.max_probability for r in results]),
+                n_significant=np.array([r.n_significant for r in results]),
+                halves=halves,
+            )
+    for k, vol in enumerate(maps):
+        write_volume(folder / f"class_{k + 1:03d}.mrc", vol, table.voxel_size)
+    write_text_atomic(
+        manifest,
+        json.dumps({"iteration": state.iteration, "complete": True, "history": history}),
+    )
+
+
+def _load_checkpoint(folder: Path):
+    with np.load(folder / "model.npz") as z:
+        state = ModelState(
+            int(z["iteration"]),
+            z["averages"],
+            z["fsc"],
+            int(z["band"]),
+            z["alpha"],
+            z["sigma2"],
+            float(z["xi"]),
+        )
+    with np.load(folder / "particles.npz") as z:
+        results = [
+            ParticleResult(i, int(c), r, s, float(p), int(ns))
+            for i, (c, r, s, p, ns) in enumerate(
+                zip(
+                    z["classes"],
+                    z["rotations"],
+                    z["shifts"],
+                    z["max_probability"],
+                    z["n_significant"],
+                    strict=True,
+                )
+            )
+        ]
+    history = json.loads((folder / "manifest.json").read_text())["history"]
+    return state, results, history
+
+
+def last_complete_iteration(out_dir: Path) -> Path | None:
+    """The newest ``iterations/NNN`` folder with a manifest, or ``None``."""
+    folders = sorted((out_dir / "iterations").glob("[0-9][0-9][0-9]"))
+    for folder in reversed(folders):
+        if (folder / "manifest.json").exists():
+            return folder
+    return None
+
+
+def _changes(previous, current):
+    same = [p.klass == c.klass for p, c in zip(previous, current, strict=True)]
+    class_change = 1.0 - float(np.mean(same))
+    angles = rotation_distance(
+        np.stack([p.rotation for p in previous]), np.stack([c.rotation for c in current])
+    )
+    return class_change, float(np.median(angles))
+
+
+def run(
+    table: ParticleTable,
+    out_dir: str | Path,
+    config: RunConfig,
+    *,
+    mask: np.ndarray | None = None,
+    workers: int = 1,
+    resume: bool = False,
+    command_line: list[str] | None = None,
+) -> RunResult:
+    """Run FAML (or FA) on ``table`` and write the results into ``out_dir``.
+
+    Parameters
+    ----------
+    table
+        The particles.
+    out_dir
+        Output folder (created).
+    config
+        The run's configuration.
+    mask
+        `(N, N, N)` reference mask (values 0..1); default a soft sphere of radius
+        ``config.mask_radius * N``.
+    workers
+        Local worker processes of the map step (1: in this process).
+    resume
+        Continue after the last complete iteration in ``out_dir``.
+    command_line
+        Recorded in ``run.json``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    box, n, K = table.box, len(table), config.classes
+    if K > n:
+        raise ValueError(f"--classes {K} is more than the {n} particles")
+    if mask is None:
+        mask = soft_sphere(box, config.mask_radius * box - 3.0, edge=3.0)
+    elif mask.shape != (box,) * 3 or not np.any(mask > 0):
+        raise ValueError(f"the mask must be a non-empty {(box,) * 3} volume, got {mask.shape}")
+    halves = _halves(n, config.seed)
+    chunks = _chunks(n, config.chunk_size)
+    started = time.time()
+    executor = make_executor(workers)
+    try:
+        checkpoint = last_complete_iteration(out) if resume else None
+        if checkpoint is not None:
+            state, results, history = _load_checkpoint(checkpoint)
+            logger.info("continuing after iteration %d (%s)", state.iteration, checkpoint)
+        else:
+            t0 = time.perf_counter()
+            results, stats = _reduce(executor, _InitTask(table, config, halves), chunks, K, box)
+            state = _state_after(stats, None, config, box, n, 0)
+            sigma2 = _initial_sigma2(table, state, results, mask, config.seed)
+            state = ModelState(0, state.averages, state.fsc, state.band, state.alpha, sigma2,
+                               float(box))  # fmt: skip
+            history = [_history_entry(state, table, None, time.perf_counter() - t0, 0.0)]
+            maps = np.stack([filtered_average(state, k, mask) for k in range(K)])
+            _save_checkpoint(
+                out / "iterations" / "000", state, results, halves, history, table, maps
+            )
+        for iteration in range(state.iteration + 1, config.iterations + 1):
+            t0 = time.perf_counter()
+            ctx = _context(state, config, iteration, box, mask, halves)
+            new_results, stats = _reduce(
+                executor, _ChunkTask(process_chunk, ctx, table), chunks, K, box
+            )
+            t_map = time.perf_counter() - t0
+            state = _state_after(stats, state.averages, config, box, n, iteration, state.sigma2)
+            change = _changes(results, new_results)
+            results = new_results
+            entry = _history_entry(state, table, stats, time.perf_counter() - t0, t_map)
+            entry.update(class_change=change[0], median_pose_change_deg=change[1])
+            history.append(entry)
+            logger.info(
+                "iteration %d: resolution %.1f A (band %d), alpha %s, log-lik %.4g, class changes "
+                "%.1f%%, median pose change %.2f deg, %.1f s",
+                iteration, entry["resolution_angstrom"], state.band,
+                np.round(state.alpha, 3).tolist(), stats.loglik, 100 * change[0], change[1],
+                entry["seconds"],
+            )  # fmt: skip
+            maps = np.stack([filtered_average(state, k, mask) for k in range(K)])
+            _save_checkpoint(
+                out / "iterations" / f"{iteration:03d}", state, results, halves, history, table,
+                maps,
+            )  # fmt: skip
+            if change[0] < config.stop_class_change and change[1] < config.stop_pose_change_deg:
+                logger.info(
+                    "converged at iteration %d: %.2f%% of particles changed class (< %.2f%%) "
+                    "and the median pose change is %.2f deg (< %.2f)",
+                    iteration, 100 * change[0], 100 * config.stop_class_change, change[1],
+                    config.stop_pose_change_deg,
+                )  # fmt: skip
+                history[-1]["converged"] = True
+                break
+    finally:
+        executor.close()
+    maps = np.stack([filtered_average(state, k, mask) for k in range(K)])
+    result = RunResult(
+        state,
+        np.array([r.klass for r in results]),
+        np.stack([r.rotation for r in results]),
+        np.stack([r.shift for r in results]),
+        np.array([r.max_probability for r in results]),
+        maps,
+        history,
+    )
+    _write_outputs(out, table, result, halves, config, workers, command_line, time.time() - started)
+    return result
+
+
+class _InitTask:
+    def __init__(self, table, config, halves):
+        self.table, self.config, self.halves = table, config, halves
+
+    def __call__(self, indices):
+        return initial_chunk(self.table, indices, self.config, self.halves)
+
+
+def _context(state, config, iteration, box, mask, halves) -> StepContext:
+    settings = settings_for(config, box, state.band)
+    maps = [filtered_average(state, k, mask) for k in range(config.classes)]
+    band_e = int(min(state.band + config.band_margin, box // 2 - 1))
+    inv = np.zeros(box // 2 + 1)
+    inv[1 : band_e + 1] = 1.0 / state.sigma2[1 : band_e + 1]
+    with np.errstate(divide="ignore"):
+        log_alpha = np.log(np.maximum(state.alpha, 1e-300))
+    return StepContext(
+        config=config,
+        iteration=iteration,
+        box=box,
+        log_alpha=log_alpha,
+        inv_sigma2=inv,
+        xi=state.xi,
+        align=tuple(prepare_average(m, settings) for m in maps),
+        padded=tuple(padded_spectrum(m) for m in maps),
+        band_e=band_e,
+        halves=halves,
+    )
+
+
+def _history_entry(state, table, stats, seconds, seconds_map) -> dict:
+    band = state.band
+    return {
+        "iteration": state.iteration,
+        "alpha": state.alpha.tolist(),
+        "sigma2_mean_in_band": float(np.mean(state.sigma2[1 : band + 1])),
+        "sigma2": state.sigma2.tolist(),
+        "xi_voxels": state.xi,
+        "band_shells": band,
+        "resolution_angstrom": table.box * table.voxel_size / max(band, 1),
+        "log_likelihood": None if stats is None else stats.loglik,
+        "seconds": seconds,
+        "seconds_map_step": seconds_map,
+    }
+
+
+def _write_outputs(out, table, result, halves, config, workers, command_line, seconds):
+    for k, vol in enumerate(result.maps):
+        write_volume(out / f"class_{k + 1:03d}.mrc", vol, table.voxel_size)
+    write_particles_star(
+        out / "particles.star",
+        table,
+        result.rotations,
+        result.shifts,
+        result.classes + 1,
+        result.max_probability,
+        random_subset=halves + 1,
+    )
+    info = {
+        "faml_version": __version__,
+        "command_line": command_line,
+        "config": config.to_dict(),
+        "seed": config.seed,
+        "workers": workers,
+        "particles": len(table),
+        "box": table.box,
+        "voxel_size": table.voxel_size,
+        "seconds": seconds,
+        "iterations": result.history,
+    }
+    write_text_atomic(out / "run.json", json.dumps(info, indent=2))
