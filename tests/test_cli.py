@@ -56,6 +56,14 @@ def test_bad_tilt_range_is_one_sentence(tmp_path, capsys, ribosome32):
     assert err.startswith("faml align:") and "\n" not in err
 
 
-def test_demo_says_what_it_needs(capsys):
-    assert main(["demo"]) == 0
-    assert "averaging engine" in capsys.readouterr().out
+def test_demo_end_to_end(tmp_path, capsys):
+    """The demo on a smaller set: the map must match the shipped truth."""
+    from faml.cli import main as cli_main
+
+    rc = cli_main(["demo", "--out", str(tmp_path / "d"), "--particles", "40", "--snr", "0.5",
+                   "--iterations", "4", "--workers", "1"])  # fmt: skip
+    assert rc == 0
+    out = capsys.readouterr().out
+    corr = float(out.split("correlation ")[1].split(",")[0])
+    assert corr > 0.9, out
+    assert (tmp_path / "d" / "run" / "particles.star").exists()

@@ -328,7 +328,7 @@ class MStepResult:
     """New class averages (Fourier, unfiltered) and parameters from summed statistics."""
 
     averages: np.ndarray  # (K, N, N, N//2+1) complex128
-    half_averages: np.ndarray  # (2, K, N, N, N//2+1) complex128
+    half_averages: np.ndarray  # (2, K, N, N, N//2+1) complex128, independent (for the FSC)
     alpha: np.ndarray
     sigma2: np.ndarray
     xi: float
@@ -363,7 +363,10 @@ def m_step(
     for k in range(K):
         old = None if previous is None else previous[k]
         for h in range(2):
-            halves[h, k] = update(S[h, k], W[h, k], n[h, k], old)
+            # Half maps for the FSC must be independent: eq. 10 would give both halves the
+            # same old values where they observed little, and inflate the FSC. They are
+            # wedge-compensated means of their own particles only.
+            halves[h, k] = S[h, k] / np.maximum(W[h, k], 0.1 * max(n[h, k], 1e-12))
         combined[k] = update(S[0, k] + S[1, k], W[0, k] + W[1, k], n[0, k] + n[1, k], old)
     counts = n.sum(axis=0)
     alpha = counts / max(counts.sum(), 1e-12)

@@ -1,0 +1,1 @@
+"""Scoring against known truth: map-to-truth alignment, correlation, FSC, pose errors."""

@@ -1,0 +1,1 @@
+"""Simulated subtomograms with known truth (fast mode: 3D wedge and noise)."""
