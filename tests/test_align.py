@@ -298,3 +298,33 @@ def test_crop_volume_keeps_centre_and_low_frequencies(ribosome32):
     big_ft = scipy.fft.rfftn(ribosome32)
     small_ft = scipy.fft.rfftn(small) * (32 / 16) ** 3
     np.testing.assert_allclose(small_ft[:4, :4, :4], big_ft[:4, :4, :4], rtol=1e-4, atol=1e-3)
+
+
+def test_candidates_are_distinct_and_fractional_weights_work(ribosome32):
+    """A particle equal to the average (poses near the tilt pole) gives no duplicate
+    candidates; a weight scaled to 0.7 (a CTF-like envelope) aligns like the binary one."""
+    box = ribosome32.shape[0]
+    wedge = wedge_mask(box, (-60, 60))
+    cands = fast_align(ribosome32, wedge, ribosome32)
+    step = euler_grid(box // 2).step_deg
+    for i in range(len(cands)):
+        for j in range(i):
+            assert rotation_distance(cands[i].rotation, cands[j].rotation) >= 0.5 * step
+    assert rotation_distance(cands[0].rotation, np.eye(3)) < 1.0
+    scaled = fast_align(ribosome32, 0.7 * wedge, ribosome32)
+    assert rotation_distance(scaled[0].rotation, np.eye(3)) < 1.0
+    with pytest.raises(ValueError, match="not all zero"):
+        fast_align(ribosome32, 0 * wedge, ribosome32)
+    with pytest.raises(ValueError, match="no signal"):
+        fast_align(ribosome32, wedge, np.zeros_like(ribosome32))
+
+
+def test_max_shift_near_half_the_box(ribosome32):
+    """The sub-voxel fit keeps a neighbour inside the searched region at any max_shift."""
+    box = ribosome32.shape[0]
+    ft = scipy.fft.rfftn(ribosome32)
+    k = np.fft.fftfreq(box)[:, None, None]
+    for true_x in (14.6, -14.6):
+        ramp = np.exp(-2j * np.pi * np.fft.rfftfreq(box)[None, None, :] * true_x) * (k == k)
+        shifts, _ = translation_search(ft * ramp, np.ones(ft.shape, np.float32), ft[None], 15.0)
+        assert abs(shifts[0, 0] - true_x) < 0.1, shifts

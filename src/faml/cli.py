@@ -25,18 +25,16 @@ logger = logging.getLogger(__name__)
 
 
 def _cmd_align(args: argparse.Namespace) -> int:
-    import mrcfile
-    import numpy as np
-
     from faml.align import fast_align
     from faml.geometry.euler import shift_to_origin_angst
     from faml.geometry.wedge import read_weight, wedge_mask
+    from faml.io.mrc import read_volume
 
-    with mrcfile.open(args.particle, permissive=False) as m:
-        particle = np.asarray(m.data, dtype=np.float32)
-        voxel = float(m.voxel_size.x) or 1.0
-    with mrcfile.open(args.average, permissive=False) as m:
-        average = np.asarray(m.data, dtype=np.float32)
+    particle, voxel = read_volume(args.particle)
+    voxel = voxel or args.voxel_size
+    if not voxel:
+        raise ValueError(f"{args.particle} has no voxel size in its header: give --voxel-size")
+    average, _ = read_volume(args.average)
     if particle.shape != average.shape:
         raise SystemExit(
             f"faml align: particle {args.particle} is {particle.shape} but average "
@@ -154,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("particle", help="particle MRC (cubic)")
     p.add_argument("average", help="average MRC (same box)")
-    p.add_argument(
+    wedge = p.add_mutually_exclusive_group()
+    wedge.add_argument(
         "--tilt-range",
         nargs=2,
         type=float,
@@ -162,8 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("MIN", "MAX"),
         help="tilt range (degrees) about Y",
     )
-    p.add_argument(
+    wedge.add_argument(
         "--weight", help="3D Fourier weight MRC (RELION rlnCtfImage layout) instead of --tilt-range"
+    )
+    p.add_argument(
+        "--voxel-size", type=float, default=None, help="Angstrom per voxel if the header has none"
     )
     p.add_argument("--candidates", type=int, default=20, help="most candidates returned")
     p.add_argument(
@@ -249,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
-    except ValueError as exc:  # bad input: one clear sentence, no traceback
+    except (ValueError, OSError) as exc:  # bad input: one clear sentence, no traceback
         print(f"faml {args.command}: {exc}", file=sys.stderr)
         return 2
 

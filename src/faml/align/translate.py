@@ -71,7 +71,7 @@ def shift_offsets(box: int, max_shift: float) -> tuple[np.ndarray, np.ndarray, i
         The region's half-width.
     """
     r = min(int(np.floor(max_shift)) + 1, (box - 1) // 2)
-    reach = min(int(np.floor(max_shift)), r)
+    reach = min(int(np.floor(max_shift)), r - 1)  # keep a neighbour for the sub-voxel fit
     ax = np.arange(-reach, reach + 1)
     zz, yy, xx = np.meshgrid(ax, ax, ax, indexing="ij")
     inside = zz**2 + yy**2 + xx**2 <= max_shift**2 + 1e-9

@@ -73,11 +73,19 @@ def matrix_to_euler(matrices: np.ndarray) -> np.ndarray:
     np.ndarray
         `(..., 3)` ``(rot, tilt, psi)`` in degrees, ``tilt`` in ``[0, 180]``, ``rot`` and
         ``psi`` in ``(-180, 180]``. At ``tilt`` = 0 or 180 (gimbal lock) only ``rot + psi``
-        (or ``rot - psi``) is defined; then ``rot`` carries all of it and ``psi`` = 0, as
-        RELION's ``Euler_matrix2angles`` does.
+        (or ``psi - rot``) is defined; then ``rot`` = 0 and ``psi`` carries the in-plane
+        angle, as RELION's ``Euler_matrix2angles`` does.
+
+    Raises
+    ------
+    ValueError
+        If a matrix is not a rotation (orthogonal with determinant +1, to 1e-4).
     """
     m = _check_last(matrices, (3, 3), "matrix_to_euler")
     flat = m.reshape(-1, 3, 3)
+    ortho = np.abs(np.einsum("nij,nkj->nik", flat, flat) - np.eye(3)).max(axis=(1, 2))
+    if flat.shape[0] and (ortho.max() > 1e-4 or np.abs(np.linalg.det(flat) - 1).max() > 1e-4):
+        raise ValueError("matrix_to_euler: not a rotation matrix (orthogonal, determinant +1)")
     # A = Rz(psi) Ry(tilt) Rz(rot) (passive). With s = sin, c = cos:
     #   A[2, 2] = cos(tilt); A[2, 0:2] = sin(tilt) * (cos(rot), sin(rot)) ;
     #   A[0:2, 2] = -sin(tilt) * (cos(psi), -sin(psi)) ... see RELION euler.cpp.

@@ -31,6 +31,7 @@ never observed keep their value), ``alpha = n / N``, ``sigma_r^2 = E_r / C_r``,
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -235,6 +236,12 @@ def initial_chunk(
     return results, stats
 
 
+def _lap(timings: dict[str, float], name: str, since: float) -> float:
+    now = time.perf_counter()
+    timings[name] = timings.get(name, 0.0) + now - since
+    return now
+
+
 def process_chunk(
     ctx: StepContext, table: ParticleTable, indices: np.ndarray
 ) -> tuple[list[ParticleResult], Stats]:
@@ -246,8 +253,11 @@ def process_chunk(
     results = []
     mult = half_spectrum_multiplicity(box)
     idx = shell_index(box)
+    t = stats.timings
     for i in np.asarray(indices, dtype=np.int64):
+        clock = time.perf_counter()
         vol, wedge = table.load(int(i))
+        clock = _lap(t, "io", clock)
         half = int(ctx.halves[i])
         particle_ft = scipy.fft.rfftn(vol, workers=1)
         x_w = scipy.fft.irfftn(particle_ft * wedge, s=vol.shape, workers=1).astype(np.float32)
@@ -255,7 +265,9 @@ def process_chunk(
         stats.count += np.bincount(
             idx[in_band], weights=(wedge * mult)[in_band], minlength=box // 2 + 1
         )[: box // 2 + 1]
+        clock = _lap(t, "fft", clock)
         cands = [align_to(vol, wedge, ctx.align[k]) for k in range(K)]
+        clock = _lap(t, "align", clock)
         rots = [np.stack([c.rotation for c in cs]) for cs in cands]
         shifts = [np.stack([c.shift for c in cs]) for cs in cands]
         if cfg.method == "fa":
@@ -274,12 +286,14 @@ def process_chunk(
                     rots[k], shifts[k], rng_for(cfg.seed, ctx.iteration, int(i), k),
                     cfg.voronoi_samples,
                 )  # fmt: skip
+                clock = _lap(t, "voronoi", clock)
                 d = residual_shells(
                     particle_ft, wedge, ctx.padded[k], rots[k], shifts[k], ctx.band_e
                 )
                 resid_k.append(d)
                 prior = np.sum(shifts[k] ** 2, axis=1) / (2.0 * ctx.xi**2)
                 log_e.append(ctx.log_alpha[k] + np.log(nu) - 0.5 * d @ ctx.inv_sigma2 - prior)
+                clock = _lap(t, "estep", clock)
             flat = np.concatenate(log_e)
             total = logsumexp(flat)
             if not np.isfinite(total):
@@ -307,6 +321,7 @@ def process_chunk(
                         resid[(k, m)] = resid_k[k][m]
             best_flat = int(order[0])
             best_k = int(np.searchsorted(starts, best_flat, side="right") - 1)
+        clock = _lap(t, "estep", clock)
         for k, m, gk in weights:
             _accumulate(stats, x_w, wedge, half, k, gk, rots[k][m], shifts[k][m])
             stats.resid += gk * resid[(k, m)]
@@ -314,6 +329,7 @@ def process_chunk(
         best_m = 0
         if cfg.method == "faml":
             best_m = int(best_flat - starts[best_k])
+        clock = _lap(t, "mstep", clock)
         stats.particles += 1
         results.append(
             ParticleResult(

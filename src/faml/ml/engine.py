@@ -405,6 +405,7 @@ def _history_entry(state, table, stats, seconds, seconds_map) -> dict:
         "band_shells": band,
         "resolution_angstrom": table.box * table.voxel_size / max(band, 1),
         "log_likelihood": None if stats is None else stats.loglik,
+        "map_step_seconds_by_stage": {} if stats is None else dict(stats.timings),
         "seconds": seconds,
         "seconds_map_step": seconds_map,
     }
