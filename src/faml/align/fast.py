@@ -50,7 +50,6 @@ from faml.align.translate import (
     search_cross,
 )
 from faml.geometry.euler import matrix_to_euler
-from faml.geometry.rotations import rotation_distance
 
 __all__ = [
     "Candidate",
@@ -453,9 +452,11 @@ def align_to(
 
 def _distinct(rotations: np.ndarray, min_deg: float) -> np.ndarray:
     """Indices of `(B, 3, 3)` rotations (best first) with no better one within ``min_deg``."""
+    trace = np.einsum("aij,bij->ab", rotations, rotations)  # trace(Ra^T Rb)
+    close = trace > 1.0 + 2.0 * np.cos(np.radians(min_deg))  # angle < min_deg
     keep: list[int] = []
     for i in range(rotations.shape[0]):
-        if not keep or np.min(rotation_distance(rotations[keep], rotations[i])) >= min_deg:
+        if not any(close[i, j] for j in keep):
             keep.append(i)
     return np.asarray(keep, dtype=np.int64)
 
