@@ -92,3 +92,47 @@ def test_more_classes_than_particles_is_refused(k1_data, tmp_path):
     table = from_mrc_files(folder).subset(np.arange(3))
     with pytest.raises(ValueError, match="more than the 3 particles"):
         run(table, tmp_path / "x", RunConfig(classes=4))
+
+
+def test_k2_separates_two_structures(tmp_path):
+    """Two distinct structures (RuBisCO 1BXN, p97 3CF3), 20 particles each, SNR 1: F1 >= 0.98."""
+    from conftest import polnet_map
+
+    structures = [polnet_map("1bxn"), polnet_map("3cf3")]
+    _, _, classes = make_dataset(tmp_path / "p", structures, 20, 1.0, seed=5)
+    table = from_mrc_files(tmp_path / "p")
+    result = run(table, tmp_path / "run", RunConfig(classes=2, iterations=8, seed=2))
+    pred = result.classes
+    if np.mean(pred == classes) < 0.5:  # the labels of classes are arbitrary
+        pred = 1 - pred
+    f1 = []
+    for k in range(2):
+        tp = np.sum((pred == k) & (classes == k))
+        f1.append(2 * tp / (np.sum(pred == k) + np.sum(classes == k)))
+    assert min(f1) >= 0.98, f1
+    assert abs(result.state.alpha.sum() - 1.0) < 1e-9
+
+
+def test_responsibilities_are_normalised_in_the_log_domain():
+    from faml.ml.em import responsibilities
+
+    log_e = np.array([-1.0e5, -1.0e5 - 3.0, -2.0e5, -1.0e5 - 0.5])
+    g, total = responsibilities(log_e)
+    assert np.isfinite(total) and np.all(np.isfinite(g))
+    assert g.sum() == pytest.approx(1.0, abs=1e-12)
+    assert g[2] == 0.0 and g[0] > g[3] > g[1]
+
+
+def test_voronoi_weights():
+    from faml.geometry.rotations import random_rotations as rr
+    from faml.ml.voronoi import rng_for, voronoi_weights
+
+    rots = rr(5, 1)
+    shifts = np.zeros((5, 3))
+    w = voronoi_weights(rots, shifts, rng_for(0, 1, 2, 0), 20000)
+    assert w.sum() == pytest.approx(1.0) and np.all(w > 0)
+    # the same seed key gives the same weights, whatever else ran before
+    np.testing.assert_array_equal(w, voronoi_weights(rots, shifts, rng_for(0, 1, 2, 0), 20000))
+    # two candidates alone: each owns about half of SO(3)
+    w2 = voronoi_weights(np.stack([np.eye(3), rots[0]]), np.zeros((2, 3)), rng_for(0, 0, 0, 0))
+    assert abs(w2[0] - 0.5) < 0.05

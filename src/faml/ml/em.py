@@ -50,7 +50,17 @@ from faml.ml.config import RunConfig
 from faml.ml.fourier import shell_index
 from faml.ml.voronoi import rng_for, voronoi_weights
 
-__all__ = ["StepContext", "Stats", "ParticleResult", "process_chunk", "m_step", "KEEP_WEIGHT"]
+__all__ = [
+    "KEEP_WEIGHT",
+    "ParticleResult",
+    "StepContext",
+    "Stats",
+    "hard_chunk",
+    "initial_chunk",
+    "m_step",
+    "process_chunk",
+    "responsibilities",
+]
 
 KEEP_WEIGHT = 1e-4
 """Candidates with a smaller responsibility are left out of the M-step sums."""
@@ -106,6 +116,7 @@ class ParticleResult:
     shift: np.ndarray
     max_probability: float
     n_significant: int  # candidates carrying 90% of the weight
+    fit: float = 0.0  # FAML: the particle's log-likelihood; FA: its best correlation
 
 
 @dataclass
@@ -212,6 +223,24 @@ def _accumulate(stats, x_w, wedge, half, klass, weight, rotation, shift) -> None
     stats.n[half, klass] += weight
 
 
+def hard_chunk(
+    table: ParticleTable,
+    assignments: list[tuple[int, int, np.ndarray, np.ndarray]],
+    classes: int,
+    halves: np.ndarray,
+) -> tuple[list[ParticleResult], Stats]:
+    """Statistics of particles placed by hand: ``(index, class, rotation, shift)`` each."""
+    stats = Stats.zeros(classes, table.box)
+    results = []
+    for i, klass, rotation, shift in assignments:
+        vol, wedge = table.load(int(i))
+        x_w = scipy.fft.irfftn(scipy.fft.rfftn(vol, workers=1) * wedge, s=vol.shape, workers=1)
+        _accumulate(stats, x_w.astype(np.float32), wedge, halves[i], klass, 1.0, rotation, shift)
+        stats.particles += 1
+        results.append(ParticleResult(int(i), klass, rotation, shift, 1.0, 1))
+    return results, stats
+
+
 def initial_chunk(
     table: ParticleTable, indices: np.ndarray, config: RunConfig, halves: np.ndarray
 ) -> tuple[list[ParticleResult], Stats]:
@@ -220,20 +249,23 @@ def initial_chunk(
     Each particle goes to a random class at a random rotation (uniform on SO(3)) and zero
     shift, so that no common wedge orientation survives in the starting averages.
     """
-    stats = Stats.zeros(config.classes, table.box)
-    results = []
+    assignments = []
     for i in indices:
         rng = rng_for(config.seed, 0, int(i), 0)
         klass = int(rng.integers(config.classes))
-        rotation = random_rotations(1, rng)[0]
-        vol, wedge = table.load(int(i))
-        x_w = scipy.fft.irfftn(scipy.fft.rfftn(vol, workers=1) * wedge, s=vol.shape, workers=1)
-        _accumulate(
-            stats, x_w.astype(np.float32), wedge, halves[i], klass, 1.0, rotation, np.zeros(3)
-        )
-        stats.particles += 1
-        results.append(ParticleResult(int(i), klass, rotation, np.zeros(3), 1.0, 1))
-    return results, stats
+        assignments.append((int(i), klass, random_rotations(1, rng)[0], np.zeros(3)))
+    return hard_chunk(table, assignments, config.classes, halves)
+
+
+def responsibilities(log_e: np.ndarray) -> tuple[np.ndarray, float]:
+    """``g = exp(log_e - logsumexp(log_e))`` and the log-sum-exp itself.
+
+    ``log_e``: `(n,)` log of prior x likelihood x Voronoi weight of every (class, candidate)
+    of one particle; exponents of -1e5 are fine (no under- or overflow).
+    """
+    total = float(logsumexp(log_e))
+    g = np.exp(log_e - total)
+    return g / g.sum(), total  # renormalised: with exponents near -1e5, exp loses ~1e-11
 
 
 def _lap(timings: dict[str, float], name: str, since: float) -> float:
@@ -295,14 +327,13 @@ def process_chunk(
                 log_e.append(ctx.log_alpha[k] + np.log(nu) - 0.5 * d @ ctx.inv_sigma2 - prior)
                 clock = _lap(t, "estep", clock)
             flat = np.concatenate(log_e)
-            total = logsumexp(flat)
+            g, total = responsibilities(flat)
             if not np.isfinite(total):
                 raise FloatingPointError(
                     f"particle {i} ({table.paths[i]}): non-finite likelihood at iteration "
                     f"{ctx.iteration}"
                 )
             stats.loglik += float(total)
-            g = np.exp(flat - total)
             order = np.argsort(g)[::-1]
             n_sig = int(np.searchsorted(np.cumsum(g[order]), 0.9) + 1)
             max_p = float(g[order[0]])
@@ -327,13 +358,15 @@ def process_chunk(
             stats.resid += gk * resid[(k, m)]
             stats.shift2 += gk * float(np.sum(shifts[k][m] ** 2))
         best_m = 0
+        fit = float(cands[best_k][0].score)
         if cfg.method == "faml":
             best_m = int(best_flat - starts[best_k])
+            fit = float(total)
         clock = _lap(t, "mstep", clock)
         stats.particles += 1
         results.append(
             ParticleResult(
-                int(i), best_k, rots[best_k][best_m], shifts[best_k][best_m], max_p, n_sig
+                int(i), best_k, rots[best_k][best_m], shifts[best_k][best_m], max_p, n_sig, fit
             )
         )
     return results, stats

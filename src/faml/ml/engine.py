@@ -44,6 +44,7 @@ from faml.ml.em import (
     ParticleResult,
     Stats,
     StepContext,
+    hard_chunk,
     initial_chunk,
     m_step,
     process_chunk,
@@ -322,6 +323,7 @@ def run(
             )
             t_map = time.perf_counter() - t0
             state = _state_after(stats, state.averages, config, box, n, iteration, state.sigma2)
+            state, new_results = _reseed(executor, table, state, new_results, config, halves)
             change = _changes(results, new_results)
             results = new_results
             entry = _history_entry(state, table, stats, time.perf_counter() - t0, t_map)
@@ -370,6 +372,77 @@ class _InitTask:
 
     def __call__(self, indices):
         return initial_chunk(self.table, indices, self.config, self.halves)
+
+
+RESEED_SHARE = 0.25
+"""A class with a prior below ``RESEED_SHARE / K`` is re-seeded (see :func:`_reseed`)."""
+
+
+def _reseed(executor, table, state, results, config, halves):
+    """Re-seed classes that have (nearly) emptied, instead of letting them die.
+
+    Rule: while a class ``k`` holds less than ``RESEED_SHARE / K`` of the particles (by its
+    prior ``alpha_k``), the worse-fitting half (lowest log-likelihood for FAML, lowest
+    correlation for FA) of the particles whose best class is the largest class is moved to
+    ``k`` with their current poses; ``k``'s average becomes the wedge-compensated mean of
+    those particles and ``alpha`` follows the new counts. Particles that fit the dominant
+    average worst are the likeliest to belong to another structure.
+    """
+    K = config.classes
+    if K == 1:
+        return state, results
+    averages = state.averages.copy()
+    curves = state.fsc.copy()
+    alpha = state.alpha.copy()
+    results = list(results)
+    for k in range(K):
+        if alpha[k] >= RESEED_SHARE / K:
+            continue
+        counts = np.bincount([r.klass for r in results], minlength=K)
+        big = int(np.argmax(counts))
+        members = [r for r in results if r.klass == big]
+        if len(members) < 2:
+            continue
+        members.sort(key=lambda r: r.fit)
+        moved = members[: len(members) // 2]
+        assignments = [(r.index, k, r.rotation, r.shift) for r in moved]
+        per_task = [
+            assignments[s : s + config.chunk_size]
+            for s in range(0, len(assignments), config.chunk_size)
+        ]
+        total = Stats.zeros(K, table.box)
+        for _, stats in executor.map(_HardTask(table, K, halves), per_task):
+            total += stats
+        s = scipy.fft.rfftn(total.acc[:, k], axes=(-3, -2, -1), workers=1)  # (2, ...)
+        w = total.wsum[:, k]
+        averages[k] = s.sum(axis=0) / np.maximum(w.sum(axis=0), 0.1 * len(moved))
+        halves_k = [s[h] / np.maximum(w[h], 0.1 * max(total.n[h, k], 1e-12)) for h in (0, 1)]
+        curves[k] = fsc(halves_k[0], halves_k[1])
+        for r in moved:
+            results[r.index] = ParticleResult(
+                r.index, k, r.rotation, r.shift, r.max_probability, r.n_significant, r.fit
+            )
+        counts = np.bincount([r.klass for r in results], minlength=K)
+        alpha = counts / counts.sum()
+        logger.info(
+            "class %d held %.1f%% of the particles: re-seeded with the %d worst-fitting "
+            "particles of class %d", k + 1, 100 * state.alpha[k], len(moved), big + 1,
+        )  # fmt: skip
+    if alpha is state.alpha:
+        return state, results
+    band = int(np.clip(max(band_from_fsc(c) for c in curves), config.min_band, table.box // 2 - 1))
+    return (
+        ModelState(state.iteration, averages, curves, band, alpha, state.sigma2, state.xi),
+        results,
+    )
+
+
+class _HardTask:
+    def __init__(self, table, classes, halves):
+        self.table, self.classes, self.halves = table, classes, halves
+
+    def __call__(self, assignments):
+        return hard_chunk(self.table, assignments, self.classes, self.halves)
 
 
 def _context(state, config, iteration, box, mask, halves) -> StepContext:
