@@ -136,3 +136,41 @@ def test_voronoi_weights():
     # two candidates alone: each owns about half of SO(3)
     w2 = voronoi_weights(np.stack([np.eye(3), rots[0]]), np.zeros((2, 3)), rng_for(0, 0, 0, 0))
     assert abs(w2[0] - 0.5) < 0.05
+
+
+def test_sigkill_mid_run_then_continue(k1_data, tmp_path):
+    """A `faml run` killed (SIGKILL) during iteration 2, then `--continue`: same maps and poses
+    as an uninterrupted run; no temporary file left in the output folder."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from faml.io.mrc import read_volume
+
+    folder, _ = k1_data
+    args = [str(folder), "--iterations", "3", "--seed", "6", "--candidates", "10"]
+    cmd = [sys.executable, "-m", "faml.cli", "run"]
+    subprocess.run([*cmd, *args, "--out", str(tmp_path / "full")], check=True,
+                   capture_output=True)  # fmt: skip
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, *args, "--out", str(killed)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    while not (killed / "iterations" / "001" / "manifest.json").exists():
+        assert time.time() < deadline and proc.poll() is None, "run ended before iteration 1"
+        time.sleep(0.02)
+    time.sleep(0.3)  # inside iteration 2
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "particles.star").exists()
+    subprocess.run([*cmd, *args, "--out", str(killed), "--continue"], check=True,
+                   capture_output=True)  # fmt: skip
+    a, _ = read_volume(tmp_path / "full" / "class_001.mrc")
+    b, _ = read_volume(killed / "class_001.mrc")
+    np.testing.assert_array_equal(a, b)
+    assert (tmp_path / "full" / "particles.star").read_text().split("\n")[3:] == (
+        killed / "particles.star"
+    ).read_text().split("\n")[3:]
+    assert not list(killed.rglob("*.tmp"))
