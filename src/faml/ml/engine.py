@@ -33,6 +33,7 @@ import scipy.fft
 from faml import __version__
 from faml.align import prepare_average
 from faml.align.fourier_rotation import padded_spectrum
+from faml.align.translate import half_spectrum_multiplicity
 from faml.geometry.masks import soft_sphere
 from faml.geometry.rotations import rotation_distance
 from faml.io.atomic import atomic_path, write_text_atomic
@@ -161,10 +162,7 @@ def _initial_sigma2(table, state, results, mask, seed):
         scipy.fft.rfftn(vol, workers=1), wedge, padded, r.rotation[None], r.shift[None], band
     )[0]
     idx = shell_index(box)
-    mult = np.full(box // 2 + 1, 2.0)
-    mult[0] = 1.0
-    if box % 2 == 0:
-        mult[-1] = 1.0
+    mult = half_spectrum_multiplicity(box)
     count = np.bincount(idx.ravel(), weights=(wedge * mult).ravel(), minlength=box // 2 + 1)
     sigma2 = d / np.maximum(count[: box // 2 + 1], 1e-30)
     sigma2[0] = sigma2[1]

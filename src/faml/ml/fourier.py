@@ -6,6 +6,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from faml.align.translate import half_spectrum_multiplicity
+
 __all__ = ["shell_index", "fsc", "fsc_filter", "band_from_fsc"]
 
 
@@ -27,10 +29,7 @@ def fsc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """
     box = a.shape[0]
     idx = shell_index(box)
-    mult = np.full(box // 2 + 1, 2.0)
-    mult[0] = 1.0
-    if box % 2 == 0:
-        mult[-1] = 1.0
+    mult = half_spectrum_multiplicity(box)
     n = box // 2 + 1
     keep = idx < n
     w = np.broadcast_to(mult, a.shape)[keep]
