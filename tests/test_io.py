@@ -64,6 +64,8 @@ def test_star_round_trip_keeps_poses_in_relion_convention(tmp_path):
         tmp_path / "particles.star", table, rots, shifts, np.array([1, 2, 1, 2]),
         np.array([0.9, 0.5, 1.0, 0.7]),
     )  # fmt: skip
+    text = (tmp_path / "particles.star").read_text()
+    assert text.count("# version 30001\ndata_") == 2  # RELION 3.1+ layout marker
     blocks = starfile.read(tmp_path / "particles.star", always_dict=True)
     parts = blocks["particles"]
     assert blocks["optics"]["rlnImagePixelSize"][0] == pytest.approx(5.0)

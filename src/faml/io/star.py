@@ -201,3 +201,7 @@ def write_particles_star(
     particles = pd.DataFrame(cols)
     with atomic_path(path) as tmp:
         starfile.write({"optics": optics, "particles": particles}, tmp, float_format="%.6f")
+        # RELION 3.1+ recognises its own layout (optics groups) by this line before each
+        # block; without it, it reads the file as RELION 3.0 and finds no images.
+        text = tmp.read_text()
+        tmp.write_text(text.replace("\ndata_", "\n# version 30001\ndata_"))
