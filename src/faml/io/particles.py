@@ -63,6 +63,9 @@ class ParticleTable:
         ``None``.
     extra
         Other per-particle columns read from a STAR file, written back unchanged.
+    optics
+        Optics-group values read from a STAR file (voltage, Cs, amplitude contrast, ...),
+        written back into the optics block.
     """
 
     paths: tuple[str, ...]
@@ -77,6 +80,7 @@ class ParticleTable:
     true_shifts: np.ndarray | None = None
     true_classes: np.ndarray | None = None
     extra: dict[str, tuple] = field(default_factory=dict)
+    optics: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.paths)

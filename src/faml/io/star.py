@@ -10,7 +10,8 @@ for that particle. RELION 5 ``rlnTomoSubtomogramRot/Tilt/Psi`` are read as the s
 frame and kept.
 
 Write: RELION 3.1+ layout with an optics block (``rlnImagePixelSize``, ``rlnImageSize``,
-``rlnImageDimensionality 3``) and per particle ``rlnImageName``, ``rlnAngleRot/Tilt/Psi``,
+``rlnImageDimensionality 3``, voltage, Cs and amplitude contrast as read or RELION's
+defaults) and per particle ``rlnImageName``, ``rlnAngleRot/Tilt/Psi``,
 ``rlnOriginX/Y/ZAngst`` (minus the displacement, Angstrom), ``rlnClassNumber``,
 ``rlnMaxValueProbDistribution``, plus the columns read (e.g. ``rlnTomoName``,
 ``rlnCtfImage``, coordinates) unchanged.
@@ -120,6 +121,14 @@ def read_particles_star(
     subtomo = None
     if all(c in particles.columns for c in sub_cols):
         subtomo = euler_to_matrix(particles[sub_cols].to_numpy(dtype=np.float64))
+    optics_values: dict[str, object] = {}
+    if isinstance(optics, pd.DataFrame) and len(optics):
+        optics_values = {
+            c: optics[c].iloc[0]
+            for c in optics.columns
+            if c
+            not in ("rlnOpticsGroup", "rlnOpticsGroupName", "rlnImagePixelSize", "rlnImageSize")
+        }
     extra = {
         c: tuple(particles[c].tolist())
         for c in particles.columns
@@ -135,6 +144,7 @@ def read_particles_star(
         tomo_names=tomo,
         subtomo_rotations=subtomo,
         extra=extra,
+        optics=optics_values,
     )
 
 
@@ -168,15 +178,20 @@ def write_particles_star(
     n = len(table)
     angles = matrix_to_euler(np.asarray(rotations).reshape(n, 3, 3))
     origins = shift_to_origin_angst(np.asarray(shifts).reshape(n, 3), table.voxel_size)
-    optics = pd.DataFrame(
-        {
-            "rlnOpticsGroup": [1],
-            "rlnOpticsGroupName": ["opticsGroup1"],
-            "rlnImagePixelSize": [table.voxel_size],
-            "rlnImageSize": [table.box],
-            "rlnImageDimensionality": [3],
-        }
-    )
+    # RELION's ObservationModel needs voltage, Cs and amplitude contrast in every optics
+    # group (relion_reconstruct stops with "trying to read image with empty file name"
+    # without them): the values read are kept, else RELION's usual 300 kV, 2.7 mm, 0.1.
+    columns = {
+        "rlnOpticsGroup": 1,
+        "rlnOpticsGroupName": "opticsGroup1",
+        "rlnVoltage": 300.0,
+        "rlnSphericalAberration": 2.7,
+        "rlnAmplitudeContrast": 0.1,
+        "rlnImageDimensionality": 3,
+    }
+    columns.update(table.optics)
+    columns.update({"rlnImagePixelSize": table.voxel_size, "rlnImageSize": table.box})
+    optics = pd.DataFrame({k: [v] for k, v in columns.items()})
     cols: dict[str, object] = {"rlnImageName": list(table.names)}
     if table.tomo_names is not None:
         cols["rlnTomoName"] = list(table.tomo_names)
