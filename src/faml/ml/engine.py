@@ -25,6 +25,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -118,17 +119,6 @@ def _halves(n: int, seed: int) -> np.ndarray:
 
 def _chunks(n: int, size: int) -> list[np.ndarray]:
     return [np.arange(s, min(s + size, n)) for s in range(0, n, size)]
-
-
-class _ChunkTask:
-    """Picklable map-step task: runs one chunk with the iteration's context."""
-
-    def __init__(self, fn, *args):
-        self.fn = fn
-        self.args = args
-
-    def __call__(self, indices):
-        return self.fn(*self.args, indices)
 
 
 def _reduce(executor, task, chunks, classes, box):
@@ -303,7 +293,13 @@ def run(
             logger.info("continuing after iteration %d (%s)", state.iteration, checkpoint)
         else:
             t0 = time.perf_counter()
-            results, stats = _reduce(executor, _InitTask(table, config, halves), chunks, K, box)
+            results, stats = _reduce(
+                executor,
+                partial(initial_chunk, table, config=config, halves=halves),
+                chunks,
+                K,
+                box,
+            )
             state = _state_after(stats, None, config, box, n, 0)
             sigma2 = _initial_sigma2(table, state, results, mask, config.seed)
             state = ModelState(0, state.averages, state.fsc, state.band, state.alpha, sigma2,
@@ -317,7 +313,7 @@ def run(
             t0 = time.perf_counter()
             ctx = _context(state, config, iteration, box, mask, halves)
             new_results, stats = _reduce(
-                executor, _ChunkTask(process_chunk, ctx, table), chunks, K, box
+                executor, partial(process_chunk, ctx, table), chunks, K, box
             )
             t_map = time.perf_counter() - t0
             state = _state_after(stats, state.averages, config, box, n, iteration, state.sigma2)
@@ -364,14 +360,6 @@ def run(
     return result
 
 
-class _InitTask:
-    def __init__(self, table, config, halves):
-        self.table, self.config, self.halves = table, config, halves
-
-    def __call__(self, indices):
-        return initial_chunk(self.table, indices, self.config, self.halves)
-
-
 RESEED_SHARE = 0.25
 """A class with a prior below ``RESEED_SHARE / K`` is re-seeded (see :func:`_reseed`)."""
 
@@ -409,7 +397,9 @@ def _reseed(executor, table, state, results, config, halves):
             for s in range(0, len(assignments), config.chunk_size)
         ]
         total = Stats.zeros(K, table.box)
-        for _, stats in executor.map(_HardTask(table, K, halves), per_task):
+        for _, stats in executor.map(
+            partial(hard_chunk, table, classes=K, halves=halves), per_task
+        ):
             total += stats
         s = scipy.fft.rfftn(total.acc[:, k], axes=(-3, -2, -1), workers=1)  # (2, ...)
         w = total.wsum[:, k]
@@ -433,14 +423,6 @@ def _reseed(executor, table, state, results, config, halves):
         ModelState(state.iteration, averages, curves, band, alpha, state.sigma2, state.xi),
         results,
     )
-
-
-class _HardTask:
-    def __init__(self, table, classes, halves):
-        self.table, self.classes, self.halves = table, classes, halves
-
-    def __call__(self, assignments):
-        return hard_chunk(self.table, assignments, self.classes, self.halves)
 
 
 def _context(state, config, iteration, box, mask, halves) -> StepContext:
