@@ -60,6 +60,7 @@ __all__ = [
     "m_step",
     "process_chunk",
     "responsibilities",
+    "shell_sums",
 ]
 
 KEEP_WEIGHT = 1e-4
@@ -163,7 +164,7 @@ class Stats:
         return self
 
 
-def _shell_sums(values: np.ndarray, box: int, band: int) -> np.ndarray:
+def shell_sums(values: np.ndarray, box: int, band: int) -> np.ndarray:
     """Per-shell sums `(B, N//2 + 1)` of `(B, N, N, N//2 + 1)` values, shells ``1..band``."""
     idx = shell_index(box)
     n = box // 2 + 1
@@ -201,7 +202,7 @@ def residual_shells(
     rotated = rotated_spectra(padded, rotations, band) * _shift_phase(box, shifts)
     diff = rotated - particle_ft[None]
     d = (diff.real**2 + diff.imag**2) * (wedge * half_spectrum_multiplicity(box))[None]
-    return _shell_sums(d, box, band)
+    return shell_sums(d, box, band)
 
 
 def _rotated_wedge(wedge: np.ndarray, rotation: np.ndarray) -> np.ndarray:
@@ -284,7 +285,6 @@ def process_chunk(
     stats = Stats.zeros(K, box)
     results = []
     mult = half_spectrum_multiplicity(box)
-    idx = shell_index(box)
     t = stats.timings
     for i in np.asarray(indices, dtype=np.int64):
         clock = time.perf_counter()
@@ -293,10 +293,7 @@ def process_chunk(
         half = int(ctx.halves[i])
         particle_ft = scipy.fft.rfftn(vol, workers=1)
         x_w = scipy.fft.irfftn(particle_ft * wedge, s=vol.shape, workers=1).astype(np.float32)
-        in_band = (idx >= 1) & (idx <= ctx.band_e)
-        stats.count += np.bincount(
-            idx[in_band], weights=(wedge * mult)[in_band], minlength=box // 2 + 1
-        )[: box // 2 + 1]
+        stats.count += shell_sums((wedge * mult)[None], box, ctx.band_e)[0]
         clock = _lap(t, "fft", clock)
         cands = [align_to(vol, wedge, ctx.align[k]) for k in range(K)]
         clock = _lap(t, "align", clock)

@@ -52,6 +52,7 @@ from faml.ml.em import (
     process_chunk,
     residual_shells,
     settings_for,
+    shell_sums,
 )
 from faml.ml.fourier import band_from_fsc, fsc, fsc_filter, shell_index
 from faml.parallel import make_executor
@@ -151,10 +152,8 @@ def _initial_sigma2(table, state, results, mask, seed):
     d = residual_shells(
         scipy.fft.rfftn(vol, workers=1), wedge, padded, r.rotation[None], r.shift[None], band
     )[0]
-    idx = shell_index(box)
-    mult = half_spectrum_multiplicity(box)
-    count = np.bincount(idx.ravel(), weights=(wedge * mult).ravel(), minlength=box // 2 + 1)
-    sigma2 = d / np.maximum(count[: box // 2 + 1], 1e-30)
+    count = shell_sums((wedge * half_spectrum_multiplicity(box))[None], box, band)[0]
+    sigma2 = d / np.maximum(count, 1e-30)
     sigma2[0] = sigma2[1]
     positive = sigma2[sigma2 > 0]
     return np.maximum(sigma2, 1e-6 * (positive.max() if positive.size else 1.0))
