@@ -34,6 +34,7 @@ __all__ = [
     "padded_spectrum",
     "band_points",
     "rotated_spectra",
+    "rotated_points",
     "rotated_cross_spectra",
     "crop_half_spectrum",
     "crop_volume",
@@ -134,6 +135,26 @@ def rotated_spectra(padded: PaddedSpectrum, rotations: np.ndarray, band_limit: i
     none = np.zeros(0, dtype=np.float32)
     out, _ = _gather(padded, rotations, kzyx, flat, phase, none, none, none)
     return out.reshape(rotations.shape[0], box, box, box // 2 + 1)
+
+
+def rotated_points(padded: PaddedSpectrum, rotations: np.ndarray, band_limit: int) -> np.ndarray:
+    """:func:`rotated_spectra` at the band's points only: `(B, n)` complex64.
+
+    The points are those of :func:`band_points` ``(N, band_limit)``, in its order.
+    """
+    rotations = np.asarray(rotations, dtype=np.float64)
+    if rotations.ndim != 3 or rotations.shape[1:] != (3, 3):
+        raise ValueError(f"rotations must be (B, 3, 3), got {rotations.shape}")
+    kzyx, _, phase = band_points(padded.box, int(band_limit))
+    mats = PADDING * matrix_xyz_to_zyx(rotations.transpose(0, 2, 1))
+    mats = np.ascontiguousarray(mats, dtype=np.float32)
+    out = np.zeros((rotations.shape[0], kzyx.shape[0]), dtype=np.complex64)
+    none = np.zeros(0, dtype=np.float32)
+    gather_rotated_spectrum(
+        padded.real, padded.imag, mats, kzyx, np.arange(kzyx.shape[0]), phase[0], phase[1],
+        none, none, none, out, np.zeros(rotations.shape[0]),
+    )  # fmt: skip
+    return out
 
 
 def rotated_cross_spectra(

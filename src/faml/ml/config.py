@@ -38,6 +38,9 @@ class RunConfig:
         Early stop when fewer than this share of particles changed class ...
     stop_pose_change_deg
         ... and the median change of the best rotation is below this (degrees).
+    min_responsibility
+        Candidates whose responsibility is below this share of the particle's largest one
+        are left out of the M-step sums (the rest renormalised); 0 keeps every candidate.
     chunk_size
         Particles per task of the map step; fixed, so results do not depend on the number
         of workers.
@@ -55,6 +58,7 @@ class RunConfig:
     band_margin: int = 2
     stop_class_change: float = 0.005
     stop_pose_change_deg: float = 1.0
+    min_responsibility: float = 1e-4
     chunk_size: int = 8
 
     def __post_init__(self) -> None:
@@ -70,6 +74,10 @@ class RunConfig:
             raise ValueError(f"voronoi_samples must be at least 100, got {self.voronoi_samples}")
         if not 0.1 <= self.mask_radius <= 0.5:
             raise ValueError(f"mask_radius must lie in [0.1, 0.5], got {self.mask_radius}")
+        if not 0.0 <= self.min_responsibility < 1.0:
+            raise ValueError(
+                f"min_responsibility must lie in [0, 1), got {self.min_responsibility}"
+            )
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, got {self.chunk_size}")
 

@@ -1,70 +1,93 @@
 """One FAML / FA iteration as map-reduce: per-particle statistics, summed, then the M-step.
 
+Everything is computed in each class's frame, in Fourier space. For a candidate
+``phi = (R, t)`` (the particle is ``X = T_phi A``, RELION's sense) the particle seen from the
+class frame is, at class-frame frequency ``k'``,
+
+.. code-block:: text
+
+    Y_phi(k') = X(R k') exp(+2 pi i (R k').t)      w_phi(k') = w(R k')
+
+read by one trilinear gather from the particle's padded, gridding-corrected spectrum
+(:mod:`faml.align.fourier_rotation`) and from its Fourier weight ``w``. The E-step and the
+M-step use the same ``(Y_phi, w_phi)``, so with the candidates held fixed one iteration is a
+generalised EM step of the approximate likelihood and never lowers it (tested).
+
 Map (per particle ``i``, every class ``k``; :func:`process_chunk`):
 
 1. candidates ``Phi_ik`` from :func:`faml.align.align_to` against the class's filtered,
    masked average;
 2. (FAML) Voronoi weights ``nu`` of the candidates (:mod:`faml.ml.voronoi`);
-3. (FAML) E-step in the log domain (DESIGN.md 3.3): for candidate ``phi = (R, t)``
+3. (FAML) E-step in the log domain (DESIGN.md 3.3), over shells ``r = 1..band_e`` (the
+   current resolution plus a margin) with one noise variance ``sigma_r^2`` per shell:
 
    .. code-block:: text
 
-       log e = log alpha_k + log nu - 1/2 sum_r d_r(phi) / sigma_r^2 - |t|^2 / (2 xi^2)
-       d_r(phi) = sum_{j in shell r} w_j |(T_phi A_k)_j - X_j|^2     (full-spectrum sums)
+       log e = log alpha_k + log nu - |t|^2 / (2 xi^2) - 3/2 log(2 pi xi^2)
+               - 1/2 sum_r [d_r(phi) / sigma_r^2 + c_r(phi) log(2 pi sigma_r^2)]
+       d_r(phi) = sum_{k' in r} w_phi |A_k - Y_phi|^2
+       c_r(phi) = sum_{k' in r} w_phi
 
-   over shells ``1..band_e`` (the current resolution plus a margin), with one noise variance
-   per shell; responsibilities ``g = softmax(log e)`` over all classes and candidates
-   (log-sum-exp). FA instead gives weight 1 to the single best candidate by the
-   wedge-constrained correlation, over all classes;
+   (sums over the full spectrum: half-layout points weighted by their multiplicity);
+   responsibilities ``g = softmax(log e)`` over all classes and candidates (log-sum-exp),
+   whose log-normaliser is the particle's approximate log-likelihood. FA instead gives
+   weight 1 to the single best candidate by the wedge-constrained correlation, over all
+   classes;
 4. sufficient statistics (DESIGN.md 3.4), summed over the candidates that carry weight
-   (``g >= 1e-4``, renormalised): per half-set and class ``n = sum g``,
-   ``S = sum g T^-1(w X)`` (accumulated in real space: ``T^-1`` of the wedge-filtered
-   particle, trilinear; one FFT at the M-step), ``W = sum g w(R k)`` (the wedge seen from
-   the class frame), per shell ``E_r = sum g d_r`` and ``C_r = sum_{j in r} w_j``, and
-   ``D = sum g |t|^2``.
+   (``g >= config.min_responsibility * max g``, renormalised), on the whole sphere
+   ``|k'| < N/2``: per half-set and class ``n = sum g``, ``S = sum g w_phi Y_phi``,
+   ``W = sum g w_phi``; per shell ``P_r = sum g sum_r w_phi |Y_phi|^2`` and
+   ``C_r = sum g c_r``; and ``D = sum g |t|^2``.
 
 Reduce: :class:`Stats` add up (in a fixed chunk order, so any number of workers gives the
 same sums). M-step (:func:`m_step`): ``A = (S + (n - W) A_old) / n`` (paper eq. 10: voxels
-never observed keep their value), ``alpha = n / N``, ``sigma_r^2 = E_r / C_r``,
-``xi^2 = D / (3 N)`` (floored at one voxel); FA: ``A = S / max(W, 0.1 n)``.
+never observed keep their value; a step towards ``S / W``, the maximiser, by ``W / n``),
+``alpha = n / N``, ``sigma_r^2 = sum g d_r(A_new) / C_r`` from ``P``, ``S``, ``W``
+(the maximiser given the new averages), ``xi^2 = D / (3 N)`` (floored at one voxel);
+FA: ``A = S / max(W, 0.1 n)``.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
-import scipy.fft
 from scipy.special import logsumexp
 
 from faml.align import AlignSettings, PreparedAverage, align_to
 from faml.align._kernels import gather_half_spectrum
-from faml.align.fourier_rotation import PaddedSpectrum, band_points, rotated_spectra
+from faml.align.fourier_rotation import (
+    PaddedSpectrum,
+    band_points,
+    padded_spectrum,
+    rotated_points,
+)
 from faml.align.translate import half_spectrum_multiplicity
 from faml.geometry.axes import matrix_xyz_to_zyx, xyz_to_zyx
 from faml.geometry.rotations import random_rotations
-from faml.geometry.transform import inverse_transform, transform_volume
+from faml.geometry.transform import inverse_transform
 from faml.io.particles import ParticleTable
 from faml.ml.config import RunConfig
 from faml.ml.fourier import shell_index
 from faml.ml.voronoi import rng_for, voronoi_weights
 
 __all__ = [
-    "KEEP_WEIGHT",
+    "Candidates",
     "ParticleResult",
     "StepContext",
     "Stats",
+    "class_frame",
     "hard_chunk",
     "initial_chunk",
+    "log_likelihoods",
     "m_step",
     "process_chunk",
+    "reference_points",
     "responsibilities",
     "shell_sums",
 ]
-
-KEEP_WEIGHT = 1e-4
-"""Candidates with a smaller responsibility are left out of the M-step sums."""
 
 
 @dataclass(frozen=True)
@@ -81,14 +104,15 @@ class StepContext:
         ``N``.
     log_alpha
         `(K,)` log class priors.
-    inv_sigma2
-        `(N//2 + 1,)` ``1 / sigma_r^2`` per shell, 0 beyond the likelihood band.
+    sigma2
+        `(N//2 + 1,)` noise variance per shell (only shells ``1..band_e`` are used).
     xi
         Translation prior standard deviation (voxels).
     align
         Per class the prepared average of the fast alignment.
-    padded
-        Per class the padded spectrum of the (filtered, masked) average for the E-step.
+    references
+        `(K, n)` complex64: the averages the likelihood compares with (filtered and masked in
+        a run), at the points of ``band_points(N, band_e)``.
     band_e
         Outermost shell of the likelihood.
     halves
@@ -99,12 +123,16 @@ class StepContext:
     iteration: int
     box: int
     log_alpha: np.ndarray
-    inv_sigma2: np.ndarray
+    sigma2: np.ndarray
     xi: float
     align: tuple[PreparedAverage, ...]
-    padded: tuple[PaddedSpectrum, ...]
+    references: np.ndarray
     band_e: int
     halves: np.ndarray
+
+
+Candidates = list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+"""A particle's candidates, per class ``(rotations (M, 3, 3), shifts (M, 3), nu (M,))``."""
 
 
 @dataclass(frozen=True)
@@ -124,14 +152,15 @@ class ParticleResult:
 class Stats:
     """Summable sufficient statistics of a set of particles (see the module docstring).
 
-    Shapes: ``acc`` `(2, K, N, N, N)` float64 real space, ``wsum`` `(2, K, N, N, N//2 + 1)`,
-    ``n`` `(2, K)`, ``resid`` and ``count`` `(N//2 + 1,)`.
+    Shapes: ``S`` `(2, K, N, N, N//2 + 1)` complex128 (class-frame ``rfftn`` layout),
+    ``W`` `(2, K, N, N, N//2 + 1)` float64, ``n`` `(2, K)`, ``power`` and ``count``
+    `(N//2 + 1,)` per shell.
     """
 
-    acc: np.ndarray
-    wsum: np.ndarray
+    S: np.ndarray
+    W: np.ndarray
     n: np.ndarray
-    resid: np.ndarray
+    power: np.ndarray
     count: np.ndarray
     shift2: float = 0.0
     loglik: float = 0.0
@@ -143,18 +172,18 @@ class Stats:
         """Empty statistics."""
         half = box // 2 + 1
         return cls(
-            acc=np.zeros((2, classes, box, box, box)),
-            wsum=np.zeros((2, classes, box, box, half)),
+            S=np.zeros((2, classes, box, box, half), dtype=np.complex128),
+            W=np.zeros((2, classes, box, box, half)),
             n=np.zeros((2, classes)),
-            resid=np.zeros(half),
+            power=np.zeros(half),
             count=np.zeros(half),
         )
 
     def __iadd__(self, other: Stats) -> Stats:
-        self.acc += other.acc
-        self.wsum += other.wsum
+        self.S += other.S
+        self.W += other.W
         self.n += other.n
-        self.resid += other.resid
+        self.power += other.power
         self.count += other.count
         self.shift2 += other.shift2
         self.loglik += other.loglik
@@ -169,59 +198,86 @@ def shell_sums(values: np.ndarray, box: int, band: int) -> np.ndarray:
     idx = shell_index(box)
     n = box // 2 + 1
     flat = np.where((idx >= 1) & (idx <= band), idx, n).reshape(-1)  # n: discarded bin
+    return _binned(values.reshape(values.shape[0], -1), flat, n)
+
+
+def _binned(values: np.ndarray, bins: np.ndarray, n: int) -> np.ndarray:
+    """`(B, n)` sums of `(B, P)` ``values`` by `(P,)` ``bins`` in ``0..n`` (``n`` discarded)."""
     b = values.shape[0]
-    offs = (np.arange(b)[:, None] * (n + 1) + flat[None, :]).reshape(-1)
+    offs = (np.arange(b)[:, None] * (n + 1) + bins[None, :]).reshape(-1)
     sums = np.bincount(offs, weights=values.reshape(-1), minlength=b * (n + 1))
     return sums.reshape(b, n + 1)[:, :n]
 
 
-def _shift_phase(box: int, shifts: np.ndarray) -> np.ndarray:
-    """`(B, N, N, N//2 + 1)` ``exp(-2 pi i k.t)`` for `(B, 3)` shifts ``(x, y, z)`` (voxels)."""
-    t = xyz_to_zyx(np.asarray(shifts, dtype=np.float64))
-    kz = np.fft.fftfreq(box)
-    kx = np.fft.rfftfreq(box)
-    ez = np.exp(-2j * np.pi * t[:, 0, None] * kz[None, :])
-    ey = np.exp(-2j * np.pi * t[:, 1, None] * kz[None, :])
-    ex = np.exp(-2j * np.pi * t[:, 2, None] * kx[None, :])
-    return (ez[:, :, None, None] * ey[:, None, :, None] * ex[:, None, None, :]).astype(np.complex64)
+@lru_cache(maxsize=16)
+def _frame_points(box: int, band: int):
+    """Band points with their shell (shell 0 and beyond ``band`` -> discarded bin) and weight."""
+    kzyx, flat, _ = band_points(box, band)
+    shell = shell_index(box).reshape(-1)[flat]
+    shell = np.where((shell >= 1) & (shell <= band), shell, box // 2 + 1)
+    mult = half_spectrum_multiplicity(box)[flat % (box // 2 + 1)]
+    return kzyx.astype(np.float64), flat, shell, mult
 
 
-def residual_shells(
-    particle_ft: np.ndarray,
-    wedge: np.ndarray,
+def reference_points(spectra: np.ndarray, band: int) -> np.ndarray:
+    """`(K, n)` complex64 values of `(K, N, N, N//2 + 1)` spectra at ``band_points(N, band)``."""
+    box = spectra.shape[-3]
+    flat = band_points(box, band)[1]
+    return spectra.reshape(spectra.shape[0], -1)[:, flat].astype(np.complex64)
+
+
+def class_frame(
     padded: PaddedSpectrum,
+    wedge: np.ndarray,
     rotations: np.ndarray,
     shifts: np.ndarray,
     band: int,
-) -> np.ndarray:
-    """``d_r = sum_{j in r} w_j |(T A)_j - X_j|^2`` per candidate and shell: `(B, N//2 + 1)`.
+) -> tuple[np.ndarray, np.ndarray]:
+    """A particle seen from the class frame of each candidate, at ``band_points(N, band)``.
 
-    Sums run over the full spectrum (half layout times multiplicity), shells ``1..band``.
+    Parameters
+    ----------
+    padded
+        The particle's padded spectrum (:func:`~faml.align.fourier_rotation.padded_spectrum`).
+    wedge
+        `(N, N, N//2 + 1)` its Fourier weight.
+    rotations, shifts
+        `(B, 3, 3)` and `(B, 3)` candidates ``(R, t)`` (particle = ``T_(R, t)`` class).
+
+    Returns
+    -------
+    tuple of np.ndarray
+        ``Y`` `(B, n)` complex64 (the particle moved back by ``T^-1``) and ``w`` `(B, n)`
+        float32 (its weight, ``w(R k')``).
     """
-    box = particle_ft.shape[0]
-    rotated = rotated_spectra(padded, rotations, band) * _shift_phase(box, shifts)
-    diff = rotated - particle_ft[None]
-    d = (diff.real**2 + diff.imag**2) * (wedge * half_spectrum_multiplicity(box))[None]
-    return shell_sums(d, box, band)
+    kzyx, _, _, _ = _frame_points(padded.box, band)
+    inv_r, inv_t = inverse_transform(rotations, shifts)
+    y = rotated_points(padded, inv_r, band)
+    angle = (-2.0 * np.pi / padded.box) * (xyz_to_zyx(inv_t) @ kzyx.T)  # (B, n)
+    y *= (np.cos(angle) + 1j * np.sin(angle)).astype(np.complex64)
+    wedge32 = np.ascontiguousarray(wedge[None], dtype=np.float32)
+    w = np.empty((rotations.shape[0], kzyx.shape[0]), dtype=np.float32)
+    for b, rotation in enumerate(np.asarray(rotations, dtype=np.float64)):
+        gather_half_spectrum(wedge32, kzyx @ matrix_xyz_to_zyx(rotation).T, w[b : b + 1])
+    return y, w
 
 
-def _rotated_wedge(wedge: np.ndarray, rotation: np.ndarray) -> np.ndarray:
-    """``w(R k')`` on the class-frame half grid (inside the sphere ``|k'| < N/2 - 1``)."""
-    box = wedge.shape[0]
-    kzyx, flat, _ = band_points(box, max(1, box // 2 - 2))
-    coords = kzyx.astype(np.float64) @ matrix_xyz_to_zyx(rotation).T
-    vals = np.empty((1, coords.shape[0]), dtype=np.float32)
-    gather_half_spectrum(np.ascontiguousarray(wedge[None], dtype=np.float32), coords, vals)
-    out = np.zeros(box * box * (box // 2 + 1), dtype=np.float32)
-    out[flat] = vals[0]
-    return out.reshape(wedge.shape)
-
-
-def _accumulate(stats, x_w, wedge, half, klass, weight, rotation, shift) -> None:
-    inv_r, inv_t = inverse_transform(rotation, shift)
-    stats.acc[half, klass] += weight * transform_volume(x_w, inv_r, inv_t, order=1)
-    stats.wsum[half, klass] += weight * _rotated_wedge(wedge, rotation)
-    stats.n[half, klass] += weight
+def _accumulate(stats, padded, wedge, half, klass, weights, rotations, shifts) -> None:
+    """Add candidates with responsibilities ``weights`` `(B,)` to the sums of one class."""
+    box = padded.box
+    band = box // 2 - 1
+    _, flat, shell, mult = _frame_points(box, band)
+    y, w = class_frame(padded, wedge, rotations, shifts, band)
+    g = np.asarray(weights, dtype=np.float64)
+    gw = g[:, None] * w
+    stats.S[half, klass].reshape(-1)[flat] += np.einsum("bn,bn->n", gw, y)
+    stats.W[half, klass].reshape(-1)[flat] += gw.sum(axis=0)
+    stats.n[half, klass] += g.sum()
+    n = box // 2 + 1
+    gwm = (gw * mult[None]).sum(axis=0)[None]
+    stats.count += _binned(gwm, shell, n)[0]
+    stats.power += _binned((gw * mult[None] * (y.real**2 + y.imag**2)).sum(0)[None], shell, n)[0]
+    stats.shift2 += float(g @ np.sum(np.asarray(shifts) ** 2, axis=1))
 
 
 def hard_chunk(
@@ -235,8 +291,10 @@ def hard_chunk(
     results = []
     for i, klass, rotation, shift in assignments:
         vol, wedge = table.load(int(i))
-        x_w = scipy.fft.irfftn(scipy.fft.rfftn(vol, workers=1) * wedge, s=vol.shape, workers=1)
-        _accumulate(stats, x_w.astype(np.float32), wedge, halves[i], klass, 1.0, rotation, shift)
+        _accumulate(
+            stats, padded_spectrum(vol), wedge, halves[i], klass, [1.0], rotation[None],
+            np.asarray(shift, dtype=np.float64)[None],
+        )  # fmt: skip
         stats.particles += 1
         results.append(ParticleResult(int(i), klass, rotation, shift, 1.0, 1))
     return results, stats
@@ -269,6 +327,28 @@ def responsibilities(log_e: np.ndarray) -> tuple[np.ndarray, float]:
     return g / g.sum(), total  # renormalised: with exponents near -1e5, exp loses ~1e-11
 
 
+def log_likelihoods(
+    ctx: StepContext, klass: int, padded: PaddedSpectrum, wedge: np.ndarray,
+    rotations: np.ndarray, shifts: np.ndarray,
+) -> np.ndarray:  # fmt: skip
+    """``log p(X | phi, k) + log p(t)`` of `(B,)` candidates of one class (module docstring)."""
+    box = ctx.box
+    n = box // 2 + 1
+    _, _, shell, mult = _frame_points(box, ctx.band_e)
+    y, w = class_frame(padded, wedge, rotations, shifts, ctx.band_e)
+    diff = ctx.references[klass][None] - y
+    wm = w * mult[None]
+    d = _binned(wm * (diff.real**2 + diff.imag**2), shell, n)
+    c = _binned(wm, shell, n)
+    sigma2 = np.maximum(ctx.sigma2, 1e-300)
+    used = np.zeros(n)
+    used[1 : ctx.band_e + 1] = 1.0
+    data = d @ (used / sigma2) + c @ (used * np.log(2.0 * np.pi * sigma2))
+    t2 = np.sum(np.asarray(shifts) ** 2, axis=1)
+    prior = t2 / ctx.xi**2 + 3.0 * np.log(2.0 * np.pi * ctx.xi**2)
+    return -0.5 * (data + prior)
+
+
 def _lap(timings: dict[str, float], name: str, since: float) -> float:
     now = time.perf_counter()
     timings[name] = timings.get(name, 0.0) + now - since
@@ -276,90 +356,86 @@ def _lap(timings: dict[str, float], name: str, since: float) -> float:
 
 
 def process_chunk(
-    ctx: StepContext, table: ParticleTable, indices: np.ndarray
+    ctx: StepContext,
+    table: ParticleTable,
+    indices: np.ndarray,
+    candidates: dict[int, Candidates] | None = None,
 ) -> tuple[list[ParticleResult], Stats]:
-    """The map step for the particles ``indices``: their results and summed statistics."""
+    """The map step for the particles ``indices``: their results and summed statistics.
+
+    ``candidates`` (particle index -> :data:`Candidates`) replaces the fast alignment and the
+    Voronoi weights with given ones (FAML only), as in a fixed-candidate EM step.
+    """
     cfg = ctx.config
     box = ctx.box
     K = cfg.classes
     stats = Stats.zeros(K, box)
     results = []
-    mult = half_spectrum_multiplicity(box)
     t = stats.timings
     for i in np.asarray(indices, dtype=np.int64):
         clock = time.perf_counter()
         vol, wedge = table.load(int(i))
         clock = _lap(t, "io", clock)
         half = int(ctx.halves[i])
-        particle_ft = scipy.fft.rfftn(vol, workers=1)
-        x_w = scipy.fft.irfftn(particle_ft * wedge, s=vol.shape, workers=1).astype(np.float32)
-        stats.count += shell_sums((wedge * mult)[None], box, ctx.band_e)[0]
+        padded = padded_spectrum(vol)
         clock = _lap(t, "fft", clock)
-        cands = [align_to(vol, wedge, ctx.align[k]) for k in range(K)]
-        clock = _lap(t, "align", clock)
-        rots = [np.stack([c.rotation for c in cs]) for cs in cands]
-        shifts = [np.stack([c.shift for c in cs]) for cs in cands]
-        if cfg.method == "fa":
-            best_k = int(np.argmax([cs[0].score for cs in cands]))
-            weights = [(best_k, 0, 1.0)]
-            d_best = residual_shells(
-                particle_ft, wedge, ctx.padded[best_k], rots[best_k][:1], shifts[best_k][:1],
-                ctx.band_e,
-            )[0]  # fmt: skip
-            resid = {(best_k, 0): d_best}
-            n_sig, max_p = 1, 1.0
+        if candidates is not None:
+            given = candidates[int(i)]
+            rots = [np.asarray(c[0], dtype=np.float64) for c in given]
+            shifts = [np.asarray(c[1], dtype=np.float64) for c in given]
+            nus = [np.asarray(c[2], dtype=np.float64) for c in given]
+            scores = None
         else:
-            log_e, resid_k = [], []
+            cands = [align_to(vol, wedge, ctx.align[k]) for k in range(K)]
+            rots = [np.stack([c.rotation for c in cs]) for cs in cands]
+            shifts = [np.stack([c.shift for c in cs]) for cs in cands]
+            scores = [cs[0].score for cs in cands]
+            nus = None
+        clock = _lap(t, "align", clock)
+        if cfg.method == "fa":
+            best_k = int(np.argmax(scores))
+            best_m, max_p, n_sig, fit = 0, 1.0, 1, float(scores[best_k])
+            clock = _lap(t, "estep", clock)
+            _accumulate(
+                stats, padded, wedge, half, best_k, [1.0], rots[best_k][:1], shifts[best_k][:1]
+            )
+        else:
+            log_e = []
             for k in range(K):
-                nu = voronoi_weights(
-                    rots[k], shifts[k], rng_for(cfg.seed, ctx.iteration, int(i), k),
-                    cfg.voronoi_samples,
-                )  # fmt: skip
-                clock = _lap(t, "voronoi", clock)
-                d = residual_shells(
-                    particle_ft, wedge, ctx.padded[k], rots[k], shifts[k], ctx.band_e
-                )
-                resid_k.append(d)
-                prior = np.sum(shifts[k] ** 2, axis=1) / (2.0 * ctx.xi**2)
-                log_e.append(ctx.log_alpha[k] + np.log(nu) - 0.5 * d @ ctx.inv_sigma2 - prior)
-                clock = _lap(t, "estep", clock)
-            flat = np.concatenate(log_e)
-            g, total = responsibilities(flat)
-            if not np.isfinite(total):
+                if nus is None:
+                    nu = voronoi_weights(
+                        rots[k], shifts[k], rng_for(cfg.seed, ctx.iteration, int(i), k),
+                        cfg.voronoi_samples,
+                    )  # fmt: skip
+                    clock = _lap(t, "voronoi", clock)
+                else:
+                    nu = nus[k]
+                ll = log_likelihoods(ctx, k, padded, wedge, rots[k], shifts[k])
+                log_e.append(ctx.log_alpha[k] + np.log(nu) + ll)
+            g, fit = responsibilities(np.concatenate(log_e))
+            if not np.isfinite(fit):
                 raise FloatingPointError(
                     f"particle {i} ({table.paths[i]}): non-finite likelihood at iteration "
                     f"{ctx.iteration}"
                 )
-            stats.loglik += float(total)
+            stats.loglik += fit
             order = np.argsort(g)[::-1]
             n_sig = int(np.searchsorted(np.cumsum(g[order]), 0.9) + 1)
             max_p = float(g[order[0]])
-            sizes = [len(le) for le in log_e]
-            starts = np.concatenate([[0], np.cumsum(sizes)])
-            keep = g >= KEEP_WEIGHT * g.max()
-            g_kept = np.where(keep, g, 0.0)
-            g_kept /= g_kept.sum()
-            weights = []
-            resid = {}
+            starts = np.concatenate([[0], np.cumsum([len(le) for le in log_e])])
+            best_k = int(np.searchsorted(starts, order[0], side="right") - 1)
+            best_m = int(order[0] - starts[best_k])
+            keep = g >= cfg.min_responsibility * g[order[0]]
+            g = np.where(keep, g, 0.0)
+            g /= g.sum()
+            clock = _lap(t, "estep", clock)
             for k in range(K):
-                for m in range(sizes[k]):
-                    gk = g_kept[starts[k] + m]
-                    if gk > 0:
-                        weights.append((k, m, float(gk)))
-                        resid[(k, m)] = resid_k[k][m]
-            best_flat = int(order[0])
-            best_k = int(np.searchsorted(starts, best_flat, side="right") - 1)
-        clock = _lap(t, "estep", clock)
-        for k, m, gk in weights:
-            _accumulate(stats, x_w, wedge, half, k, gk, rots[k][m], shifts[k][m])
-            stats.resid += gk * resid[(k, m)]
-            stats.shift2 += gk * float(np.sum(shifts[k][m] ** 2))
-        best_m = 0
-        fit = float(cands[best_k][0].score)
-        if cfg.method == "faml":
-            best_m = int(best_flat - starts[best_k])
-            fit = float(total)
-        clock = _lap(t, "mstep", clock)
+                gk = g[starts[k] : starts[k + 1]]
+                sel = np.flatnonzero(gk > 0)
+                if sel.size:
+                    _accumulate(stats, padded, wedge, half, k, gk[sel], rots[k][sel],
+                                shifts[k][sel])  # fmt: skip
+        _lap(t, "mstep", clock)
         stats.particles += 1
         results.append(
             ParticleResult(
@@ -392,33 +468,37 @@ def m_step(
     ``previous``: `(K, N, N, N//2 + 1)` the old averages (Fourier), or ``None`` at the start
     (then, as for FA, ``A = S / max(W, 0.1 n)``).
     """
-    S = scipy.fft.rfftn(stats.acc, axes=(-3, -2, -1), workers=1)  # (2, K, ...)
-    W = stats.wsum
-    n = stats.n
-
-    def update(s, w, cnt, old):
-        if cnt <= 0:
-            return old if old is not None else np.zeros_like(s)
-        if method == "fa" or old is None:
-            return s / np.maximum(w, 0.1 * cnt)
-        return (s + (cnt - w) * old) / cnt
-
+    S, W, n = stats.S, stats.W, stats.n
+    box = S.shape[-3]
     K = n.shape[1]
     halves = np.empty_like(S)
     combined = np.empty(S.shape[1:], dtype=S.dtype)
+    explained = np.zeros(box // 2 + 1)
+    mult = half_spectrum_multiplicity(box)
     for k in range(K):
-        old = None if previous is None else previous[k]
         for h in range(2):
             # Half maps for the FSC must be independent: eq. 10 would give both halves the
             # same old values where they observed little, and inflate the FSC. They are
             # wedge-compensated means of their own particles only.
             halves[h, k] = S[h, k] / np.maximum(W[h, k], 0.1 * max(n[h, k], 1e-12))
-        combined[k] = update(S[0, k] + S[1, k], W[0, k] + W[1, k], n[0, k] + n[1, k], old)
+        s, w, cnt = S[0, k] + S[1, k], W[0, k] + W[1, k], n[0, k] + n[1, k]
+        old = None if previous is None else previous[k]
+        if cnt <= 0:
+            combined[k] = old if old is not None else 0.0
+        elif method == "fa" or old is None:
+            combined[k] = s / np.maximum(w, 0.1 * cnt)
+        else:
+            combined[k] = (s + (cnt - w) * old) / cnt
+        # sum g w |A - Y|^2 = P - 2 Re(conj(A) S) + |A|^2 W, per shell
+        a = combined[k]
+        term = (2.0 * (np.conj(a) * s).real - (a.real**2 + a.imag**2) * w) * mult
+        explained += shell_sums(term[None], box, box // 2)[0]
     counts = n.sum(axis=0)
     alpha = counts / max(counts.sum(), 1e-12)
-    sigma2 = np.where(stats.count > 0, stats.resid / np.maximum(stats.count, 1e-30), 0.0)
+    seen = stats.count > 1e-9
+    sigma2 = np.where(seen, (stats.power - explained) / np.where(seen, stats.count, 1.0), 0.0)
     if previous_sigma2 is not None:
-        sigma2 = np.where(stats.count > 0, sigma2, previous_sigma2)
+        sigma2 = np.where(seen, sigma2, previous_sigma2)
     positive = sigma2[sigma2 > 0]
     floor = 1e-6 * (positive.max() if positive.size else 1.0)
     sigma2 = np.maximum(sigma2, floor)

@@ -33,8 +33,6 @@ import scipy.fft
 
 from faml import __version__
 from faml.align import prepare_average
-from faml.align.fourier_rotation import padded_spectrum
-from faml.align.translate import half_spectrum_multiplicity
 from faml.geometry.masks import soft_sphere
 from faml.geometry.rotations import rotation_distance
 from faml.io.atomic import atomic_path, write_text_atomic
@@ -50,9 +48,8 @@ from faml.ml.em import (
     initial_chunk,
     m_step,
     process_chunk,
-    residual_shells,
+    reference_points,
     settings_for,
-    shell_sums,
 )
 from faml.ml.fourier import band_from_fsc, fsc, fsc_filter, shell_index
 from faml.parallel import make_executor
@@ -139,24 +136,6 @@ def _state_after(stats, previous, config, box, n, iteration, previous_sigma2=Non
     bands = [band_from_fsc(c) for c in curves]
     band = int(np.clip(max(bands), config.min_band, box // 2 - 1))
     return ModelState(iteration, m.averages, curves, band, m.alpha, m.sigma2, m.xi)
-
-
-def _initial_sigma2(table, state, results, mask, seed):
-    """Noise per shell from a random particle against its class mean (paper section 2.4)."""
-    box = table.box
-    j = int(np.random.default_rng([seed, 104729]).integers(len(table)))
-    vol, wedge = table.load(j)
-    r = results[j]
-    padded = padded_spectrum(filtered_average(state, r.klass, mask))
-    band = box // 2 - 1
-    d = residual_shells(
-        scipy.fft.rfftn(vol, workers=1), wedge, padded, r.rotation[None], r.shift[None], band
-    )[0]
-    count = shell_sums((wedge * half_spectrum_multiplicity(box))[None], box, band)[0]
-    sigma2 = d / np.maximum(count, 1e-30)
-    sigma2[0] = sigma2[1]
-    positive = sigma2[sigma2 > 0]
-    return np.maximum(sigma2, 1e-6 * (positive.max() if positive.size else 1.0))
 
 
 def _save_checkpoint(folder: Path, state: ModelState, results, halves, history, table, maps):
@@ -300,9 +279,9 @@ def run(
                 box,
             )
             state = _state_after(stats, None, config, box, n, 0)
-            sigma2 = _initial_sigma2(table, state, results, mask, config.seed)
-            state = ModelState(0, state.averages, state.fsc, state.band, state.alpha, sigma2,
-                               float(box))  # fmt: skip
+            # sigma_r^2: the particles against their (random-pose) class means; xi: the box
+            state = ModelState(0, state.averages, state.fsc, state.band, state.alpha,
+                               state.sigma2, float(box))  # fmt: skip
             history = [_history_entry(state, table, None, time.perf_counter() - t0, 0.0)]
             maps = np.stack([filtered_average(state, k, mask) for k in range(K)])
             _save_checkpoint(
@@ -400,8 +379,8 @@ def _reseed(executor, table, state, results, config, halves):
             partial(hard_chunk, table, classes=K, halves=halves), per_task
         ):
             total += stats
-        s = scipy.fft.rfftn(total.acc[:, k], axes=(-3, -2, -1), workers=1)  # (2, ...)
-        w = total.wsum[:, k]
+        s = total.S[:, k]  # (2, ...)
+        w = total.W[:, k]
         averages[k] = s.sum(axis=0) / np.maximum(w.sum(axis=0), 0.1 * len(moved))
         halves_k = [s[h] / np.maximum(w[h], 0.1 * max(total.n[h, k], 1e-12)) for h in (0, 1)]
         curves[k] = fsc(halves_k[0], halves_k[1])
@@ -428,8 +407,7 @@ def _context(state, config, iteration, box, mask, halves) -> StepContext:
     settings = settings_for(config, box, state.band)
     maps = [filtered_average(state, k, mask) for k in range(config.classes)]
     band_e = int(min(state.band + config.band_margin, box // 2 - 1))
-    inv = np.zeros(box // 2 + 1)
-    inv[1 : band_e + 1] = 1.0 / state.sigma2[1 : band_e + 1]
+    spectra = scipy.fft.rfftn(np.stack(maps), axes=(-3, -2, -1), workers=1)
     with np.errstate(divide="ignore"):
         log_alpha = np.log(np.maximum(state.alpha, 1e-300))
     return StepContext(
@@ -437,10 +415,10 @@ def _context(state, config, iteration, box, mask, halves) -> StepContext:
         iteration=iteration,
         box=box,
         log_alpha=log_alpha,
-        inv_sigma2=inv,
+        sigma2=state.sigma2,
         xi=state.xi,
         align=tuple(prepare_average(m, settings) for m in maps),
-        padded=tuple(padded_spectrum(m) for m in maps),
+        references=reference_points(spectra, band_e),
         band_e=band_e,
         halves=halves,
     )
