@@ -77,7 +77,7 @@ def test_fixed_candidate_em_step_never_lowers_the_likelihood(two_class_set):
     alpha = np.array([0.2, 0.8])
     sigma2 = np.full(box // 2 + 1, 1e3)
     xi = 6.0
-    config = RunConfig(classes=2, min_responsibility=0.0)
+    config = RunConfig(classes=2, min_responsibility=0.0, likelihood="plain")
     history = []
     for _ in range(6):
         loglik, m = em_step(table, candidates, averages, alpha, sigma2, xi, config)

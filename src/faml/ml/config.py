@@ -38,6 +38,23 @@ class RunConfig:
         Early stop when fewer than this share of particles changed class ...
     stop_pose_change_deg
         ... and the median change of the best rotation is below this (degrees).
+    scan_step_deg
+        Rotation step of the phase-aware coarse scan that adds candidates to the magnitude
+        search (:mod:`faml.align.scan`); ``None``: magnitude search only (the paper).
+    scan_band
+        Band limit (Fourier shells) of the scan, at most the current resolution's band.
+    scan_candidates
+        Candidates the scan adds per particle and class.
+    likelihood
+        ``"scaled"``: the reference's amplitude is fitted per candidate (profiled out);
+        ``"plain"``: the paper's Gaussian likelihood of the average as it is.
+    voronoi
+        Weigh candidates by their Voronoi cells (the paper); ``False`` (default): equal
+        weights. Measured reference-free (60 particles of 1U6G, 32^3, +-60, 12 iterations):
+        poses within 15 degrees 53% with and 72% without at SNR 0.01, 98% and 97% at
+        SNR 0.02. A Voronoi cell is the pose volume a candidate would stand for if the
+        likelihood were flat over it; the likelihood peaks within a few degrees, so a
+        lone, wrong candidate far from the others gets a large cell and too much weight.
     min_responsibility
         Candidates whose responsibility is below this share of the particle's largest one
         are left out of the M-step sums (the rest renormalised); 0 keeps every candidate.
@@ -58,6 +75,11 @@ class RunConfig:
     band_margin: int = 2
     stop_class_change: float = 0.005
     stop_pose_change_deg: float = 1.0
+    scan_step_deg: float | None = 15.0
+    scan_band: int = 6
+    scan_candidates: int = 10
+    likelihood: str = "scaled"
+    voronoi: bool = False
     min_responsibility: float = 1e-4
     chunk_size: int = 8
 
@@ -66,6 +88,8 @@ class RunConfig:
             raise ValueError(f"--classes must be at least 1, got {self.classes}")
         if self.method not in ("faml", "fa"):
             raise ValueError(f"--method must be 'faml' or 'fa', got {self.method!r}")
+        if self.likelihood not in ("scaled", "plain"):
+            raise ValueError(f"likelihood must be 'scaled' or 'plain', got {self.likelihood!r}")
         if self.iterations < 1:
             raise ValueError(f"--iterations must be at least 1, got {self.iterations}")
         if self.max_candidates < 1:

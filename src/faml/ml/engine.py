@@ -404,7 +404,7 @@ def _reseed(executor, table, state, results, config, halves):
 
 
 def _context(state, config, iteration, box, mask, halves) -> StepContext:
-    settings = settings_for(config, box, state.band)
+    settings = settings_for(config, box, state.band, state.sigma2, state.xi)
     maps = [filtered_average(state, k, mask) for k in range(config.classes)]
     band_e = int(min(state.band + config.band_margin, box // 2 - 1))
     spectra = scipy.fft.rfftn(np.stack(maps), axes=(-3, -2, -1), workers=1)
