@@ -67,3 +67,18 @@ def test_demo_end_to_end(tmp_path, capsys):
     corr = float(out.split("correlation ")[1].split(",")[0])
     assert corr > 0.9, out
     assert (tmp_path / "d" / "run" / "particles.star").exists()
+
+
+def test_paper_exact_switches_the_published_choices(tmp_path):
+    """--paper-exact: no scan, plain likelihood, Voronoi weights, no local neighbours."""
+    import json
+
+    from conftest import make_dataset, polnet_map
+
+    make_dataset(tmp_path / "p", [polnet_map("1bxn")], 10, 1.0, seed=2)
+    rc = main(["run", str(tmp_path / "p"), "--out", str(tmp_path / "r"), "--iterations", "1",
+               "--paper-exact"])  # fmt: skip
+    assert rc == 0
+    config = json.loads((tmp_path / "r" / "run.json").read_text())["config"]
+    assert config["scan_step_deg"] is None and config["likelihood"] == "plain"
+    assert config["voronoi"] is True and config["local_candidates"] == 0

@@ -85,6 +85,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     mask = None
     if args.mask:
         mask, _ = read_volume(args.mask)
+    scan_step = None if args.no_scan else args.scan_step
+    likelihood, voronoi, local = args.likelihood, args.voronoi, args.local_candidates
+    if args.paper_exact:
+        scan_step, likelihood, voronoi, local = None, "plain", True, 0
     config = RunConfig(
         classes=args.classes,
         method=args.method,
@@ -92,6 +96,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_candidates=args.candidates,
         max_shift=args.max_shift,
+        scan_step_deg=scan_step,
+        likelihood=likelihood,
+        voronoi=voronoi,
+        local_candidates=local,
     )
     logger.info("%d particles, %d^3, %.3g A/voxel", len(table), table.box, table.voxel_size)
     result = run(
@@ -209,6 +217,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-shift", type=float, default=None, help="largest translation, voxels (default box/4)"
     )
     r.add_argument("--candidates", type=int, default=20, help="candidates per particle and class")
+    r.add_argument(
+        "--scan-step",
+        type=float,
+        default=15.0,
+        help="rotation step (degrees) of the phase-aware scan that adds candidates",
+    )
+    r.add_argument(
+        "--no-scan", action="store_true", help="magnitude-only candidate search (the paper)"
+    )
+    r.add_argument(
+        "--likelihood",
+        choices=("scaled", "plain"),
+        default="scaled",
+        help="scaled: the reference's amplitude fitted per candidate; plain: the paper's",
+    )
+    r.add_argument(
+        "--voronoi",
+        action="store_true",
+        help="weigh candidates by their Voronoi cells (the paper; off by default, see docs)",
+    )
+    r.add_argument(
+        "--local-candidates",
+        type=int,
+        default=2,
+        help="best candidates per class that get six neighbours each (0: none)",
+    )
+    r.add_argument(
+        "--paper-exact",
+        action="store_true",
+        help="the published method's choices: --no-scan --likelihood plain --voronoi "
+        "--local-candidates 0 (the random-pose start and FSC filtering stay)",
+    )
     r.add_argument("--seed", type=int, default=0, help="the seed of every random choice")
     r.add_argument("--workers", type=int, default=1, help="local worker processes")
     r.add_argument("--mask", help="reference mask MRC (default: a soft sphere)")

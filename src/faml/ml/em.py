@@ -63,6 +63,7 @@ from functools import lru_cache
 
 import numpy as np
 import scipy.fft
+from scipy.spatial.transform import Rotation
 from scipy.special import logsumexp
 
 from faml.align import AlignSettings, PreparedAverage, align_to
@@ -97,6 +98,7 @@ __all__ = [
     "reference_points",
     "responsibilities",
     "shell_sums",
+    "with_neighbours",
 ]
 
 
@@ -386,6 +388,23 @@ def log_likelihoods(
     return -0.5 * (data + prior)
 
 
+def with_neighbours(
+    rotations: np.ndarray, shifts: np.ndarray, count: int, step_deg: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Append six neighbours of each of the first ``count`` candidates.
+
+    Each neighbour is the candidate's rotation turned by ``+-step_deg`` about x, y or z (on
+    the particle side: ``Q R``), with the candidate's shift.
+    """
+    top = min(count, rotations.shape[0])
+    kicks = Rotation.from_rotvec(
+        np.radians(step_deg) * np.concatenate([np.eye(3), -np.eye(3)])
+    ).as_matrix()  # (6, 3, 3)
+    extra_r = np.einsum("kij,bjl->bkil", kicks, rotations[:top]).reshape(-1, 3, 3)
+    extra_t = np.repeat(shifts[:top], 6, axis=0)
+    return np.concatenate([rotations, extra_r]), np.concatenate([shifts, extra_t])
+
+
 def _lap(timings: dict[str, float], name: str, since: float) -> float:
     now = time.perf_counter()
     timings[name] = timings.get(name, 0.0) + now - since
@@ -429,6 +448,11 @@ def process_chunk(
             shifts = [np.stack([c.shift for c in cs]) for cs in cands]
             scores = [cs[0].score for cs in cands]
             nus = None
+            if cfg.method == "faml" and cfg.local_candidates:
+                for k in range(K):
+                    rots[k], shifts[k] = with_neighbours(
+                        rots[k], shifts[k], cfg.local_candidates, cfg.local_step_deg
+                    )
         clock = _lap(t, "align", clock)
         if cfg.method == "fa":
             best_k = int(np.argmax(scores))
@@ -559,7 +583,7 @@ def settings_for(
     band_limit = int(min(max(band, 2), box // 2 - 1))
     scan = {}
     if config.scan_step_deg is not None:
-        scan_band = int(min(config.scan_band, band_limit))
+        scan_band = min(10 if config.scan_band is None else config.scan_band, band_limit)
         weights = None
         if sigma2 is not None:
             inv = 1.0 / np.maximum(np.asarray(sigma2[: scan_band + 1], dtype=np.float64), 1e-30)
