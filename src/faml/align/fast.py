@@ -20,6 +20,13 @@ FAML's step 1 (paper section 2.1; DESIGN.md section 3.1):
    correlation is evaluated for every integer shift by one inverse FFT
    (:mod:`faml.align.translate`); the best within ``max_shift`` is refined below a voxel.
    The candidates are returned ordered by that correlation.
+5. With ``settings.scan_step_deg`` set, the phase-aware scan (:mod:`faml.align.scan`: the
+   constrained correlation on a quasi-uniform rotation grid x a coarse shift grid, low
+   frequencies) proposes ``scan_candidates`` more rotations, scored and refined like the
+   others in step 4. Measured against the true map (60 particles of 1U6G, 32^3, +-60,
+   band 8): a candidate within 15 degrees for 48% / 82% of particles at SNR 0.01 / 0.02
+   without the scan, 98% / 100% with it (an exhaustive 7.5 degree, 1-voxel search: 98% /
+   100%).
 """
 
 from __future__ import annotations

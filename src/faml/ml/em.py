@@ -1,51 +1,54 @@
 """One FAML / FA iteration as map-reduce: per-particle statistics, summed, then the M-step.
 
-Everything is computed in each class's frame, in Fourier space. For a candidate
-``phi = (R, t)`` (the particle is ``X = T_phi A``, RELION's sense) the particle seen from the
-class frame is, at class-frame frequency ``k'``,
+The cross terms of the likelihood and the M-step sums are computed in each class's frame, in
+Fourier space. For a candidate ``phi = (R, t)`` (the particle is ``X = T_phi A``, RELION's
+sense) the particle seen from the class frame is, at class-frame frequency ``k'``,
 
 .. code-block:: text
 
     Y_phi(k') = X(R k') exp(+2 pi i (R k').t)      w_phi(k') = w(R k')
 
 read by one trilinear gather from the particle's padded, gridding-corrected spectrum
-(:mod:`faml.align.fourier_rotation`) and from its Fourier weight ``w``. The E-step and the
-M-step use the same ``(Y_phi, w_phi)``, so with the candidates held fixed one iteration is a
+(:mod:`faml.align.fourier_rotation`) and from its Fourier weight ``w``. The terms that do
+not depend on the pose, the particle's power ``XX_r = sum_r w |X|^2`` and its count of
+observed components ``c_r = sum_r w`` per shell, are taken from the particle as it is
+(:func:`particle_shells`): interpolation damps noise by a factor that depends on the
+sub-voxel position, and at SNR 0.01 that bias outweighed the signal. The E-step and the
+M-step use the same terms, so with the candidates held fixed one iteration is a
 generalised EM step of the approximate likelihood and never lowers it (tested).
 
 Map (per particle ``i``, every class ``k``; :func:`process_chunk`):
 
 1. candidates ``Phi_ik`` from :func:`faml.align.align_to` against the class's filtered,
-   masked average;
-2. (FAML) Voronoi weights ``nu`` of the candidates (:mod:`faml.ml.voronoi`);
+   masked average (magnitude search plus the phase-aware scan), and (FAML) six neighbours
+   of each of the best ``config.local_candidates`` (:func:`with_neighbours`);
+2. (FAML, ``config.voronoi``) Voronoi weights ``nu`` of the candidates
+   (:mod:`faml.ml.voronoi`), else equal weights;
 3. (FAML) E-step in the log domain (DESIGN.md 3.3), over shells ``r = 1..band_e`` (the
    current resolution plus a margin) with one noise variance ``sigma_r^2`` per shell:
 
    .. code-block:: text
 
        log e = log alpha_k + log nu - |t|^2 / (2 xi^2) - 3/2 log(2 pi xi^2)
-               - 1/2 sum_r [d_r(phi) / sigma_r^2 + c_r(phi) log(2 pi sigma_r^2)]
-       d_r(phi) = sum_{k' in r} w_phi |A_k - Y_phi|^2
-       c_r(phi) = sum_{k' in r} w_phi
+               - 1/2 sum_r [d_r(phi) / sigma_r^2 + c_r log(2 pi sigma_r^2)]
+       d_r(phi) = XX_r - 2 XA_r(phi) + AA_r(phi)
+       XA_r = sum_{k' in r} w_phi Re(conj(A_k) Y_phi)     AA_r = sum_{k' in r} w_phi |A_k|^2
 
    (sums over the full spectrum: half-layout points weighted by their multiplicity).
    With ``config.likelihood == "scaled"`` (the default) ``A_k`` is ``a A_k`` with the
    amplitude ``a >= 0`` that fits the candidate best (profiled out, as a per-particle
-   scale): ``sum_r d_r / sigma_r^2 = YY - max(XA, 0)^2 / AA`` with ``YY``, ``XA``, ``AA`` the
-   ``1 / sigma_r^2``-weighted sums of ``w |Y|^2``, ``w Re(conj(A) Y)``, ``w |A|^2``. The
-   filtered average is smaller than the particles' signal where its FSC is low; the plain
-   likelihood then rewards poses that put the average's strong directions into the
-   missing wedge (measured: 33% of poses right against 100% for the normalised
-   correlation, true map, SNR 0.01);
-   responsibilities ``g = softmax(log e)`` over all classes and candidates (log-sum-exp),
-   whose log-normaliser is the particle's approximate log-likelihood. FA instead gives
-   weight 1 to the single best candidate by the wedge-constrained correlation, over all
-   classes;
+   scale): ``sum_r d_r / sigma_r^2 = XX - max(XA, 0)^2 / AA`` (each ``1 / sigma_r^2``
+   weighted). The filtered average is smaller than the particles' signal where its FSC is
+   low, and the plain likelihood then rewards poses that put the average's strong
+   directions into the missing wedge. Responsibilities ``g = softmax(log e)`` over all
+   classes and candidates (log-sum-exp), whose log-normaliser is the particle's
+   approximate log-likelihood. FA instead gives weight 1 to the single best candidate by
+   the wedge-constrained correlation, over all classes;
 4. sufficient statistics (DESIGN.md 3.4), summed over the candidates that carry weight
    (``g >= config.min_responsibility * max g``, renormalised), on the whole sphere
    ``|k'| < N/2``: per half-set and class ``n = sum g``, ``S = sum g w_phi Y_phi``,
-   ``W = sum g w_phi``; per shell ``P_r = sum g sum_r w_phi |Y_phi|^2`` and
-   ``C_r = sum g c_r``; and ``D = sum g |t|^2``.
+   ``W = sum g w_phi``; per shell ``P_r = sum_i XX_r`` and ``C_r = sum_i c_r``; and
+   ``D = sum g |t|^2``.
 
 Reduce: :class:`Stats` add up (in a fixed chunk order, so any number of workers gives the
 same sums). M-step (:func:`m_step`): ``A = (S + (n - W) A_old) / n`` (paper eq. 10: voxels
