@@ -57,11 +57,12 @@ def em_step(table, candidates, averages, alpha, sigma2, xi, config):
         halves=np.arange(len(table)) % 2,
     )
     _, stats = process_chunk(ctx, table, np.arange(len(table)), candidates=candidates)
-    m = m_step(stats, averages, config.method, sigma2, len(table))
+    m = m_step(stats, averages, config.method, sigma2, len(table), config.average_update)
     return stats.loglik, m
 
 
-def test_fixed_candidate_em_step_never_lowers_the_likelihood(two_class_set):
+@pytest.mark.parametrize("update", ["paper", "compensated"])
+def test_fixed_candidate_em_step_never_lowers_the_likelihood(two_class_set, update):
     table, structures, rots, shifts, _ = two_class_set
     rng = np.random.default_rng(5)
     candidates = fixed_candidates(rots, shifts, rng)
@@ -77,7 +78,7 @@ def test_fixed_candidate_em_step_never_lowers_the_likelihood(two_class_set):
     alpha = np.array([0.2, 0.8])
     sigma2 = np.full(box // 2 + 1, 1e3)
     xi = 6.0
-    config = RunConfig(classes=2, min_responsibility=0.0, likelihood="plain")
+    config = RunConfig(classes=2, min_responsibility=0.0, likelihood="plain", average_update=update)
     history = []
     for _ in range(6):
         loglik, m = em_step(table, candidates, averages, alpha, sigma2, xi, config)

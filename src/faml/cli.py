@@ -87,8 +87,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         mask, _ = read_volume(args.mask)
     scan_step = None if args.no_scan else args.scan_step
     likelihood, voronoi, local = args.likelihood, args.voronoi, args.local_candidates
+    update = args.average_update
     if args.paper_exact:
         scan_step, likelihood, voronoi, local = None, "plain", True, 0
+        update = "paper"
     config = RunConfig(
         classes=args.classes,
         method=args.method,
@@ -100,6 +102,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         likelihood=likelihood,
         voronoi=voronoi,
         local_candidates=local,
+        average_update=update,
     )
     logger.info("%d particles, %d^3, %.3g A/voxel", len(table), table.box, table.voxel_size)
     result = run(
@@ -244,10 +247,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="best candidates per class that get six neighbours each (0: none)",
     )
     r.add_argument(
+        "--average-update",
+        choices=("compensated", "paper"),
+        default="compensated",
+        help="M-step average: S / max(W, 0.1 n), or the paper's eq. 10",
+    )
+    r.add_argument(
         "--paper-exact",
         action="store_true",
         help="the published method's choices: --no-scan --likelihood plain --voronoi "
-        "--local-candidates 0 (the random-pose start and FSC filtering stay)",
+        "--local-candidates 0 --average-update paper (the random-pose start and FSC "
+        "filtering stay)",
     )
     r.add_argument("--seed", type=int, default=0, help="the seed of every random choice")
     r.add_argument("--workers", type=int, default=1, help="local worker processes")

@@ -52,6 +52,13 @@ class RunConfig:
     likelihood
         ``"scaled"``: the reference's amplitude is fitted per candidate (profiled out);
         ``"plain"``: the paper's Gaussian likelihood of the average as it is.
+    average_update
+        ``"compensated"``: the M-step's average is ``S / max(W, 0.1 n)``, the maximiser
+        (where a tenth of the weight observed a component); ``"paper"``: eq. 10,
+        ``(S + (n - W) A_old) / n``, a step of ``W / n`` towards it that keeps part of the
+        previous average everywhere. Measured on a K = 2 set (1U6G and the 50S subunit, 40
+        each, SNR 0.02): poses within 15 degrees 64% with eq. 10 (50S class 38%), 90% with the
+        maximiser (50S class 100%): eq. 10 carries the random start's blob along.
     local_candidates
         For this many of the best candidates of each class, six neighbours are added: the
         candidate turned by ``+-local_step_deg`` about x, y and z (same shift). The
@@ -93,6 +100,7 @@ class RunConfig:
     scan_band: int | None = None
     scan_candidates: int = 10
     likelihood: str = "scaled"
+    average_update: str = "compensated"
     local_candidates: int = 2
     local_step_deg: float = 5.0
     voronoi: bool = False
@@ -108,6 +116,10 @@ class RunConfig:
             raise ValueError(
                 f"local_candidates must be >= 0 and local_step_deg in (0, 30], got "
                 f"{self.local_candidates}, {self.local_step_deg}"
+            )
+        if self.average_update not in ("compensated", "paper"):
+            raise ValueError(
+                f"average_update must be 'compensated' or 'paper', got {self.average_update!r}"
             )
         if self.likelihood not in ("scaled", "plain"):
             raise ValueError(f"likelihood must be 'scaled' or 'plain', got {self.likelihood!r}")

@@ -530,11 +530,15 @@ def m_step(
     method: str,
     previous_sigma2: np.ndarray | None,
     n_particles: int,
+    average_update: str = "compensated",
 ) -> MStepResult:
     """Parameters from the reduced statistics (paper eqs. 10-13, DESIGN.md 3.4).
 
-    ``previous``: `(K, N, N, N//2 + 1)` the old averages (Fourier), or ``None`` at the start
-    (then, as for FA, ``A = S / max(W, 0.1 n)``).
+    ``previous``: `(K, N, N, N//2 + 1)` the old averages (Fourier), or ``None`` at the start.
+    ``average_update``: ``"compensated"``, ``A = S / max(W, 0.1 n)`` (the maximiser of the
+    expected log-likelihood where at least a tenth of the weight observed a component), or
+    ``"paper"``, eq. 10 ``A = (S + (n - W) A_old) / n``. FA and the start always use the
+    first.
     """
     S, W, n = stats.S, stats.W, stats.n
     box = S.shape[-3]
@@ -553,7 +557,7 @@ def m_step(
         old = None if previous is None else previous[k]
         if cnt <= 0:
             combined[k] = old if old is not None else 0.0
-        elif method == "fa" or old is None:
+        elif method == "fa" or old is None or average_update == "compensated":
             combined[k] = s / np.maximum(w, 0.1 * cnt)
         else:
             combined[k] = (s + (cnt - w) * old) / cnt

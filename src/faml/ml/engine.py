@@ -129,7 +129,7 @@ def _reduce(executor, task, chunks, classes, box):
 
 
 def _state_after(stats, previous, config, box, n, iteration, previous_sigma2=None):
-    m = m_step(stats, previous, config.method, previous_sigma2, n)
+    m = m_step(stats, previous, config.method, previous_sigma2, n, config.average_update)
     curves = np.stack(
         [fsc(m.half_averages[0, k], m.half_averages[1, k]) for k in range(config.classes)]
     )
