@@ -24,9 +24,14 @@ from functools import lru_cache
 
 import numpy as np
 
-from faml.align.fourier_rotation import PaddedSpectrum, band_points, rotated_points
+from faml.align.fourier_rotation import (
+    PaddedSpectrum,
+    band_points,
+    rotated_points,
+    shift_phases,
+)
 from faml.align.translate import half_spectrum_multiplicity
-from faml.geometry.axes import xyz_to_zyx
+from faml.geometry.rotations import distinct
 
 __all__ = ["ScanReference", "rotation_grid", "scan_reference", "scan", "shift_grid"]
 
@@ -87,6 +92,9 @@ class ScanReference:
         `(n_rot, 3, 3)` the grid.
     real, imag
         `(n_rot, n_points)` float32 parts of the rotated spectra at ``band_points(box, band)``.
+    power
+        `(n_rot, n_points)` float32 ``real^2 + imag^2`` (the denominator's part, kept so that
+        it is not recomputed per particle).
     box, band
         Box of the spectra (the translation box of the alignment) and band limit.
     """
@@ -94,6 +102,7 @@ class ScanReference:
     rotations: np.ndarray
     real: np.ndarray
     imag: np.ndarray
+    power: np.ndarray
     box: int
     band: int
 
@@ -110,7 +119,7 @@ def scan_reference(
         a = rotated_points(padded, rotations[s : s + chunk], band)
         real[s : s + chunk] = a.real
         imag[s : s + chunk] = a.imag
-    return ScanReference(rotations, real, imag, padded.box, band)
+    return ScanReference(rotations, real, imag, real * real + imag * imag, padded.box, band)
 
 
 def scan(
@@ -150,22 +159,13 @@ def scan(
         v = v * np.asarray(shell_weights, dtype=np.float64)[np.minimum(radius, band)]
     v = np.where(flat == 0, 0.0, v).astype(np.float32)  # DC carries no pose
     x = v * particle_ft.reshape(-1)[flat]
-    angle = (2.0 * np.pi / box) * (kzyx.astype(np.float64) @ xyz_to_zyx(np.asarray(shifts)).T)
-    z = x[:, None] * (np.cos(angle) + 1j * np.sin(angle))  # (n_points, n_shifts)
+    # exp(+2 pi i k.t): the conjugate of the shift's phase ramp, (n_points, n_shifts)
+    z = x[:, None] * np.conj(shift_phases(kzyx.astype(np.float64), shifts, box)).T
     num = reference.real @ z.real.astype(np.float32) + reference.imag @ z.imag.astype(np.float32)
-    den = np.sqrt(np.maximum(reference.real**2 @ v + reference.imag**2 @ v, 1e-30))
+    den = np.sqrt(np.maximum(reference.power @ v, 1e-30))
     best_shift = np.argmax(num, axis=1)
     score = num[np.arange(num.shape[0]), best_shift] / den
-    order = np.argsort(-score, kind="stable")
     rotations = reference.rotations
-    cos_limit = 1.0 + 2.0 * np.cos(np.radians(suppress_deg))
-    taken: list[int] = []
-    for i in order:
-        if taken and np.any(np.einsum("ij,bij->b", rotations[i], rotations[taken]) > cos_limit):
-            continue
-        taken.append(int(i))
-        if len(taken) == count:
-            break
-    sel = np.asarray(taken)
+    sel = distinct(rotations, suppress_deg, count, order=np.argsort(-score, kind="stable"))
     norm_x = np.sqrt(max(float(np.sum(v * np.abs(particle_ft.reshape(-1)[flat]) ** 2)), 1e-30))
     return rotations[sel].copy(), np.asarray(shifts)[best_shift[sel]], score[sel] / norm_x
