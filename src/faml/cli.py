@@ -145,6 +145,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_tilt_range(parser, help_text: str) -> None:
+    """The ``--tilt-range MIN MAX`` option (degrees, default -60 60) on a parser or group."""
+    parser.add_argument(
+        "--tilt-range",
+        nargs=2,
+        type=float,
+        default=(-60.0, 60.0),
+        metavar=("MIN", "MAX"),
+        help=help_text,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``faml`` command."""
     parser = argparse.ArgumentParser(
@@ -164,14 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("particle", help="particle MRC (cubic)")
     p.add_argument("average", help="average MRC (same box)")
     wedge = p.add_mutually_exclusive_group()
-    wedge.add_argument(
-        "--tilt-range",
-        nargs=2,
-        type=float,
-        default=(-60.0, 60.0),
-        metavar=("MIN", "MAX"),
-        help="tilt range (degrees) about Y",
-    )
+    _add_tilt_range(wedge, "tilt range (degrees) about Y")
     wedge.add_argument(
         "--weight", help="3D Fourier weight MRC (RELION rlnCtfImage layout) instead of --tilt-range"
     )
@@ -208,14 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="faml: candidates + maximum likelihood; fa: alignment only",
     )
     r.add_argument("--iterations", type=int, default=15, help="most iterations")
-    r.add_argument(
-        "--tilt-range",
-        nargs=2,
-        type=float,
-        default=(-60.0, 60.0),
-        metavar=("MIN", "MAX"),
-        help="tilt range (degrees, about Y) of particles without a rlnCtfImage weight",
-    )
+    _add_tilt_range(r, "tilt range (degrees, about Y) of particles without a rlnCtfImage weight")
     r.add_argument(
         "--max-shift", type=float, default=None, help="largest translation, voxels (default box/4)"
     )

@@ -58,6 +58,7 @@ from faml.align.translate import (
     search_cross,
 )
 from faml.geometry.euler import matrix_to_euler
+from faml.geometry.rotations import axis_stencil, distinct
 
 __all__ = [
     "Candidate",
@@ -520,7 +521,7 @@ def align_to(
         values = values[order]
     # Refinement and polishing can pull two maxima onto one pose (copies of a maximum near
     # a tilt pole): keep the better of any two closer than half the grid step.
-    keep = _distinct(rotations, 0.5 * st_step_deg(st))
+    keep = distinct(rotations, 0.5 * st_step_deg(st))
     rotations, shifts, scores, values = rotations[keep], shifts[keep], scores[keep], values[keep]
     clock.lap("polish")
     shifts = shifts * (st.box / tbox)
@@ -537,17 +538,6 @@ def _scan_weights(st: AlignSettings) -> np.ndarray | None:
     w = np.asarray(st.scan_shell_weights, dtype=np.float64)
     full = np.rint(np.arange(st.resolved_scan_band + 1) * st.box / st.resolved_translation_box)
     return w[np.minimum(full.astype(int), w.size - 1)]
-
-
-def _distinct(rotations: np.ndarray, min_deg: float) -> np.ndarray:
-    """Indices of `(B, 3, 3)` rotations (best first) with no better one within ``min_deg``."""
-    trace = np.einsum("aij,bij->ab", rotations, rotations)  # trace(Ra^T Rb)
-    close = trace > 1.0 + 2.0 * np.cos(np.radians(min_deg))  # angle < min_deg
-    keep: list[int] = []
-    for i in range(rotations.shape[0]):
-        if not any(close[i, j] for j in keep):
-            keep.append(i)
-    return np.asarray(keep, dtype=np.int64)
 
 
 def st_step_deg(settings: AlignSettings) -> float:
@@ -590,9 +580,7 @@ def _polish(prepared, particle_ft, weight_sq, rotations, shifts, scores, step):
     kept only where it raises the correlation. Returns updated rotations, shifts and scores.
     """
     n = rotations.shape[0]
-    axes = np.concatenate([np.eye(3), -np.eye(3)]) * step  # (6, 3) rotation vectors
-    kicks = Rotation.from_rotvec(axes).as_matrix()  # (6, 3, 3)
-    trial = np.einsum("kij,bjl->bkil", kicks, rotations).reshape(-1, 3, 3)
+    trial = axis_stencil(rotations, step).reshape(-1, 3, 3)
     s = correlation_at_shifts(
         _cross(prepared, particle_ft, weight_sq, trial), np.repeat(shifts, 6, axis=0)
     )

@@ -27,7 +27,7 @@ import scipy.fft
 
 from faml.align._kernels import gather_rotated_spectrum
 from faml.align.translate import CrossSpectra, half_spectrum_multiplicity, particle_norm
-from faml.geometry.axes import box_center, matrix_xyz_to_zyx
+from faml.geometry.axes import box_center, matrix_xyz_to_zyx, xyz_to_zyx
 
 __all__ = [
     "PaddedSpectrum",
@@ -35,6 +35,7 @@ __all__ = [
     "band_points",
     "rotated_spectra",
     "rotated_points",
+    "shift_phases",
     "rotated_cross_spectra",
     "crop_half_spectrum",
     "crop_volume",
@@ -104,6 +105,15 @@ def band_points(box: int, band_limit: int) -> tuple[np.ndarray, np.ndarray, np.n
     for a in (kzyx, flat, phase):
         a.setflags(write=False)
     return kzyx, flat, phase
+
+
+def shift_phases(kzyx: np.ndarray, shifts: np.ndarray, box: int) -> np.ndarray:
+    """`(B, n)` complex128 ``exp(-2 pi i k.t / N)``: shifts by `(B, 3)` ``(x, y, z)`` voxels.
+
+    Evaluated at `(n, 3)` frequency indices ``kzyx`` (e.g. those of :func:`band_points`).
+    """
+    angle = (-2.0 * np.pi / box) * (xyz_to_zyx(np.asarray(shifts, dtype=np.float64)) @ kzyx.T)
+    return np.cos(angle) + 1j * np.sin(angle)
 
 
 def _gather(padded, rotations, kzyx, flat, phase, px_re, px_im, w2m):

@@ -9,7 +9,13 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-__all__ = ["random_rotations", "rotation_distance", "rotation_about_axis"]
+__all__ = [
+    "axis_stencil",
+    "distinct",
+    "random_rotations",
+    "rotation_about_axis",
+    "rotation_distance",
+]
 
 
 def random_rotations(n: int, rng: np.random.Generator | int | None = None) -> np.ndarray:
@@ -76,3 +82,36 @@ def rotation_about_axis(axis: str | np.ndarray, angle_deg: float) -> np.ndarray:
         raise ValueError(f"axis must be a non-zero 3-vector, got {axis!r}")
     axis = axis / np.linalg.norm(axis)
     return Rotation.from_rotvec(np.radians(angle_deg) * axis).as_matrix()
+
+
+def axis_stencil(rotations: np.ndarray, step: float) -> np.ndarray:
+    """`(B, 6, 3, 3)` each of `(B, 3, 3)` ``rotations`` turned by ``+-step`` (radians).
+
+    Order per rotation: about ``+x, +y, +z``, then ``-x, -y, -z``, applied on the left
+    (``Q R``: the particle side in RELION's sense).
+    """
+    kicks = Rotation.from_rotvec(np.concatenate([np.eye(3), -np.eye(3)]) * step).as_matrix()
+    return np.einsum("kij,bjl->bkil", kicks, rotations)
+
+
+def distinct(
+    rotations: np.ndarray,
+    min_deg: float,
+    count: int | None = None,
+    order: np.ndarray | None = None,
+) -> np.ndarray:
+    """Greedy angular suppression: indices of rotations no closer than ``min_deg`` to a kept one.
+
+    ``rotations`` `(B, 3, 3)` are visited in ``order`` (default ``0..B-1``, i.e. best first);
+    each is kept unless a rotation kept before it lies within ``min_deg`` degrees. Stops
+    after ``count`` kept rotations (default: no limit). Returns their indices, in visit order.
+    """
+    limit = 1.0 + 2.0 * np.cos(np.radians(min_deg))  # trace(Ra^T Rb) above it: closer
+    keep: list[int] = []
+    for i in range(rotations.shape[0]) if order is None else order:
+        if keep and np.any(np.einsum("ij,bij->b", rotations[i], rotations[keep]) > limit):
+            continue
+        keep.append(int(i))
+        if count is not None and len(keep) == count:
+            break
+    return np.asarray(keep, dtype=np.int64)

@@ -66,7 +66,6 @@ from functools import lru_cache
 
 import numpy as np
 import scipy.fft
-from scipy.spatial.transform import Rotation
 from scipy.special import logsumexp
 
 from faml.align import AlignSettings, PreparedAverage, align_to
@@ -76,10 +75,11 @@ from faml.align.fourier_rotation import (
     band_points,
     padded_spectrum,
     rotated_points,
+    shift_phases,
 )
 from faml.align.translate import half_spectrum_multiplicity
-from faml.geometry.axes import matrix_xyz_to_zyx, xyz_to_zyx
-from faml.geometry.rotations import random_rotations
+from faml.geometry.axes import matrix_xyz_to_zyx
+from faml.geometry.rotations import axis_stencil, random_rotations
 from faml.geometry.transform import inverse_transform
 from faml.io.particles import ParticleTable
 from faml.ml.config import RunConfig
@@ -92,6 +92,7 @@ __all__ = [
     "StepContext",
     "Stats",
     "class_frame",
+    "compensated_mean",
     "hard_chunk",
     "initial_chunk",
     "log_likelihoods",
@@ -268,8 +269,7 @@ def class_frame(
     kzyx, _, _, _ = _frame_points(padded.box, band)
     inv_r, inv_t = inverse_transform(rotations, shifts)
     y = rotated_points(padded, inv_r, band)
-    angle = (-2.0 * np.pi / padded.box) * (xyz_to_zyx(inv_t) @ kzyx.T)  # (B, n)
-    y *= (np.cos(angle) + 1j * np.sin(angle)).astype(np.complex64)
+    y *= shift_phases(kzyx, inv_t, padded.box).astype(np.complex64)
     wedge32 = np.ascontiguousarray(wedge[None], dtype=np.float32)
     w = np.empty((rotations.shape[0], kzyx.shape[0]), dtype=np.float32)
     for b, rotation in enumerate(np.asarray(rotations, dtype=np.float64)):
@@ -400,10 +400,7 @@ def with_neighbours(
     the particle side: ``Q R``), with the candidate's shift.
     """
     top = min(count, rotations.shape[0])
-    kicks = Rotation.from_rotvec(
-        np.radians(step_deg) * np.concatenate([np.eye(3), -np.eye(3)])
-    ).as_matrix()  # (6, 3, 3)
-    extra_r = np.einsum("kij,bjl->bkil", kicks, rotations[:top]).reshape(-1, 3, 3)
+    extra_r = axis_stencil(rotations[:top], np.radians(step_deg)).reshape(-1, 3, 3)
     extra_t = np.repeat(shifts[:top], 6, axis=0)
     return np.concatenate([rotations, extra_r]), np.concatenate([shifts, extra_t])
 
@@ -513,6 +510,14 @@ def process_chunk(
     return results, stats
 
 
+def compensated_mean(s: np.ndarray, w: np.ndarray, n: float) -> np.ndarray:
+    """Wedge-compensated average ``S / max(W, 0.1 n)`` of `n` particles' sums ``S`` and ``W``.
+
+    Components observed by fewer than a tenth of the weight are damped instead of blown up.
+    """
+    return s / np.maximum(w, 0.1 * max(n, 1e-12))
+
+
 @dataclass(frozen=True)
 class MStepResult:
     """New class averages (Fourier, unfiltered) and parameters from summed statistics."""
@@ -552,13 +557,13 @@ def m_step(
             # Half maps for the FSC must be independent: eq. 10 would give both halves the
             # same old values where they observed little, and inflate the FSC. They are
             # wedge-compensated means of their own particles only.
-            halves[h, k] = S[h, k] / np.maximum(W[h, k], 0.1 * max(n[h, k], 1e-12))
+            halves[h, k] = compensated_mean(S[h, k], W[h, k], n[h, k])
         s, w, cnt = S[0, k] + S[1, k], W[0, k] + W[1, k], n[0, k] + n[1, k]
         old = None if previous is None else previous[k]
         if cnt <= 0:
             combined[k] = old if old is not None else 0.0
         elif method == "fa" or old is None or average_update == "compensated":
-            combined[k] = s / np.maximum(w, 0.1 * cnt)
+            combined[k] = compensated_mean(s, w, cnt)
         else:
             combined[k] = (s + (cnt - w) * old) / cnt
         # sum g w |A - Y|^2 = P - 2 Re(conj(A) S) + |A|^2 W, per shell

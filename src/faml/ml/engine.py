@@ -44,6 +44,7 @@ from faml.ml.em import (
     ParticleResult,
     Stats,
     StepContext,
+    compensated_mean,
     hard_chunk,
     initial_chunk,
     m_step,
@@ -381,8 +382,8 @@ def _reseed(executor, table, state, results, config, halves):
             total += stats
         s = total.S[:, k]  # (2, ...)
         w = total.W[:, k]
-        averages[k] = s.sum(axis=0) / np.maximum(w.sum(axis=0), 0.1 * len(moved))
-        halves_k = [s[h] / np.maximum(w[h], 0.1 * max(total.n[h, k], 1e-12)) for h in (0, 1)]
+        averages[k] = compensated_mean(s.sum(axis=0), w.sum(axis=0), len(moved))
+        halves_k = [compensated_mean(s[h], w[h], total.n[h, k]) for h in (0, 1)]
         curves[k] = fsc(halves_k[0], halves_k[1])
         for r in moved:
             results[r.index] = ParticleResult(
