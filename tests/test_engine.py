@@ -56,17 +56,57 @@ def test_k1_recovers_map_and_poses(k1_data, ribosome32, tmp_path):
 
 def test_resume_after_kill_matches_uninterrupted(k1_data, tmp_path):
     folder, _ = k1_data
-    table = from_mrc_files(folder)
-    cfg = RunConfig(classes=1, iterations=3, seed=4, stop_pose_change_deg=0.0)
+    table = from_mrc_files(folder).subset(np.arange(24))
+    cfg = RunConfig(
+        classes=1, iterations=4, seed=4, stop_pose_change_deg=0.0, starts=2, start_iterations=2
+    )
     full = run(table, tmp_path / "full", cfg)
-    # Simulate a run killed during iteration 3: iterations 0-2 complete, 3 half-written.
+    # Killed during iteration 4 (after the starts): 3 complete, 4 half-written.
     part = tmp_path / "part"
     shutil.copytree(tmp_path / "full", part)
-    (part / "iterations" / "003" / "manifest.json").unlink()
-    (part / "iterations" / "003" / "model.npz").write_bytes(b"truncated")
+    (part / "iterations" / "004" / "manifest.json").unlink()
+    (part / "iterations" / "004" / "model.npz").write_bytes(b"truncated")
     resumed = run(table, part, cfg, resume=True)
     np.testing.assert_array_equal(resumed.maps, full.maps)
     np.testing.assert_array_equal(resumed.rotations, full.rotations)
+    # Killed during the second start's second iteration: the starts resume, same answer.
+    early = tmp_path / "early"
+    shutil.copytree(tmp_path / "full", early)
+    shutil.rmtree(early / "iterations")
+    (early / "starts" / "02" / "iterations" / "002" / "manifest.json").unlink()
+    resumed = run(table, early, cfg, resume=True)
+    np.testing.assert_array_equal(resumed.maps, full.maps)
+    np.testing.assert_array_equal(resumed.rotations, full.rotations)
+
+
+def test_the_best_fitting_start_continues(k1_data, tmp_path):
+    """Three random starts: each is checkpointed, they differ, and the run continues from the
+    one with the highest log-likelihood at the common band (recorded in run.json)."""
+    folder, _ = k1_data
+    table = from_mrc_files(folder).subset(np.arange(24))
+    cfg = RunConfig(iterations=3, seed=2, starts=3, start_iterations=2, start_band=5)
+    result = run(table, tmp_path / "run", cfg)
+    out = tmp_path / "run"
+    entries = json.loads((out / "run.json").read_text())["iterations"]
+    chosen = [e for e in entries if "starts_fit" in e]
+    assert len(chosen) == 1 and chosen[0]["iteration"] == 2
+    fits = chosen[0]["starts_fit"]
+    assert len(fits) == 3 and len(set(fits)) == 3
+    assert chosen[0]["start_chosen"] == int(np.argmax(fits)) + 1
+    averages = []
+    for s in (1, 2, 3):
+        start = out / "starts" / f"{s:02d}" / "iterations"
+        assert (start / "002" / "manifest.json").exists()
+        with np.load(start / "002" / "model.npz") as z:
+            assert int(z["band"]) == 5  # held at start_band, whatever the FSC said
+            averages.append(z["averages"])
+            entry = json.loads((start / "002" / "manifest.json").read_text())["history"][-1]
+            assert entry["fit"] == fits[s - 1]
+            assert entry["log_likelihood"] == pytest.approx(fits[s - 1], rel=1e-9)
+    assert not np.allclose(averages[0], averages[1])  # different random starts
+    with np.load(out / "iterations" / "002" / "model.npz") as z:
+        np.testing.assert_array_equal(z["averages"], averages[chosen[0]["start_chosen"] - 1])
+    assert result.state.iteration == 3
 
 
 def test_workers_give_the_same_answer(k1_data, tmp_path):
@@ -139,7 +179,7 @@ def test_voronoi_weights():
 
 
 def test_sigkill_mid_run_then_continue(k1_data, tmp_path):
-    """A `faml run` killed (SIGKILL) during iteration 2, then `--continue`: same maps and poses
+    """A `faml run` killed (SIGKILL) during its first start, then `--continue`: same maps and poses
     as an uninterrupted run; no temporary file left in the output folder."""
     import os
     import signal
@@ -158,10 +198,10 @@ def test_sigkill_mid_run_then_continue(k1_data, tmp_path):
     proc = subprocess.Popen([*cmd, *args, "--out", str(killed)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + 120
-    while not (killed / "iterations" / "001" / "manifest.json").exists():
+    while not (killed / "starts" / "01" / "iterations" / "001" / "manifest.json").exists():
         assert time.time() < deadline and proc.poll() is None, "run ended before iteration 1"
         time.sleep(0.02)
-    time.sleep(0.3)  # inside iteration 2
+    time.sleep(0.3)  # inside the first start's iteration 2
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (killed / "particles.star").exists()

@@ -87,10 +87,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         mask, _ = read_volume(args.mask)
     scan_step = None if args.no_scan else args.scan_step
     likelihood, voronoi, local = args.likelihood, args.voronoi, args.local_candidates
-    update = args.average_update
+    update, starts = args.average_update, args.starts
     if args.paper_exact:
         scan_step, likelihood, voronoi, local = None, "plain", True, 0
-        update = "paper"
+        update, starts = "paper", 1
     config = RunConfig(
         classes=args.classes,
         method=args.method,
@@ -103,6 +103,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         voronoi=voronoi,
         local_candidates=local,
         average_update=update,
+        starts=starts,
+        start_iterations=args.start_iterations,
     )
     logger.info("%d particles, %d^3, %.3g A/voxel", len(table), table.box, table.voxel_size)
     result = run(
@@ -251,11 +253,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="M-step average: S / max(W, 0.1 n), or the paper's eq. 10",
     )
     r.add_argument(
+        "--starts",
+        type=int,
+        default=3,
+        help="random starts, each run for --start-iterations iterations; the best-fitting "
+        "one continues (1: a single start)",
+    )
+    r.add_argument(
+        "--start-iterations",
+        type=int,
+        default=3,
+        help="iterations of each start before the choice",
+    )
+    r.add_argument(
         "--paper-exact",
         action="store_true",
         help="the published method's choices: --no-scan --likelihood plain --voronoi "
-        "--local-candidates 0 --average-update paper (the random-pose start and FSC "
-        "filtering stay)",
+        "--local-candidates 0 --average-update paper --starts 1 (the random-pose start and "
+        "FSC filtering stay)",
     )
     r.add_argument("--seed", type=int, default=0, help="the seed of every random choice")
     r.add_argument("--workers", type=int, default=1, help="local worker processes")

@@ -31,7 +31,9 @@ FAML's step 1 (paper section 2.1; DESIGN.md section 3.1):
 
 from __future__ import annotations
 
+import hashlib
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -320,11 +322,35 @@ class PreparedAverage:
     _scan: list = field(default_factory=list, repr=False, compare=False)
 
     def scan_reference(self) -> ScanReference:
-        """The average rotated to the scan's grid (computed on first use, then kept)."""
+        """The average rotated to the scan's grid (computed on first use, then kept).
+
+        Kept twice: on this object, and in a small per-process cache keyed by the content of
+        the spectrum, so that a worker process that receives the same average with every task
+        of an iteration (pickled afresh each time) computes it once per iteration, not once
+        per task.
+        """
         if not self._scan:
             st = self.settings
-            self._scan.append(scan_reference(self.padded, st.resolved_scan_band, st.scan_step_deg))
+            key = (
+                hashlib.blake2b(self.padded.real.tobytes(), digest_size=16).digest(),
+                hashlib.blake2b(self.padded.imag.tobytes(), digest_size=16).digest(),
+                st.resolved_scan_band,
+                st.scan_step_deg,
+            )
+            ref = _SCAN_CACHE.pop(key, None)
+            if ref is None:
+                ref = scan_reference(self.padded, st.resolved_scan_band, st.scan_step_deg)
+            _SCAN_CACHE[key] = ref  # newest last
+            while len(_SCAN_CACHE) > _SCAN_CACHE_SIZE:
+                _SCAN_CACHE.popitem(last=False)
+            self._scan.append(ref)
         return self._scan[0]
+
+
+_SCAN_CACHE_SIZE = 4
+"""Scan references kept per process (one per class average of the current iteration)."""
+
+_SCAN_CACHE: OrderedDict = OrderedDict()
 
 
 def _check_volume(name: str, v: np.ndarray) -> np.ndarray:

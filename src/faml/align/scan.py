@@ -15,6 +15,15 @@ The average's rotated spectra at the band's points are computed once per average
 and shifts is one real matrix product `(n_rot, 2 n_points) x (2 n_points, n_shifts)`
 (BLAS), the denominator one matrix-vector product. The best shift of each rotation scores
 the rotation; the best rotations, no two within ``suppress_deg``, are the scan's proposals.
+
+Coarse to fine (default): the points are stored sorted by radius, so the shells up to
+``COARSE_BAND_SHARE * band`` are the first columns; every rotation is scored on those,
+and only the best quarter on the whole band. Measured against the true map (60 particles
+of 1U6G, 32^3, +-60 degrees, one core): at band 8, SNR 0.01, a rotation within 15 degrees
+among the 10 proposals for 93% of particles and as the best for 65%, both ways, in 25 ms
+per particle on the whole band and 7 ms coarse to fine (keeping the best sixteenth); in
+reference-free runs (six seeds), keeping the best sixteenth lost about 7 points of poses
+within 15 degrees, keeping the best quarter nothing (median 75% both) in 80% of the time.
 """
 
 from __future__ import annotations
@@ -34,6 +43,15 @@ from faml.align.translate import half_spectrum_multiplicity
 from faml.geometry.rotations import distinct
 
 __all__ = ["ScanReference", "rotation_grid", "scan_reference", "scan", "shift_grid"]
+
+
+COARSE_BAND_SHARE = 0.6
+"""The coarse pass of :func:`scan` scores every rotation on shells up to this share of the
+band."""
+
+COARSE_KEEP_PER_CANDIDATE = 16
+COARSE_KEEP_FRACTION = 4
+"""The fine pass scores ``max(16 count, n_rot / 4)`` rotations: the coarse pass's best."""
 
 
 @lru_cache(maxsize=8)
@@ -107,16 +125,39 @@ class ScanReference:
     band: int
 
 
+def scan_points(box: int, band: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The scan's points: :func:`band_points` sorted by radius (a low band is a prefix).
+
+    Returns
+    -------
+    kzyx, flat
+        As :func:`~faml.align.fourier_rotation.band_points`, in the scan's order.
+    order
+        `(n,)` positions of these points in :func:`band_points`'s order.
+    """
+    return _scan_points(int(box), int(band))
+
+
+@lru_cache(maxsize=16)
+def _scan_points(box: int, band: int):
+    kzyx, flat, _ = band_points(box, band)
+    order = np.argsort(np.sum(kzyx.astype(np.float64) ** 2, axis=1), kind="stable")
+    out = (kzyx[order], flat[order], order)
+    for a in out:
+        a.setflags(write=False)
+    return out
+
+
 def scan_reference(
     padded: PaddedSpectrum, band: int, step_deg: float, chunk: int = 512
 ) -> ScanReference:
     """Rotate the average (its padded spectrum) to every rotation of the grid."""
     rotations = rotation_grid(step_deg)
-    n_points = band_points(padded.box, band)[0].shape[0]
-    real = np.empty((rotations.shape[0], n_points), dtype=np.float32)
+    _, _, order = scan_points(padded.box, band)
+    real = np.empty((rotations.shape[0], order.size), dtype=np.float32)
     imag = np.empty_like(real)
     for s in range(0, rotations.shape[0], chunk):
-        a = rotated_points(padded, rotations[s : s + chunk], band)
+        a = rotated_points(padded, rotations[s : s + chunk], band)[:, order]
         real[s : s + chunk] = a.real
         imag[s : s + chunk] = a.imag
     return ScanReference(rotations, real, imag, real * real + imag * imag, padded.box, band)
@@ -130,6 +171,7 @@ def scan(
     shell_weights: np.ndarray | None,
     count: int,
     suppress_deg: float,
+    coarse_to_fine: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ``count`` best rotations of the grid, no two within ``suppress_deg``.
 
@@ -144,6 +186,12 @@ def scan(
         `(n_shifts, 3)` shifts ``(x, y, z)`` (voxels of that box) to try.
     shell_weights
         `(band + 1,)` weight per shell (index = shell), or ``None`` for equal weights.
+    count, suppress_deg
+        How many rotations to return, no two closer than ``suppress_deg``.
+    coarse_to_fine
+        Score every rotation on the shells up to ``COARSE_BAND_SHARE * band`` first and only
+        the best of them on the whole band (about a third of the work at band 8; measured
+        in the module docstring); ``False``: every rotation on the whole band.
 
     Returns
     -------
@@ -151,21 +199,38 @@ def scan(
         `(m, 3, 3)` rotations, `(m, 3)` their best grid shifts and `(m,)` scores, best first.
     """
     box, band = reference.box, reference.band
-    kzyx, flat, _ = band_points(box, band)
+    kzyx, flat, _ = scan_points(box, band)
     mult = half_spectrum_multiplicity(box)[flat % (box // 2 + 1)]
     v = mult * weight_sq.reshape(-1)[flat]
+    radius = np.rint(np.sqrt(np.sum(kzyx.astype(np.float64) ** 2, axis=1))).astype(int)
     if shell_weights is not None:
-        radius = np.rint(np.sqrt(np.sum(kzyx.astype(np.float64) ** 2, axis=1))).astype(int)
         v = v * np.asarray(shell_weights, dtype=np.float64)[np.minimum(radius, band)]
     v = np.where(flat == 0, 0.0, v).astype(np.float32)  # DC carries no pose
     x = v * particle_ft.reshape(-1)[flat]
     # exp(+2 pi i k.t): the conjugate of the shift's phase ramp, (n_points, n_shifts)
     z = x[:, None] * np.conj(shift_phases(kzyx.astype(np.float64), shifts, box)).T
-    num = reference.real @ z.real.astype(np.float32) + reference.imag @ z.imag.astype(np.float32)
-    den = np.sqrt(np.maximum(reference.power @ v, 1e-30))
-    best_shift = np.argmax(num, axis=1)
-    score = num[np.arange(num.shape[0]), best_shift] / den
+    zr, zi = z.real.astype(np.float32), z.imag.astype(np.float32)
+    n_rot = reference.rotations.shape[0]
+    coarse = int(np.searchsorted(radius, COARSE_BAND_SHARE * band, side="right"))
+    keep = max(COARSE_KEEP_PER_CANDIDATE * count, n_rot // COARSE_KEEP_FRACTION)
+    if coarse_to_fine and coarse < radius.size and keep < n_rot:
+        # Coarse to fine: every rotation on the low shells (a prefix of the points), then
+        # the best ``keep`` on the whole band.
+        c = slice(0, coarse)
+        num_c = reference.real[:, c] @ zr[c] + reference.imag[:, c] @ zi[c]
+        den_c = np.sqrt(np.maximum(reference.power[:, c] @ v[c], 1e-30))
+        rows = np.argpartition(-(num_c.max(axis=1) / den_c), keep)[:keep]
+    else:
+        rows = np.arange(n_rot)
+    num = reference.real[rows] @ zr + reference.imag[rows] @ zi
+    den = np.sqrt(np.maximum(reference.power[rows] @ v, 1e-30))
+    best_shift = np.full(n_rot, 0, dtype=np.int64)
+    score = np.full(n_rot, -np.inf)
+    best_shift[rows] = np.argmax(num, axis=1)
+    score[rows] = num[np.arange(rows.size), best_shift[rows]] / den
     rotations = reference.rotations
-    sel = distinct(rotations, suppress_deg, count, order=np.argsort(-score, kind="stable"))
+    sel = distinct(
+        rotations, suppress_deg, count, order=rows[np.argsort(-score[rows], kind="stable")]
+    )
     norm_x = np.sqrt(max(float(np.sum(v * np.abs(particle_ft.reshape(-1)[flat]) ** 2)), 1e-30))
     return rotations[sel].copy(), np.asarray(shifts)[best_shift[sel]], score[sel] / norm_x

@@ -319,16 +319,21 @@ def hard_chunk(
 
 
 def initial_chunk(
-    table: ParticleTable, indices: np.ndarray, config: RunConfig, halves: np.ndarray
+    table: ParticleTable,
+    indices: np.ndarray,
+    config: RunConfig,
+    halves: np.ndarray,
+    start: int = 0,
 ) -> tuple[list[ParticleResult], Stats]:
-    """The random start (DESIGN.md 3.5) for the particles ``indices``.
+    """Random start number ``start`` (DESIGN.md 3.5) for the particles ``indices``.
 
     Each particle goes to a random class at a random rotation (uniform on SO(3)) and zero
-    shift, so that no common wedge orientation survives in the starting averages.
+    shift, so that no common wedge orientation survives in the starting averages. Start
+    ``s`` draws from the generator of (seed, iteration 0, particle, ``s``).
     """
     assignments = []
     for i in indices:
-        rng = rng_for(config.seed, 0, int(i), 0)
+        rng = rng_for(config.seed, 0, int(i), start)
         klass = int(rng.integers(config.classes))
         assignments.append((int(i), klass, random_rotations(1, rng)[0], np.zeros(3)))
     return hard_chunk(table, assignments, config.classes, halves)

@@ -3,7 +3,9 @@
 One run (:func:`run`) on a :class:`~faml.io.particles.ParticleTable`:
 
 - iteration 0 is the random start (DESIGN.md 3.5), then iterations 1.. of
-  :mod:`faml.ml.em` until ``config.iterations`` or convergence: fewer than
+  :mod:`faml.ml.em`; with ``config.starts > 1``, several random starts run their first
+  ``config.start_iterations`` iterations side by side and the best-fitting one goes on
+  (:func:`_begin`); then until ``config.iterations`` or convergence: fewer than
   ``config.stop_class_change`` of the particles changed class and the median change of their
   best rotation is below ``config.stop_pose_change_deg``;
 - particles are split once into two random halves (``rlnRandomSubset``); each class average
@@ -24,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -262,58 +264,21 @@ def run(
     elif mask.shape != (box,) * 3 or not np.any(mask > 0):
         raise ValueError(f"the mask must be a non-empty {(box,) * 3} volume, got {mask.shape}")
     halves = _halves(n, config.seed)
-    chunks = _chunks(n, config.chunk_size)
     started = time.time()
     executor = make_executor(workers)
+    job = _Job(table, config, executor, halves, _chunks(n, config.chunk_size), mask)
     try:
         checkpoint = last_complete_iteration(out) if resume else None
         if checkpoint is not None:
             state, results, history = _load_checkpoint(checkpoint)
             logger.info("continuing after iteration %d (%s)", state.iteration, checkpoint)
         else:
-            t0 = time.perf_counter()
-            results, stats = _reduce(
-                executor,
-                partial(initial_chunk, table, config=config, halves=halves),
-                chunks,
-                K,
-                box,
-            )
-            state = _state_after(stats, None, config, box, n, 0)
-            # sigma_r^2: the particles against their (random-pose) class means; xi: the box
-            state = ModelState(0, state.averages, state.fsc, state.band, state.alpha,
-                               state.sigma2, float(box))  # fmt: skip
-            history = [_history_entry(state, table, None, time.perf_counter() - t0, 0.0)]
-            maps = np.stack([filtered_average(state, k, mask) for k in range(K)])
-            _save_checkpoint(
-                out / "iterations" / "000", state, results, halves, history, table, maps
-            )
+            state, results, history = _begin(job, out, resume)
         for iteration in range(state.iteration + 1, config.iterations + 1):
-            t0 = time.perf_counter()
-            ctx = _context(state, config, iteration, box, mask, halves)
-            new_results, stats = _reduce(
-                executor, partial(process_chunk, ctx, table), chunks, K, box
-            )
-            t_map = time.perf_counter() - t0
-            state = _state_after(stats, state.averages, config, box, n, iteration, state.sigma2)
-            state, new_results = _reseed(executor, table, state, new_results, config, halves)
-            change = _changes(results, new_results)
-            results = new_results
-            entry = _history_entry(state, table, stats, time.perf_counter() - t0, t_map)
-            entry.update(class_change=change[0], median_pose_change_deg=change[1])
+            state, results, entry = job.step(state, results, iteration)
             history.append(entry)
-            logger.info(
-                "iteration %d: resolution %.1f A (band %d), alpha %s, log-lik %.4g, class changes "
-                "%.1f%%, median pose change %.2f deg, %.1f s",
-                iteration, entry["resolution_angstrom"], state.band,
-                np.round(state.alpha, 3).tolist(), stats.loglik, 100 * change[0], change[1],
-                entry["seconds"],
-            )  # fmt: skip
-            maps = np.stack([filtered_average(state, k, mask) for k in range(K)])
-            _save_checkpoint(
-                out / "iterations" / f"{iteration:03d}", state, results, halves, history, table,
-                maps,
-            )  # fmt: skip
+            job.save(out / "iterations" / f"{iteration:03d}", state, results, history)
+            change = (entry["class_change"], entry["median_pose_change_deg"])
             if change[0] < config.stop_class_change and change[1] < config.stop_pose_change_deg:
                 logger.info(
                     "converged at iteration %d: %.2f%% of particles changed class (< %.2f%%) "
@@ -337,6 +302,120 @@ def run(
     )
     _write_outputs(out, table, result, halves, config, workers, command_line, time.time() - started)
     return result
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every iteration of one run shares: data, configuration, executor, split, mask."""
+
+    table: ParticleTable
+    config: RunConfig
+    executor: object
+    halves: np.ndarray
+    chunks: list[np.ndarray]
+    mask: np.ndarray
+
+    def maps(self, state: ModelState) -> np.ndarray:
+        return np.stack([filtered_average(state, k, self.mask) for k in range(len(state.alpha))])
+
+    def save(self, folder: Path, state: ModelState, results, history) -> None:
+        _save_checkpoint(folder, state, results, self.halves, history, self.table, self.maps(state))
+
+    def initial(self, start: int) -> tuple[ModelState, list[ParticleResult], list[dict]]:
+        """Iteration 0 of random start ``start`` (DESIGN.md 3.5)."""
+        t0 = time.perf_counter()
+        box, cfg = self.table.box, self.config
+        results, stats = _reduce(
+            self.executor,
+            partial(initial_chunk, self.table, config=cfg, halves=self.halves, start=start),
+            self.chunks,
+            cfg.classes,
+            box,
+        )
+        state = _state_after(stats, None, cfg, box, len(self.table), 0)
+        # sigma_r^2: the particles against their (random-pose) class means; xi: the box
+        state = ModelState(0, state.averages, state.fsc, state.band, state.alpha,
+                           state.sigma2, float(box))  # fmt: skip
+        entry = _history_entry(state, self.table, None, time.perf_counter() - t0, 0.0)
+        return state, results, [entry]
+
+    def step(self, state: ModelState, results, iteration: int, band: int | None = None):
+        """One EM (or FA) iteration after ``state``: the new state, results, history entry.
+
+        ``band``: the band of the next iteration, instead of the one the FSC gives (the
+        multi-start phase holds every start at the same band so that their fits compare).
+        """
+        t0 = time.perf_counter()
+        cfg, table = self.config, self.table
+        box, n, K = table.box, len(table), cfg.classes
+        ctx = _context(state, cfg, iteration, box, self.mask, self.halves)
+        new_results, stats = _reduce(
+            self.executor, partial(process_chunk, ctx, table), self.chunks, K, box
+        )
+        t_map = time.perf_counter() - t0
+        state = _state_after(stats, state.averages, cfg, box, n, iteration, state.sigma2)
+        state, new_results = _reseed(self.executor, table, state, new_results, cfg, self.halves)
+        if band is not None:
+            state = replace(state, band=int(band))
+        change = _changes(results, new_results)
+        entry = _history_entry(state, table, stats, time.perf_counter() - t0, t_map)
+        entry.update(
+            class_change=change[0],
+            median_pose_change_deg=change[1],
+            fit=float(sum(r.fit for r in new_results)),
+        )
+        logger.info(
+            "iteration %d: resolution %.1f A (band %d), alpha %s, log-lik %.4g, class changes "
+            "%.1f%%, median pose change %.2f deg, %.1f s",
+            iteration, entry["resolution_angstrom"], state.band,
+            np.round(state.alpha, 3).tolist(), stats.loglik, 100 * change[0], change[1],
+            entry["seconds"],
+        )  # fmt: skip
+        return state, new_results, entry
+
+
+def _begin(job: _Job, out: Path, resume: bool):
+    """Iteration 0, or with ``config.starts > 1`` the multi-start phase.
+
+    Each start ``s`` is a random start (its own poses and classes, the same half split)
+    followed by ``start_iterations`` iterations, the band held at ``start_band`` from the
+    second on; the start whose last iteration fits the data best (FAML: the log-likelihood,
+    summed over particles; FA: the summed best correlation) continues as the run. Every
+    start is checkpointed in ``out/starts/SS/iterations/NNN`` (resumed with ``resume``); the
+    winner's last iteration becomes ``out/iterations/NNN``.
+    """
+    cfg = job.config
+    last = min(cfg.start_iterations, cfg.iterations)
+    if cfg.starts == 1 or last < 2:  # one iteration is too few to compare starts
+        state, results, history = job.initial(0)
+        job.save(out / "iterations" / "000", state, results, history)
+        return state, results, history
+    band = int(np.clip(cfg.start_band, cfg.min_band, job.table.box // 2 - 1))
+    best = None
+    fits = []
+    for s in range(cfg.starts):
+        folder = out / "starts" / f"{s + 1:02d}"
+        checkpoint = last_complete_iteration(folder) if resume else None
+        if checkpoint is not None:
+            state, results, history = _load_checkpoint(checkpoint)
+        else:
+            state, results, history = job.initial(s)
+            job.save(folder / "iterations" / "000", state, results, history)
+        for iteration in range(state.iteration + 1, last + 1):
+            state, results, entry = job.step(state, results, iteration, band)
+            history.append(entry)
+            job.save(folder / "iterations" / f"{iteration:03d}", state, results, history)
+        fits.append(history[-1]["fit"])
+        logger.info("start %d of %d: fit %.6g after %d iterations", s + 1, cfg.starts,
+                    fits[-1], last)  # fmt: skip
+        if best is None or fits[-1] > fits[best[0]]:
+            best = (s, state, results, history)
+    s, state, results, history = best
+    logger.info("continuing from start %d (best fit of %d starts)", s + 1, cfg.starts)
+    history = [dict(e) for e in history]
+    history[-1].update(starts_fit=fits, start_chosen=s + 1)
+    job.save(out / "iterations" / f"{state.iteration:03d}", state, results, history)
+    return state, results, history
 
 
 RESEED_SHARE = 0.25

@@ -6,8 +6,12 @@ so the reduction (summed in task order) is the same for any number of workers.
 
 - :class:`SerialExecutor`: in this process.
 - :class:`ProcessExecutor`: ``N`` local worker processes (``spawn``: no state inherited from
-  the parent), each limited to one BLAS/FFT/numba thread so that ``N`` workers use ``N``
-  cores without oversubscription. The thread limits are set in the worker, not at import.
+  the parent), each limited to one BLAS/OpenMP thread so that ``N`` workers use ``N``
+  cores without oversubscription. The limits are set in the worker, not at import: through
+  the environment for libraries not loaded yet, and through ``threadpoolctl`` for those
+  already loaded (``spawn`` imports the parent's main module, and with it numpy, before the
+  initializer runs; without the runtime limit each worker's OpenBLAS ran one thread per
+  core, and two workers on two cores were no faster than one).
 """
 
 from __future__ import annotations
@@ -62,6 +66,9 @@ class SerialExecutor:
 def _limit_threads() -> None:
     for var in _THREAD_VARS:
         os.environ[var] = "1"
+    import threadpoolctl
+
+    threadpoolctl.threadpool_limits(limits=1)
 
 
 class ProcessExecutor:
