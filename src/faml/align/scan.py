@@ -125,7 +125,7 @@ class ScanReference:
     band: int
 
 
-def scan_points(box: int, band: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def scan_points(box: int, band: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The scan's points: :func:`band_points` sorted by radius (a low band is a prefix).
 
     Returns
@@ -134,6 +134,8 @@ def scan_points(box: int, band: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
         As :func:`~faml.align.fourier_rotation.band_points`, in the scan's order.
     order
         `(n,)` positions of these points in :func:`band_points`'s order.
+    shell
+        `(n,)` int64 shell of each point (its radius rounded), non-decreasing.
     """
     return _scan_points(int(box), int(band))
 
@@ -142,9 +144,24 @@ def scan_points(box: int, band: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
 def _scan_points(box: int, band: int):
     kzyx, flat, _ = band_points(box, band)
     order = np.argsort(np.sum(kzyx.astype(np.float64) ** 2, axis=1), kind="stable")
-    out = (kzyx[order], flat[order], order)
+    kzyx = kzyx[order]
+    shell = np.rint(np.sqrt(np.sum(kzyx.astype(np.float64) ** 2, axis=1))).astype(np.int64)
+    out = (kzyx, flat[order], order, shell)
     for a in out:
         a.setflags(write=False)
+    return out
+
+
+@lru_cache(maxsize=16)
+def _unshift(box: int, band: int, shifts_bytes: bytes) -> np.ndarray:
+    """`(n_points, n_shifts)` ``exp(+2 pi i k.t / N)`` at the scan's points.
+
+    The conjugate of the shifts' phase ramps: the same for every particle of an iteration.
+    """
+    kzyx = scan_points(box, band)[0]
+    shifts = np.frombuffer(shifts_bytes, dtype=np.float64).reshape(-1, 3)
+    out = np.ascontiguousarray(np.conj(shift_phases(kzyx.astype(np.float64), shifts, box)).T)
+    out.setflags(write=False)
     return out
 
 
@@ -153,7 +170,7 @@ def scan_reference(
 ) -> ScanReference:
     """Rotate the average (its padded spectrum) to every rotation of the grid."""
     rotations = rotation_grid(step_deg)
-    _, _, order = scan_points(padded.box, band)
+    order = scan_points(padded.box, band)[2]
     real = np.empty((rotations.shape[0], order.size), dtype=np.float32)
     imag = np.empty_like(real)
     for s in range(0, rotations.shape[0], chunk):
@@ -199,21 +216,20 @@ def scan(
         `(m, 3, 3)` rotations, `(m, 3)` their best grid shifts and `(m,)` scores, best first.
     """
     box, band = reference.box, reference.band
-    kzyx, flat, _ = scan_points(box, band)
+    _, flat, _, shell = scan_points(box, band)
     mult = half_spectrum_multiplicity(box)[flat % (box // 2 + 1)]
     v = mult * weight_sq.reshape(-1)[flat]
-    radius = np.rint(np.sqrt(np.sum(kzyx.astype(np.float64) ** 2, axis=1))).astype(int)
     if shell_weights is not None:
-        v = v * np.asarray(shell_weights, dtype=np.float64)[np.minimum(radius, band)]
+        v = v * np.asarray(shell_weights, dtype=np.float64)[np.minimum(shell, band)]
     v = np.where(flat == 0, 0.0, v).astype(np.float32)  # DC carries no pose
-    x = v * particle_ft.reshape(-1)[flat]
-    # exp(+2 pi i k.t): the conjugate of the shift's phase ramp, (n_points, n_shifts)
-    z = x[:, None] * np.conj(shift_phases(kzyx.astype(np.float64), shifts, box)).T
+    x_points = particle_ft.reshape(-1)[flat]
+    shifts = np.ascontiguousarray(shifts, dtype=np.float64)
+    z = (v * x_points)[:, None] * _unshift(box, band, shifts.tobytes())  # (n_points, n_shifts)
     zr, zi = z.real.astype(np.float32), z.imag.astype(np.float32)
     n_rot = reference.rotations.shape[0]
-    coarse = int(np.searchsorted(radius, COARSE_BAND_SHARE * band, side="right"))
+    coarse = int(np.searchsorted(shell, COARSE_BAND_SHARE * band, side="right"))
     keep = max(COARSE_KEEP_PER_CANDIDATE * count, n_rot // COARSE_KEEP_FRACTION)
-    if coarse_to_fine and coarse < radius.size and keep < n_rot:
+    if coarse_to_fine and coarse < shell.size and keep < n_rot:
         # Coarse to fine: every rotation on the low shells (a prefix of the points), then
         # the best ``keep`` on the whole band.
         c = slice(0, coarse)
@@ -232,5 +248,5 @@ def scan(
     sel = distinct(
         rotations, suppress_deg, count, order=rows[np.argsort(-score[rows], kind="stable")]
     )
-    norm_x = np.sqrt(max(float(np.sum(v * np.abs(particle_ft.reshape(-1)[flat]) ** 2)), 1e-30))
-    return rotations[sel].copy(), np.asarray(shifts)[best_shift[sel]], score[sel] / norm_x
+    norm_x = np.sqrt(max(float(np.sum(v * np.abs(x_points) ** 2)), 1e-30))
+    return rotations[sel].copy(), shifts[best_shift[sel]], score[sel] / norm_x

@@ -334,8 +334,7 @@ class _Job:
         )
         state = _state_after(stats, None, cfg, box, len(self.table), 0)
         # sigma_r^2: the particles against their (random-pose) class means; xi: the box
-        state = ModelState(0, state.averages, state.fsc, state.band, state.alpha,
-                           state.sigma2, float(box))  # fmt: skip
+        state = replace(state, xi=float(box))
         entry = _history_entry(state, self.table, None, time.perf_counter() - t0, 0.0)
         return state, results, [entry]
 
@@ -412,7 +411,6 @@ def _begin(job: _Job, out: Path, resume: bool):
             best = (s, state, results, history)
     s, state, results, history = best
     logger.info("continuing from start %d (best fit of %d starts)", s + 1, cfg.starts)
-    history = [dict(e) for e in history]
     history[-1].update(starts_fit=fits, start_chosen=s + 1)
     job.save(out / "iterations" / f"{state.iteration:03d}", state, results, history)
     return state, results, history
