@@ -83,3 +83,40 @@ def test_paper_exact_switches_the_published_choices(tmp_path):
     assert config["scan_step_deg"] is None and config["likelihood"] == "plain"
     assert config["voronoi"] is True and config["local_candidates"] == 0
     assert config["average_update"] == "paper" and config["starts"] == 1
+
+
+def test_simulate_run_evaluate_from_the_command_line(tmp_path, capsys):
+    """faml simulate (an atomic model, realistic mode) -> faml run -> faml evaluate --json."""
+    import json
+
+    from conftest import shared_path
+    from faml.evaluate import evaluate_map  # noqa: F401  (the command's library)
+
+    model = shared_path("atomic", "1s3x.pdb")
+    sim, out = tmp_path / "sim", tmp_path / "run"
+    rc = main(["simulate", "--structure", str(model), "--n", "12", "--box", "20",
+               "--voxel-size", "10", "--snr", "1.0", "--tilt-range", "-50", "70",
+               "--tilt-step", "3", "--seed", "3", "--out", str(sim)])  # fmt: skip
+    assert rc == 0
+    assert "12 particles" in capsys.readouterr().out
+    assert (sim / "truth" / "class_001.mrc").exists() and (sim / "weights").is_dir()
+    assert main(["simulate", "--structure", str(model), "--n", "2", "--box", "20",
+                 "--voxel-size", "10", "--snr", "1", "--out", str(sim)]) == 2  # fmt: skip
+    assert "overwrite" in capsys.readouterr().err
+    rc = main(["run", str(sim / "particles.star"), "--out", str(out), "--iterations", "3",
+               "--starts", "1"])  # fmt: skip
+    assert rc == 0
+    rc = main(["evaluate", str(out), "--truth", str(sim), "--json", str(tmp_path / "e.json")])
+    assert rc == 0
+    figures = json.loads((tmp_path / "e.json").read_text())
+    assert figures["summary"]["within_15deg"] > 0.8  # SNR 1: the poses are easy
+    assert figures["summary"]["mean_correlation"] > 0.8
+    assert figures["summary"]["oracle_mean_correlation"] > 0.8
+    # one map against one truth map: the truth scores perfectly against itself
+    truth = sim / "truth" / "class_001.mrc"
+    rc = main(["evaluate", "--map", str(truth), "--truth", str(truth), "--json",
+               str(tmp_path / "m.json")])  # fmt: skip
+    assert rc == 0
+    assert json.loads((tmp_path / "m.json").read_text())["correlation"] > 0.999
+    assert main(["evaluate", "--truth", str(sim)]) == 2  # neither RUN_DIR nor --map
+    assert "give a run directory" in capsys.readouterr().err

@@ -88,3 +88,24 @@ def test_fixed_candidate_em_step_never_lowers_the_likelihood(two_class_set, upda
     steps = np.diff(history)
     assert np.all(steps >= -1e-9 * np.abs(history[:-1])), (history, steps)
     assert history[-1] - history[0] > 1e3, history  # and it does climb
+
+
+def test_neighbour_rings_lie_at_multiples_of_the_step():
+    from faml.geometry.rotations import rotation_distance
+    from faml.ml.em import neighbour_step_deg, with_neighbours
+
+    rng = np.random.default_rng(4)
+    rots = random_rotations(3, rng)
+    shifts = rng.normal(size=(3, 3))
+    r, t = with_neighbours(rots, shifts, count=2, step_deg=5.0, rings=2)
+    assert r.shape == (3 + 2 * 12, 3, 3) and t.shape == (3 + 2 * 12, 3)
+    np.testing.assert_array_equal(r[:3], rots)
+    extra = r[3:].reshape(2, 2, 6, 3, 3)  # ring, candidate, +-x/y/z
+    for ring in (0, 1):
+        for c in (0, 1):
+            angles = rotation_distance(extra[ring, c], np.repeat(rots[c][None], 6, axis=0))
+            np.testing.assert_allclose(angles, 5.0 * (ring + 1), atol=1e-6)
+    np.testing.assert_array_equal(t[3:].reshape(2, 2, 6, 3)[1, 1], np.repeat(shifts[1:2], 6, 0))
+    assert neighbour_step_deg(RunConfig(local_step_deg=None), 8) == pytest.approx(57.29578 / 8)
+    assert neighbour_step_deg(RunConfig(local_step_deg=None), 2) == 15.0
+    assert neighbour_step_deg(RunConfig(), 8) == 5.0

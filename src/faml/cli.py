@@ -8,6 +8,12 @@ Subcommands:
 ``faml run PARTICLES --out DIR``
     Reference-free averaging (K = 1) or classification (K > 1) by FAML (or FA, the
     alignment-only baseline) of a RELION particles STAR file or a folder / glob of MRC files.
+``faml simulate --structure PATH ... --n N --box B --voxel-size A --snr S --out DIR``
+    Simulated subtomograms with known truth: tilt series with CTF, MTF and noise, reconstructed
+    (``--mode realistic``), or the 3D wedge-and-noise model (``--mode fast``).
+``faml evaluate RUN_DIR --truth SIM_DIR`` / ``faml evaluate --map MAP --truth TRUTH``
+    Scores a run (or one map) against the truth of a simulation: correlation, FSC, pose
+    errors, F1, the oracle average.
 ``faml demo``
     Simulates a small data set, runs ``faml run`` on it and says how well the map matches the
     truth.
@@ -102,6 +108,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         likelihood=likelihood,
         voronoi=voronoi,
         local_candidates=local,
+        local_rings=args.local_rings,
         average_update=update,
         starts=starts,
         start_iterations=args.start_iterations,
@@ -121,6 +128,68 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(
         f"faml run: particles in {out / 'particles.star'}, log and parameters in {out / 'run.json'}"
     )
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from faml.simulate import SimulationSettings, load_structure, simulate
+
+    settings = SimulationSettings(
+        voxel_size=args.voxel_size,
+        snr=args.snr,
+        tilt_range=tuple(args.tilt_range),
+        tilt_step=args.tilt_step,
+        defocus_um=args.defocus,
+        defocus_jitter_um=args.defocus_jitter,
+        ctf=not args.no_ctf,
+        phase_flip=not args.no_phase_flip,
+        mtf=not args.no_ctf,
+        rotation_axis=args.rotation_axis,
+        max_shift=args.max_shift,
+    )
+    structures = [
+        load_structure(path, args.voxel_size, args.box, resolution=args.resolution)
+        for path in args.structure
+    ]
+    names = [Path(p).name for p in args.structure]
+    with tqdm(total=args.n * len(structures), unit="particle", desc="faml simulate") as bar:
+        truth = simulate(
+            structures, names, args.n, args.out, settings, mode=args.mode, seed=args.seed,
+            workers=args.workers, overwrite=args.overwrite,
+            progress=lambda done, total: bar.update(done - bar.n),
+        )  # fmt: skip
+    print(f"faml simulate: {len(truth.classes)} particles and {truth.star_path}")
+    print(f"faml simulate: truth (maps, poses, classes) in {Path(args.out) / 'truth'}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from faml.evaluate import evaluate_map, evaluate_run
+    from faml.io.atomic import write_text_atomic
+
+    if args.map is not None:
+        if args.run_dir is not None:
+            raise ValueError("give either RUN_DIR or --map MAP, not both")
+        result = evaluate_map(
+            args.map, args.truth, voxel_size=args.voxel_size, symmetry=args.symmetry
+        )
+    elif args.run_dir is not None:
+        result = evaluate_run(
+            args.run_dir, args.truth, oracle=not args.no_oracle, symmetry=args.symmetry,
+            seed=args.seed,
+        )  # fmt: skip
+    else:
+        raise ValueError("give a run directory (RUN_DIR --truth SIM_DIR) or --map MAP")
+    print(result.to_table())
+    if args.json:
+        write_text_atomic(args.json, json.dumps(result.to_dict(), indent=1))
+        print(f"faml evaluate: figures in {args.json}")
     return 0
 
 
@@ -244,7 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--local-candidates",
         type=int,
         default=2,
-        help="best candidates per class that get six neighbours each (0: none)",
+        help="best candidates per class that get six neighbours per ring (0: none)",
+    )
+    r.add_argument(
+        "--local-rings",
+        type=int,
+        default=2,
+        help="rings of neighbours, at 5, 10, ... degrees from the candidate",
     )
     r.add_argument(
         "--average-update",
@@ -288,6 +363,74 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue after the last complete iteration in --out",
     )
     r.set_defaults(func=_cmd_run)
+
+    s = sub.add_parser(
+        "simulate",
+        help="simulated subtomograms with known truth (tilt series, CTF, noise)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    s.add_argument(
+        "--structure", action="append", required=True, metavar="PATH",
+        help="atomic model (PDB/mmCIF, .gz too) or density map (MRC); repeat for K classes",
+    )  # fmt: skip
+    s.add_argument("--n", type=int, required=True, help="particles per structure")
+    s.add_argument("--box", type=int, required=True, help="box size, voxels")
+    s.add_argument("--voxel-size", type=float, required=True, help="Angstrom per voxel")
+    s.add_argument(
+        "--snr", type=float, required=True,
+        help="signal variance / noise variance of each final subtomogram",
+    )  # fmt: skip
+    _add_tilt_range(s, "tilt range (degrees, about Y; may be asymmetric)")
+    s.add_argument("--tilt-step", type=float, default=2.0, help="tilt increment, degrees")
+    s.add_argument("--defocus", type=float, default=3.0, help="defocus, um (underfocus > 0)")
+    s.add_argument(
+        "--defocus-jitter", type=float, default=0.0, help="per-particle defocus spread, um (s.d.)"
+    )
+    s.add_argument("--no-ctf", action="store_true", help="no CTF and no detector MTF")
+    s.add_argument(
+        "--no-phase-flip", action="store_true",
+        help="particles keep the signed CTF (weights CTF^2) instead of phase-flipped images",
+    )  # fmt: skip
+    s.add_argument(
+        "--rotation-axis", choices=("x", "y", "z"), default=None,
+        help="rotate about this axis only (preferred orientation); default uniform on SO(3)",
+    )  # fmt: skip
+    s.add_argument("--max-shift", type=float, default=2.0, help="largest shift per axis, voxels")
+    s.add_argument(
+        "--resolution", type=float, default=None,
+        help="low-pass of atomic-model densities, Angstrom (default: the voxel grid's)",
+    )  # fmt: skip
+    s.add_argument(
+        "--mode", choices=("realistic", "fast"), default="realistic",
+        help="realistic: tilt series + CTF + reconstruction; fast: 3D wedge and noise",
+    )  # fmt: skip
+    s.add_argument("--seed", type=int, default=0, help="the seed of every random draw")
+    s.add_argument("--workers", type=int, default=1, help="local worker processes")
+    s.add_argument("--out", required=True, help="simulation directory (created)")
+    s.add_argument("--overwrite", action="store_true", help="replace a simulation in --out")
+    s.set_defaults(func=_cmd_simulate)
+
+    e = sub.add_parser(
+        "evaluate",
+        help="score a run (or one map) against the truth of a simulation",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    e.add_argument("run_dir", nargs="?", default=None, help="a faml run directory")
+    e.add_argument(
+        "--truth", required=True,
+        help="the simulation directory (with RUN_DIR) or the true map MRC (with --map)",
+    )  # fmt: skip
+    e.add_argument("--map", default=None, help="one map MRC to score against --truth MRC")
+    e.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    e.add_argument(
+        "--symmetry", default=None, help="Cn: pose errors modulo this symmetry (e.g. C7)"
+    )
+    e.add_argument("--no-oracle", action="store_true", help="skip the true-pose average")
+    e.add_argument(
+        "--voxel-size", type=float, default=None, help="Angstrom per voxel (--map, if unset)"
+    )
+    e.add_argument("--seed", type=int, default=0, help="seed of the oracle's half split")
+    e.set_defaults(func=_cmd_evaluate)
 
     d = sub.add_parser(
         "demo",

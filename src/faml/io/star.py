@@ -31,7 +31,7 @@ from faml.io.atomic import atomic_path
 from faml.io.mrc import read_header
 from faml.io.particles import ParticleTable
 
-__all__ = ["read_particles_star", "write_particles_star"]
+__all__ = ["pose_columns", "read_particles_star", "write_particles_star"]
 
 _WRITTEN = (
     "rlnImageName",
@@ -148,6 +148,29 @@ def read_particles_star(
     )
 
 
+def pose_columns(
+    rotations: np.ndarray, shifts: np.ndarray, classes: np.ndarray, voxel_size: float
+) -> dict[str, np.ndarray]:
+    """RELION's pose and class columns of a set of particles.
+
+    `(n, 3, 3)` rotations, `(n, 3)` shifts (voxels, ``(x, y, z)``) and `(n,)` 1-based
+    classes become ``rlnAngleRot/Tilt/Psi``, ``rlnOrigin{X,Y,Z}Angst`` (``-shift *
+    voxel_size``) and ``rlnClassNumber``.
+    """
+    n = len(classes)
+    angles = matrix_to_euler(np.asarray(rotations).reshape(n, 3, 3))
+    origins = shift_to_origin_angst(np.asarray(shifts).reshape(n, 3), voxel_size)
+    return {
+        "rlnAngleRot": angles[:, 0],
+        "rlnAngleTilt": angles[:, 1],
+        "rlnAnglePsi": angles[:, 2],
+        "rlnOriginXAngst": origins[:, 0],
+        "rlnOriginYAngst": origins[:, 1],
+        "rlnOriginZAngst": origins[:, 2],
+        "rlnClassNumber": np.asarray(classes, dtype=np.int64),
+    }
+
+
 def write_particles_star(
     path: str | os.PathLike[str],
     table: ParticleTable,
@@ -176,8 +199,6 @@ def write_particles_star(
         Optional `(n,)` half-set (1 or 2) of each particle (``rlnRandomSubset``).
     """
     n = len(table)
-    angles = matrix_to_euler(np.asarray(rotations).reshape(n, 3, 3))
-    origins = shift_to_origin_angst(np.asarray(shifts).reshape(n, 3), table.voxel_size)
     # RELION's ObservationModel needs voltage, Cs and amplitude contrast in every optics
     # group (relion_reconstruct stops with "trying to read image with empty file name"
     # without them): the values read are kept, else RELION's usual 300 kV, 2.7 mm, 0.1.
@@ -195,15 +216,9 @@ def write_particles_star(
     cols: dict[str, object] = {"rlnImageName": list(table.names)}
     if table.tomo_names is not None:
         cols["rlnTomoName"] = list(table.tomo_names)
+    cols.update(pose_columns(rotations, shifts, classes, table.voxel_size))
     cols.update(
         {
-            "rlnAngleRot": angles[:, 0],
-            "rlnAngleTilt": angles[:, 1],
-            "rlnAnglePsi": angles[:, 2],
-            "rlnOriginXAngst": origins[:, 0],
-            "rlnOriginYAngst": origins[:, 1],
-            "rlnOriginZAngst": origins[:, 2],
-            "rlnClassNumber": np.asarray(classes, dtype=np.int64),
             "rlnMaxValueProbDistribution": np.asarray(max_probability, dtype=np.float64),
             "rlnOpticsGroup": np.ones(n, dtype=np.int64),
         }

@@ -72,7 +72,16 @@ class RunConfig:
         the M-step averages over that uncertainty (as RELION's oversampled orientations).
         0: the paper's candidates only.
     local_step_deg
-        Angle of those neighbours (degrees).
+        Angle of those neighbours (degrees); ``None``: one radian over the current band (the
+        turn that moves the outermost shell used by one voxel; 7 degrees at 8 shells).
+    local_rings
+        Neighbours at ``j * local_step_deg`` for ``j = 1..local_rings`` (six per ring).
+        Reference-free runs can settle with part of the particles 15-30 degrees off, turned
+        about one common axis (measured: 60 particles of 1U6G at SNR 0.01); one ring of 5
+        degree steps seldom moves them out. Six seeds, poses within 15 degrees: one ring
+        median 75% (mean 76%), median largest responsibility 0.71-0.83; two rings (5 and 10
+        degrees) median 80% (mean 79%), 0.63-0.78; one ring of 10 degrees median 78%, but
+        the posteriors turn one-hot (0.99): the neighbours no longer overlap.
     voronoi
         Weigh candidates by their Voronoi cells (the paper); ``False`` (default): equal
         weights. Measured reference-free (60 particles of 1U6G, 32^3, +-60, 12 iterations):
@@ -119,7 +128,8 @@ class RunConfig:
     likelihood: str = "scaled"
     average_update: str = "compensated"
     local_candidates: int = 2
-    local_step_deg: float = 5.0
+    local_step_deg: float | None = 5.0
+    local_rings: int = 2
     voronoi: bool = False
     min_responsibility: float = 1e-4
     starts: int = 3
@@ -132,10 +142,12 @@ class RunConfig:
             raise ValueError(f"--classes must be at least 1, got {self.classes}")
         if self.method not in ("faml", "fa"):
             raise ValueError(f"--method must be 'faml' or 'fa', got {self.method!r}")
-        if self.local_candidates < 0 or not 0.0 < self.local_step_deg <= 30.0:
+        step_ok = self.local_step_deg is None or 0.0 < self.local_step_deg <= 30.0
+        if self.local_candidates < 0 or not step_ok or self.local_rings < 1:
             raise ValueError(
-                f"local_candidates must be >= 0 and local_step_deg in (0, 30], got "
-                f"{self.local_candidates}, {self.local_step_deg}"
+                f"local_candidates must be >= 0, local_step_deg in (0, 30] (or None) and "
+                f"local_rings >= 1, got {self.local_candidates}, {self.local_step_deg}, "
+                f"{self.local_rings}"
             )
         if self.average_update not in ("compensated", "paper"):
             raise ValueError(

@@ -102,6 +102,7 @@ __all__ = [
     "reference_points",
     "responsibilities",
     "shell_sums",
+    "neighbour_step_deg",
     "with_neighbours",
 ]
 
@@ -397,17 +398,33 @@ def log_likelihoods(
 
 
 def with_neighbours(
-    rotations: np.ndarray, shifts: np.ndarray, count: int, step_deg: float
+    rotations: np.ndarray, shifts: np.ndarray, count: int, step_deg: float, rings: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Append six neighbours of each of the first ``count`` candidates.
+    """Append ``6 * rings`` neighbours of each of the first ``count`` candidates.
 
-    Each neighbour is the candidate's rotation turned by ``+-step_deg`` about x, y or z (on
-    the particle side: ``Q R``), with the candidate's shift.
+    Each neighbour is the candidate's rotation turned by ``+-j * step_deg`` (``j = 1..rings``)
+    about x, y or z (on the particle side: ``Q R``), with the candidate's shift.
     """
     top = min(count, rotations.shape[0])
-    extra_r = axis_stencil(rotations[:top], np.radians(step_deg)).reshape(-1, 3, 3)
-    extra_t = np.repeat(shifts[:top], 6, axis=0)
+    extra_r = np.concatenate(
+        [
+            axis_stencil(rotations[:top], np.radians(j * step_deg)).reshape(-1, 3, 3)
+            for j in range(1, rings + 1)
+        ]
+    )
+    extra_t = np.tile(np.repeat(shifts[:top], 6, axis=0), (rings, 1))
     return np.concatenate([rotations, extra_r]), np.concatenate([shifts, extra_t])
+
+
+def neighbour_step_deg(config: RunConfig, band: int) -> float:
+    """The angle of the neighbours (degrees) at the current ``band``.
+
+    ``config.local_step_deg``, or with ``None`` one radian over the band (the turn that moves
+    the outermost shell used by one voxel), within 3-15 degrees.
+    """
+    if config.local_step_deg is not None:
+        return float(config.local_step_deg)
+    return float(np.clip(np.degrees(1.0 / max(band, 1)), 3.0, 15.0))
 
 
 def _lap(timings: dict[str, float], name: str, since: float) -> float:
@@ -456,8 +473,10 @@ def process_chunk(
             if cfg.method == "faml" and cfg.local_candidates:
                 for k in range(K):
                     rots[k], shifts[k] = with_neighbours(
-                        rots[k], shifts[k], cfg.local_candidates, cfg.local_step_deg
-                    )
+                        rots[k], shifts[k], cfg.local_candidates,
+                        neighbour_step_deg(cfg, ctx.align[k].settings.band_limit),
+                        cfg.local_rings,
+                    )  # fmt: skip
         clock = _lap(t, "align", clock)
         if cfg.method == "fa":
             best_k = int(np.argmax(scores))

@@ -1,1 +1,42 @@
-"""Simulated subtomograms with known truth (fast mode: 3D wedge and noise)."""
+"""Simulated subtomograms with known truth: structures, tilt series, data sets.
+
+- :mod:`faml.simulate.density`: atomic models (gemmi) and maps onto a centred grid.
+- :mod:`faml.simulate.tiltseries`: the realistic mode (paper section 3.1): tilt series with
+  CTF, MTF and noise, reconstructed by direct Fourier inversion, with a 3D weight per particle.
+- :mod:`faml.simulate.dataset`: :func:`simulate` writes a simulation directory (particles,
+  weights, STAR files, truth), :func:`read_truth` reads its truth back.
+- :mod:`faml.simulate.fast`: ``simulate_fast``, the fast mode of the demo and tests.
+"""
+
+from faml.simulate.ctf import ctf, detector_mtf, electron_wavelength
+from faml.simulate.dataset import MODES, SimulationTruth, particle_rng, read_truth, simulate
+from faml.simulate.density import density_from_map, density_from_model, load_structure
+from faml.simulate.fast import Truth, simulate_fast
+from faml.simulate.tiltseries import (
+    PreparedStructure,
+    SimulatedParticle,
+    SimulationSettings,
+    prepare_structure,
+    simulate_particle,
+)
+
+__all__ = [
+    "MODES",
+    "PreparedStructure",
+    "SimulatedParticle",
+    "SimulationSettings",
+    "SimulationTruth",
+    "Truth",
+    "ctf",
+    "density_from_map",
+    "density_from_model",
+    "detector_mtf",
+    "electron_wavelength",
+    "load_structure",
+    "particle_rng",
+    "prepare_structure",
+    "read_truth",
+    "simulate",
+    "simulate_fast",
+    "simulate_particle",
+]

@@ -32,13 +32,16 @@ class Truth:
     """Ground truth of a simulated set.
 
     `(n, 3, 3)` rotations, `(n, 3)` shifts (voxels, ``(x, y, z)``), `(n,)` 0-based classes,
-    and the particle files.
+    and the particle files. :func:`faml.simulate.simulate` also fills ``weight_paths`` (each
+    particle's Fourier weight file) and ``star_path`` (its ``particles.star``).
     """
 
     rotations: np.ndarray
     shifts: np.ndarray
     classes: np.ndarray
     paths: tuple[str, ...]
+    weight_paths: tuple[str, ...] = ()
+    star_path: str | None = None
 
 
 def simulate_fast(

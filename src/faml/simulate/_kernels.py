@@ -1,0 +1,147 @@
+"""Compiled kernels of the tilt-series simulator: central slices out of, and into, 3D spectra.
+
+One thread each (faml parallelises over particles). Conventions shared by both kernels:
+
+* 3D spectra are in ``rfftn`` layout of an `(M, M, M)` ``(z, y, x)`` volume whose centre
+  (voxel ``M // 2``) was moved to voxel 0 (``ifftshift``): shape `(M, M, M//2+1)`, DC at
+  ``[0, 0, 0]``, frequencies in integer index units.
+* 2D spectra of the tilt images are in ``rfft2`` layout: `(T, M, M//2+1)`, index ``[t, iy, ix]``
+  holds ``(kx, ky) = (ix, fftfreq(M)[iy] * M)``.
+* Tilt ``t`` (angle θ about +Y, see :mod:`faml.geometry.wedge`) puts the 2D frequency
+  ``(kx, ky)`` at the 3D point ``q = (kx cos θ, ky, kx sin θ)`` ``(x, y, z)`` of the particle.
+* Only frequencies with ``kx² + ky² < (M/2)²`` are used (a sphere inside the grid); others
+  read and write 0.
+* Points with ``qx < 0`` use the Friedel mate ``-q`` and the complex conjugate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+_FASTMATH = {"nnan", "ninf", "nsz", "arcp", "contract", "afn"}
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH, nogil=True)
+def extract_slices(spectrum, rt, cos_t, sin_t, shift, scale, out):  # pragma: no cover
+    """Central slices of a rotated, shifted volume, times a 2D transfer function.
+
+    ``out[t, iy, ix] = F(R^T q) exp(-2 pi i q . shift / M) scale[iy, ix]`` with ``q`` the 3D
+    point of 2D frequency ``(ix, iy)`` at tilt ``t`` and ``F`` the trilinear interpolation of
+    ``spectrum`` (the reference's spectrum). ``rt``: `(3, 3)` float64 ``R^T`` on ``(x, y, z)``;
+    ``cos_t``, ``sin_t``: `(T,)` float64; ``shift``: `(3,)` float64 ``(x, y, z)`` voxels;
+    ``scale``: `(M, M//2+1)` float32; ``out``: `(T, M, M//2+1)` complex64, written.
+    """
+    m = spectrum.shape[0]
+    half = m // 2
+    nx = out.shape[2]
+    r2max = float(half) * float(half)
+    two_pi_m = 2.0 * math.pi / m
+    for t in range(out.shape[0]):
+        c = cos_t[t]
+        s = sin_t[t]
+        for iy in range(m):
+            ky = float(iy if iy < half else iy - m)
+            for ix in range(nx):
+                kx = float(ix)
+                if kx * kx + ky * ky >= r2max:
+                    out[t, iy, ix] = 0.0
+                    continue
+                qx = kx * c
+                qy = ky
+                qz = kx * s
+                ux = rt[0, 0] * qx + rt[0, 1] * qy + rt[0, 2] * qz
+                uy = rt[1, 0] * qx + rt[1, 1] * qy + rt[1, 2] * qz
+                uz = rt[2, 0] * qx + rt[2, 1] * qy + rt[2, 2] * qz
+                conj = ux < 0.0
+                if conj:
+                    ux = -ux
+                    uy = -uy
+                    uz = -uz
+                x0f = math.floor(ux)
+                y0f = math.floor(uy)
+                z0f = math.floor(uz)
+                fx = ux - x0f
+                fy = uy - y0f
+                fz = uz - z0f
+                x0 = int(x0f)
+                y0 = int(y0f) % m
+                z0 = int(z0f) % m
+                x1 = x0 + 1
+                y1 = (y0 + 1) % m
+                z1 = (z0 + 1) % m
+                gx = 1.0 - fx
+                gy = 1.0 - fy
+                gz = 1.0 - fz
+                v = (
+                    gz * (gy * (gx * spectrum[z0, y0, x0] + fx * spectrum[z0, y0, x1])
+                          + fy * (gx * spectrum[z0, y1, x0] + fx * spectrum[z0, y1, x1]))
+                    + fz * (gy * (gx * spectrum[z1, y0, x0] + fx * spectrum[z1, y0, x1])
+                            + fy * (gx * spectrum[z1, y1, x0] + fx * spectrum[z1, y1, x1]))
+                )  # fmt: skip
+                if conj:
+                    v = v.conjugate()
+                phase = -two_pi_m * (qx * shift[0] + qy * shift[1] + qz * shift[2])
+                out[t, iy, ix] = v * complex(math.cos(phase), math.sin(phase)) * scale[iy, ix]
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH, nogil=True)
+def insert_slices(signal, noise, ctf2, cos_t, sin_t, acc_signal, acc_noise, acc_w, acc_ctf2):
+    """Trilinear insertion of 2D spectra into 3D accumulators (direct Fourier inversion).
+
+    Each 2D sample ``(ix, iy)`` of tilt ``t`` adds, at the 8 voxels around its 3D point ``q``
+    (or around ``-q``, conjugated, when ``qx < 0``), ``w * signal``, ``w * noise``, ``w`` and
+    ``w * ctf2[iy, ix]`` to the four accumulators, ``w`` the trilinear weight. ``signal``,
+    ``noise``: `(T, M, M//2+1)` complex64; ``ctf2``: `(M, M//2+1)` float32; ``acc_signal``,
+    ``acc_noise``: `(M, M, M//2+1)` complex64; ``acc_w``, ``acc_ctf2``: `(M, M, M//2+1)`
+    float32; all accumulated in place.
+    """  # noqa: D401
+    m = acc_w.shape[0]
+    half = m // 2
+    nx = signal.shape[2]
+    r2max = float(half) * float(half)
+    for t in range(signal.shape[0]):
+        c = cos_t[t]
+        s = sin_t[t]
+        for iy in range(m):
+            ky = float(iy if iy < half else iy - m)
+            for ix in range(nx):
+                kx = float(ix)
+                if kx * kx + ky * ky >= r2max:
+                    continue
+                qx = kx * c
+                qy = ky
+                qz = kx * s
+                a = signal[t, iy, ix]
+                b = noise[t, iy, ix]
+                if qx < 0.0:
+                    qx = -qx
+                    qy = -qy
+                    qz = -qz
+                    a = a.conjugate()
+                    b = b.conjugate()
+                g = ctf2[iy, ix]
+                x0f = math.floor(qx)
+                y0f = math.floor(qy)
+                z0f = math.floor(qz)
+                fx = np.float32(qx - x0f)
+                fy = np.float32(qy - y0f)
+                fz = np.float32(qz - z0f)
+                x0 = int(x0f)
+                y0 = int(y0f) % m
+                z0 = int(z0f) % m
+                for dz in range(2):
+                    wz = fz if dz else np.float32(1.0) - fz
+                    zi = (z0 + dz) % m
+                    for dy in range(2):
+                        wzy = wz * (fy if dy else np.float32(1.0) - fy)
+                        yi = (y0 + dy) % m
+                        for dx in range(2):
+                            w = wzy * (fx if dx else np.float32(1.0) - fx)
+                            xi = x0 + dx
+                            acc_signal[zi, yi, xi] += w * a
+                            acc_noise[zi, yi, xi] += w * b
+                            acc_w[zi, yi, xi] += w
+                            acc_ctf2[zi, yi, xi] += w * g
