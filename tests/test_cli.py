@@ -82,6 +82,7 @@ def test_paper_exact_switches_the_published_choices(tmp_path):
     config = json.loads((tmp_path / "r" / "run.json").read_text())["config"]
     assert config["scan_step_deg"] is None and config["likelihood"] == "plain"
     assert config["voronoi"] is True and config["local_candidates"] == 0
+    assert config["fa_iterations"] == 0
     assert config["average_update"] == "paper" and config["starts"] == 1
 
 

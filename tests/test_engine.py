@@ -84,7 +84,9 @@ def test_the_best_fitting_start_continues(k1_data, tmp_path):
     one with the highest log-likelihood at the common band (recorded in run.json)."""
     folder, _ = k1_data
     table = from_mrc_files(folder).subset(np.arange(24))
-    cfg = RunConfig(iterations=3, seed=2, starts=3, start_iterations=2, start_band=5)
+    cfg = RunConfig(
+        iterations=3, seed=2, starts=3, start_iterations=2, start_band=5, fa_iterations=0
+    )
     result = run(table, tmp_path / "run", cfg)
     out = tmp_path / "run"
     entries = json.loads((out / "run.json").read_text())["iterations"]
@@ -214,3 +216,19 @@ def test_sigkill_mid_run_then_continue(k1_data, tmp_path):
         killed / "particles.star"
     ).read_text().split("\n")[3:]
     assert not list(killed.rglob("*.tmp"))
+
+
+def test_fa_iterations_come_first_then_the_likelihood(k1_data, tmp_path):
+    """With fa_iterations=2 the first two iterations are FA (hard, no likelihood), the third
+    is FAML (a log-likelihood); no early stop during the FA ones."""
+    folder, _ = k1_data
+    table = from_mrc_files(folder).subset(np.arange(16))
+    cfg = RunConfig(iterations=3, seed=1, starts=1, fa_iterations=2, stop_pose_change_deg=180.0)
+    result = run(table, tmp_path / "run", cfg)
+    entries = json.loads((tmp_path / "run" / "run.json").read_text())["iterations"]
+    assert [e["iteration"] for e in entries] == [0, 1, 2, 3]
+    assert entries[1]["log_likelihood"] == 0.0 and entries[2]["log_likelihood"] == 0.0
+    assert entries[3]["log_likelihood"] < 0.0
+    assert result.state.iteration == 3
+    with pytest.raises(ValueError, match="fa_iterations"):
+        RunConfig(fa_iterations=-1)

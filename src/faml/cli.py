@@ -93,10 +93,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         mask, _ = read_volume(args.mask)
     scan_step = None if args.no_scan else args.scan_step
     likelihood, voronoi, local = args.likelihood, args.voronoi, args.local_candidates
-    update, starts = args.average_update, args.starts
+    update, starts, fa_iterations = args.average_update, args.starts, args.fa_iterations
     if args.paper_exact:
         scan_step, likelihood, voronoi, local = None, "plain", True, 0
-        update, starts = "paper", 1
+        update, starts, fa_iterations = "paper", 1, 0
     config = RunConfig(
         classes=args.classes,
         method=args.method,
@@ -112,6 +112,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         average_update=update,
         starts=starts,
         start_iterations=args.start_iterations,
+        fa_iterations=fa_iterations,
     )
     logger.info("%d particles, %d^3, %.3g A/voxel", len(table), table.box, table.voxel_size)
     result = run(
@@ -341,11 +342,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="iterations of each start before the choice",
     )
     r.add_argument(
+        "--fa-iterations",
+        type=int,
+        default=6,
+        help="FAML: first iterations (the starts' included) run as FA, by the best "
+        "correlation, before the likelihood takes over (0: FAML throughout)",
+    )
+    r.add_argument(
         "--paper-exact",
         action="store_true",
         help="the published method's choices: --no-scan --likelihood plain --voronoi "
-        "--local-candidates 0 --average-update paper --starts 1 (the random-pose start and "
-        "FSC filtering stay)",
+        "--local-candidates 0 --average-update paper --starts 1 --fa-iterations 0 (the "
+        "random-pose start and FSC filtering stay)",
     )
     r.add_argument("--seed", type=int, default=0, help="the seed of every random choice")
     r.add_argument("--workers", type=int, default=1, help="local worker processes")

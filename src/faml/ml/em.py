@@ -134,6 +134,8 @@ class StepContext:
         Outermost shell of the likelihood.
     halves
         `(n,)` 0/1 half-set of each particle.
+    band_m
+        Outermost shell of the M-step sums (``None``: the whole sphere, ``N//2 - 1``).
     """
 
     config: RunConfig
@@ -146,6 +148,7 @@ class StepContext:
     references: np.ndarray
     band_e: int
     halves: np.ndarray
+    band_m: int | None = None
 
 
 Candidates = list[tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -278,14 +281,17 @@ def class_frame(
     return y, w
 
 
-def _accumulate(stats, padded, wedge, half, klass, weights, rotations, shifts, shells) -> None:
+def _accumulate(
+    stats, padded, wedge, half, klass, weights, rotations, shifts, shells, band=None
+) -> None:
     """Add candidates with responsibilities ``weights`` `(B,)` to the sums of one class.
 
     ``shells``: the particle's :func:`particle_shells` (its power and count per shell enter
-    ``P`` and ``C`` with the candidates' total weight).
+    ``P`` and ``C`` with the candidates' total weight). ``S`` and ``W`` get shells up to
+    ``band`` (default: the whole sphere, ``N//2 - 1``).
     """
     box = padded.box
-    band = box // 2 - 1
+    band = box // 2 - 1 if band is None else min(int(band), box // 2 - 1)
     _, flat, _, _ = _frame_points(box, band)
     y, w = class_frame(padded, wedge, rotations, shifts, band)
     g = np.asarray(weights, dtype=np.float64)
@@ -484,7 +490,7 @@ def process_chunk(
             clock = _lap(t, "estep", clock)
             _accumulate(
                 stats, padded, wedge, half, best_k, [1.0], rots[best_k][:1], shifts[best_k][:1],
-                shells,
+                shells, ctx.band_m,
             )  # fmt: skip
         else:
             log_e = []
@@ -523,7 +529,7 @@ def process_chunk(
                 sel = np.flatnonzero(gk > 0)
                 if sel.size:
                     _accumulate(stats, padded, wedge, half, k, gk[sel], rots[k][sel],
-                                shifts[k][sel], shells)  # fmt: skip
+                                shifts[k][sel], shells, ctx.band_m)  # fmt: skip
         _lap(t, "mstep", clock)
         stats.particles += 1
         results.append(
