@@ -177,8 +177,10 @@ def render(results: dict, quick: bool) -> str:
         "simulation (tilt series, CTF at 6 um, MTF, phase-flipped, noise, direct Fourier "
         "inversion); faml's default configuration; Pearson: masked correlation of the map "
         "with the aligned true map (mean over classes); FSC 0.5 with the truth; oracle: "
-        "the same particles averaged at their true poses and classes. Stand-ins and details: "
-        "the docstring of `benchmarks/paper/run.py`.",
+        "the same particles averaged at their true poses and classes; within 15 deg: share of "
+        "poses within 15 degrees of the truth without symmetry (GroEL is D7, the thermosome "
+        "D8, the proteasome D7: a pose off by a symmetry operation counts as wrong). "
+        "Stand-ins and details: the docstring of `benchmarks/paper/run.py`.",
         "",
         "| exp | paper (section: figure) | particles | box | method | Pearson | 0.9 x oracle"
         " | FSC 0.5 (A) | F1 | within 15 deg | iterations | s / iteration | wall (s) |",
