@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
         def whole() -> None:
             count[0] += 1
             simulate(
-                [structure], ["groel"], args.repeats, Path(tmp) / str(count[0]), snr=0.01,
-                voxel_size=VOXEL, defocus_um=6.0, seed=count[0], workers=1,
+                [structure], ["groel"], args.repeats, Path(tmp) / str(count[0]), settings,
+                seed=count[0], workers=1,
             )  # fmt: skip
 
         per_set = timed(whole, 1)
