@@ -81,6 +81,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from faml.io.star import read_particles_star
     from faml.ml.config import RunConfig
     from faml.ml.engine import run
+    from faml.parallel import make_executor
 
     tilt = (float(args.tilt_range[0]), float(args.tilt_range[1]))
     source = Path(args.particles)
@@ -113,23 +114,43 @@ def _cmd_run(args: argparse.Namespace) -> int:
         starts=starts,
         start_iterations=args.start_iterations,
         fa_iterations=fa_iterations,
+        chunk_size=args.batch_size,
     )
     logger.info("%d particles, %d^3, %.3g A/voxel", len(table), table.box, table.voxel_size)
-    result = run(
-        table,
-        args.out,
-        config,
-        mask=mask,
-        workers=args.workers,
-        resume=args.resume,
-        command_line=sys.argv if args.argv is None else args.argv,
+    executor = make_executor(
+        args.workers,
+        scheduler=args.scheduler,
+        cluster=args.cluster,
+        cluster_config=args.cluster_config,
+        progress=sys.stderr.isatty(),
     )
+    try:
+        logger.info("map step on %s (%d worker(s) now)", _describe(executor), executor.workers)
+        result = run(
+            table,
+            args.out,
+            config,
+            mask=mask,
+            executor=executor,
+            resume=args.resume,
+            command_line=sys.argv if args.argv is None else args.argv,
+        )
+    finally:
+        executor.close()
     out = Path(args.out)
     print(f"faml run: {len(result.maps)} class average(s) in {out}/class_*.mrc")
     print(
         f"faml run: particles in {out / 'particles.star'}, log and parameters in {out / 'run.json'}"
     )
     return 0
+
+
+def _describe(executor) -> str:
+    address = getattr(executor, "address", None)
+    if address is None:
+        return "this process"
+    dashboard = getattr(executor, "dashboard", None)
+    return f"Dask scheduler {address}" + (f", dashboard {dashboard}" if dashboard else "")
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -356,7 +377,27 @@ def build_parser() -> argparse.ArgumentParser:
         "random-pose start and FSC filtering stay)",
     )
     r.add_argument("--seed", type=int, default=0, help="the seed of every random choice")
-    r.add_argument("--workers", type=int, default=1, help="local worker processes")
+    r.add_argument(
+        "--workers", type=int, default=1,
+        help="local worker processes (more than 1: a Dask LocalCluster)",
+    )  # fmt: skip
+    r.add_argument(
+        "--scheduler", default=None, metavar="ADDRESS",
+        help="run the map step on a running Dask scheduler (tcp://HOST:PORT or a scheduler "
+        "JSON file) and its workers",
+    )  # fmt: skip
+    r.add_argument(
+        "--cluster", choices=("slurm",), default=None,
+        help="start Dask workers as batch jobs (needs faml[cluster] and --cluster-config)",
+    )  # fmt: skip
+    r.add_argument(
+        "--cluster-config", default=None, metavar="FILE",
+        help="YAML: jobs and the SLURM options (see the README's SLURM section)",
+    )  # fmt: skip
+    r.add_argument(
+        "--batch-size", type=int, default=8,
+        help="particles per task of the map step (results do not depend on it)",
+    )  # fmt: skip
     r.add_argument("--mask", help="reference mask MRC (default: a soft sphere)")
     r.add_argument(
         "--voxel-size",
@@ -463,8 +504,13 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s: %(message)s",
     )
+    from faml.parallel import ExecutorLost
+
     try:
         return int(args.func(args))
+    except ExecutorLost as exc:  # the cluster went away: say how to go on
+        print(f"faml {args.command}: {exc}", file=sys.stderr)
+        return 3
     except (ValueError, OSError) as exc:  # bad input: one clear sentence, no traceback
         print(f"faml {args.command}: {exc}", file=sys.stderr)
         return 2

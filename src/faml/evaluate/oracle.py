@@ -129,7 +129,7 @@ def oracle_average(
         _, stats = hard_chunk(table, items, K, halves)
         total += stats
         logger.debug("oracle average: %d of %d particles", part.stop, n)
-    S, W, counts = total.S, total.W, total.n
+    (S, W), counts = total.dense(), total.n
     curves = np.zeros((K, box // 2 + 1))
     for k in range(K):
         a = compensated_mean(S[0, k], W[0, k], counts[0, k])

@@ -22,7 +22,7 @@ import numpy as np
 from faml.geometry.wedge import read_weight, wedge_mask
 from faml.io.mrc import read_header, read_volume
 
-__all__ = ["ParticleTable", "from_mrc_files"]
+__all__ = ["ParticleTable", "TableRows", "from_mrc_files"]
 
 
 @lru_cache(maxsize=8)
@@ -114,6 +114,10 @@ class ParticleTable:
             )
         return vol, self.wedge(index)
 
+    def path(self, index: int) -> str:
+        """File of particle ``index``."""
+        return self.paths[index]
+
     def subset(self, indices: np.ndarray) -> ParticleTable:
         """The table of the particles ``indices`` (in that order)."""
         idx = np.asarray(indices, dtype=np.int64)
@@ -137,6 +141,32 @@ class ParticleTable:
             true_classes=pick_arr(self.true_classes),
             extra={k: pick(v) for k, v in self.extra.items()},
         )
+
+
+class TableRows:
+    """Some rows of a :class:`ParticleTable`, addressed by their index in the whole table.
+
+    What a task of the map step carries instead of the whole table: its particles' paths and
+    weights only, so that a worker's memory does not grow with the data set.
+    """
+
+    def __init__(self, table: ParticleTable, indices):
+        idx = np.asarray(indices, dtype=np.int64)
+        self._rows = table.subset(idx)
+        self._position = {int(i): j for j, i in enumerate(idx)}
+        self.box = table.box
+        self.voxel_size = table.voxel_size
+
+    def __len__(self) -> int:
+        return len(self._position)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Particle ``index`` (of the whole table): volume and Fourier weight."""
+        return self._rows.load(self._position[int(index)])
+
+    def path(self, index: int) -> str:
+        """File of particle ``index`` (of the whole table)."""
+        return self._rows.paths[self._position[int(index)]]
 
 
 def _expand(pattern: str | os.PathLike[str]) -> list[str]:

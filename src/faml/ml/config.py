@@ -116,8 +116,9 @@ class RunConfig:
     start_band
         Band (Fourier shells) of the starts' iterations after the first.
     chunk_size
-        Particles per task of the map step; fixed, so results do not depend on the number
-        of workers.
+        Particles per task of the map step (``--batch-size``). The results do not depend on
+        it, nor on the number of workers (:class:`faml.parallel.TreeSum`); larger batches
+        mean fewer tasks, smaller ones a finer balance between workers.
     """
 
     classes: int = 1

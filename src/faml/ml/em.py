@@ -45,14 +45,16 @@ Map (per particle ``i``, every class ``k``; :func:`process_chunk`):
    approximate log-likelihood. FA instead gives weight 1 to the single best candidate by
    the wedge-constrained correlation, over all classes;
 4. sufficient statistics (DESIGN.md 3.4), summed over the candidates that carry weight
-   (``g >= config.min_responsibility * max g``, renormalised), on the whole sphere
-   ``|k'| < N/2``: per half-set and class ``n = sum g``, ``S = sum g w_phi Y_phi``,
-   ``W = sum g w_phi``; per shell ``P_r = sum_i XX_r`` and ``C_r = sum_i c_r``; and
-   ``D = sum g |t|^2``.
+   (``g >= config.min_responsibility * max g``, renormalised), up to shell ``band_m`` (twice
+   the likelihood's band; the start: the whole sphere ``|k'| < N/2``): per half-set and
+   class ``n = sum g``, ``S = sum g w_phi Y_phi``, ``W = sum g w_phi``; per shell
+   ``P_r = sum_i XX_r`` and ``C_r = sum_i c_r``; and ``D = sum g |t|^2``.
 
-Reduce: :class:`Stats` add up (in a fixed chunk order, so any number of workers gives the
-same sums). M-step (:func:`m_step`): ``A = (S + (n - W) A_old) / n`` (paper eq. 10: voxels
-never observed keep their value; a step towards ``S / W``, the maximiser, by ``W / n``),
+Reduce: the per-particle :class:`Stats` add up along one binary tree over the particle
+indices (:class:`faml.parallel.reduce.TreeSum`), so any batch size and any number of
+workers give the same sums to the last bit. M-step (:func:`m_step`):
+``A = (S + (n - W) A_old) / n`` (paper eq. 10: voxels never observed keep their value; a
+step towards ``S / W``, the maximiser, by ``W / n``),
 ``alpha = n / N``, ``sigma_r^2 = sum g d_r(A_new) / C_r`` from ``P``, ``S``, ``W``
 (the maximiser given the new averages), ``xi^2 = D / (3 N)`` (floored at one voxel);
 FA: ``A = S / max(W, 0.1 n)``.
@@ -81,10 +83,11 @@ from faml.align.translate import half_spectrum_multiplicity
 from faml.geometry.axes import matrix_xyz_to_zyx
 from faml.geometry.rotations import axis_stencil, random_rotations
 from faml.geometry.transform import inverse_transform
-from faml.io.particles import ParticleTable
+from faml.io.particles import ParticleTable, TableRows
 from faml.ml.config import RunConfig
 from faml.ml.fourier import shell_index
 from faml.ml.voronoi import rng_for, voronoi_weights
+from faml.parallel.reduce import TreeSum
 
 __all__ = [
     "Candidates",
@@ -94,11 +97,14 @@ __all__ = [
     "class_frame",
     "compensated_mean",
     "hard_chunk",
+    "hard_particle",
+    "initial_assignment",
     "initial_chunk",
     "log_likelihoods",
     "m_step",
     "particle_shells",
     "process_chunk",
+    "process_particle",
     "reference_points",
     "responsibilities",
     "shell_sums",
@@ -109,7 +115,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class StepContext:
-    """What every worker needs for one iteration (sent once per task, read-only).
+    """What every worker needs for one iteration (sent to each worker once, read-only).
 
     Attributes
     ----------
@@ -133,7 +139,8 @@ class StepContext:
     band_e
         Outermost shell of the likelihood.
     halves
-        `(n,)` 0/1 half-set of each particle.
+        `(n,)` 0/1 half-set of each particle, or ``None`` when each task says it (a run's
+        workers: their memory must not grow with the data set).
     band_m
         Outermost shell of the M-step sums (``None``: the whole sphere, ``N//2 - 1``).
     """
@@ -147,7 +154,7 @@ class StepContext:
     align: tuple[PreparedAverage, ...]
     references: np.ndarray
     band_e: int
-    halves: np.ndarray
+    halves: np.ndarray | None
     band_m: int | None = None
 
 
@@ -172,11 +179,16 @@ class ParticleResult:
 class Stats:
     """Summable sufficient statistics of a set of particles (see the module docstring).
 
-    Shapes: ``S`` `(2, K, N, N, N//2 + 1)` complex128 (class-frame ``rfftn`` layout),
-    ``W`` `(2, K, N, N, N//2 + 1)` float64, ``n`` `(2, K)`, ``power`` and ``count``
-    `(N//2 + 1,)` per shell.
+    ``S`` and ``W`` are kept only at the class-frame points of ``band_points(N, band)``
+    (the rest of the spectrum gets nothing): `(2, K, P)` complex128 and float64, per
+    half-set and class; ``n`` `(2, K)`; ``power`` and ``count`` `(N//2 + 1,)` per shell.
+    :meth:`dense` gives the `(2, K, N, N, N//2 + 1)` arrays. ``a + b`` is a new object
+    (the inputs are left alone), so sums can be formed in any tree
+    (:class:`faml.parallel.reduce.TreeSum`).
     """
 
+    box: int
+    band: int
     S: np.ndarray
     W: np.ndarray
     n: np.ndarray
@@ -188,18 +200,49 @@ class Stats:
     timings: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def zeros(cls, classes: int, box: int) -> Stats:
-        """Empty statistics."""
+    def zeros(cls, classes: int, box: int, band: int | None = None) -> Stats:
+        """Empty statistics with sums up to shell ``band`` (default ``N//2 - 1``)."""
+        band = box // 2 - 1 if band is None else int(min(band, box // 2 - 1))
+        points = _frame_points(box, band)[1].size
         half = box // 2 + 1
         return cls(
-            S=np.zeros((2, classes, box, box, half), dtype=np.complex128),
-            W=np.zeros((2, classes, box, box, half)),
+            box=box,
+            band=band,
+            S=np.zeros((2, classes, points), dtype=np.complex128),
+            W=np.zeros((2, classes, points)),
             n=np.zeros((2, classes)),
             power=np.zeros(half),
             count=np.zeros(half),
         )
 
+    def _check(self, other: Stats) -> None:
+        if (self.box, self.band, self.S.shape) != (other.box, other.band, other.S.shape):
+            raise ValueError(
+                f"cannot add statistics of box {other.box}, band {other.band}, "
+                f"{other.S.shape} to box {self.box}, band {self.band}, {self.S.shape}"
+            )
+
+    def __add__(self, other: Stats) -> Stats:
+        self._check(other)
+        timings = dict(self.timings)
+        for k, v in other.timings.items():
+            timings[k] = timings.get(k, 0.0) + v
+        return Stats(
+            box=self.box,
+            band=self.band,
+            S=self.S + other.S,
+            W=self.W + other.W,
+            n=self.n + other.n,
+            power=self.power + other.power,
+            count=self.count + other.count,
+            shift2=self.shift2 + other.shift2,
+            loglik=self.loglik + other.loglik,
+            particles=self.particles + other.particles,
+            timings=timings,
+        )
+
     def __iadd__(self, other: Stats) -> Stats:
+        self._check(other)
         self.S += other.S
         self.W += other.W
         self.n += other.n
@@ -211,6 +254,17 @@ class Stats:
         for k, v in other.timings.items():
             self.timings[k] = self.timings.get(k, 0.0) + v
         return self
+
+    def dense(self) -> tuple[np.ndarray, np.ndarray]:
+        """``S`` and ``W`` on the whole `(2, K, N, N, N//2 + 1)` grid (zero beyond the band)."""
+        box = self.box
+        shape = (*self.S.shape[:2], box, box, box // 2 + 1)
+        flat = _frame_points(box, self.band)[1]
+        S = np.zeros(shape, dtype=np.complex128)
+        W = np.zeros(shape)
+        S.reshape(*shape[:2], -1)[:, :, flat] = self.S
+        W.reshape(*shape[:2], -1)[:, :, flat] = self.W
+        return S, W
 
 
 def shell_sums(values: np.ndarray, box: int, band: int) -> np.ndarray:
@@ -281,27 +335,52 @@ def class_frame(
     return y, w
 
 
-def _accumulate(
-    stats, padded, wedge, half, klass, weights, rotations, shifts, shells, band=None
-) -> None:
+def _accumulate(stats, padded, wedge, half, klass, weights, rotations, shifts, shells) -> None:
     """Add candidates with responsibilities ``weights`` `(B,)` to the sums of one class.
 
     ``shells``: the particle's :func:`particle_shells` (its power and count per shell enter
-    ``P`` and ``C`` with the candidates' total weight). ``S`` and ``W`` get shells up to
-    ``band`` (default: the whole sphere, ``N//2 - 1``).
+    ``P`` and ``C`` with the candidates' total weight). ``S`` and ``W`` get the shells up to
+    ``stats.band``.
     """
-    box = padded.box
-    band = box // 2 - 1 if band is None else min(int(band), box // 2 - 1)
-    _, flat, _, _ = _frame_points(box, band)
-    y, w = class_frame(padded, wedge, rotations, shifts, band)
+    y, w = class_frame(padded, wedge, rotations, shifts, stats.band)
     g = np.asarray(weights, dtype=np.float64)
     gw = g[:, None] * w
-    stats.S[half, klass].reshape(-1)[flat] += np.einsum("bn,bn->n", gw, y)
-    stats.W[half, klass].reshape(-1)[flat] += gw.sum(axis=0)
+    stats.S[half, klass] += np.einsum("bn,bn->n", gw, y)
+    stats.W[half, klass] += gw.sum(axis=0)
     stats.n[half, klass] += g.sum()
     stats.power += g.sum() * shells[0]
     stats.count += g.sum() * shells[1]
     stats.shift2 += float(g @ np.sum(np.asarray(shifts) ** 2, axis=1))
+
+
+def hard_particle(
+    table: ParticleTable | TableRows,
+    index: int,
+    klass: int,
+    rotation: np.ndarray,
+    shift: np.ndarray,
+    classes: int,
+    half: int,
+) -> tuple[ParticleResult, Stats]:
+    """Statistics of particle ``index`` (half-set ``half``) placed in ``klass`` at one pose."""
+    vol, wedge = table.load(int(index))
+    stats = Stats.zeros(classes, table.box)
+    shells = particle_shells(scipy.fft.rfftn(vol, workers=1), wedge)
+    _accumulate(
+        stats, padded_spectrum(vol), wedge, int(half), klass, [1.0], rotation[None],
+        np.asarray(shift, dtype=np.float64)[None], shells,
+    )  # fmt: skip
+    stats.particles = 1
+    return ParticleResult(int(index), klass, rotation, shift, 1.0, 1), stats
+
+
+def _summed(pairs) -> tuple[list[ParticleResult], Stats]:
+    """Results in order and the statistics summed along :class:`TreeSum`'s tree."""
+    results, tree = [], TreeSum(len(pairs))
+    for position, (result, stats) in enumerate(pairs):
+        results.append(result)
+        tree.add(position, stats)
+    return results, tree.total()
 
 
 def hard_chunk(
@@ -311,18 +390,23 @@ def hard_chunk(
     halves: np.ndarray,
 ) -> tuple[list[ParticleResult], Stats]:
     """Statistics of particles placed by hand: ``(index, class, rotation, shift)`` each."""
-    stats = Stats.zeros(classes, table.box)
-    results = []
-    for i, klass, rotation, shift in assignments:
-        vol, wedge = table.load(int(i))
-        shells = particle_shells(scipy.fft.rfftn(vol, workers=1), wedge)
-        _accumulate(
-            stats, padded_spectrum(vol), wedge, halves[i], klass, [1.0], rotation[None],
-            np.asarray(shift, dtype=np.float64)[None], shells,
-        )  # fmt: skip
-        stats.particles += 1
-        results.append(ParticleResult(int(i), klass, rotation, shift, 1.0, 1))
-    return results, stats
+    return _summed(
+        [hard_particle(table, i, k, r, t, classes, halves[i]) for i, k, r, t in assignments]
+    )
+
+
+def initial_assignment(
+    config: RunConfig, index: int, start: int = 0
+) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """Random start number ``start`` (DESIGN.md 3.5) of particle ``index``.
+
+    The particle goes to a random class at a random rotation (uniform on SO(3)) and zero
+    shift, so that no common wedge orientation survives in the starting averages. Start
+    ``s`` draws from the generator of (seed, iteration 0, particle, ``s``).
+    """
+    rng = rng_for(config.seed, 0, int(index), start)
+    klass = int(rng.integers(config.classes))
+    return int(index), klass, random_rotations(1, rng)[0], np.zeros(3)
 
 
 def initial_chunk(
@@ -332,17 +416,8 @@ def initial_chunk(
     halves: np.ndarray,
     start: int = 0,
 ) -> tuple[list[ParticleResult], Stats]:
-    """Random start number ``start`` (DESIGN.md 3.5) for the particles ``indices``.
-
-    Each particle goes to a random class at a random rotation (uniform on SO(3)) and zero
-    shift, so that no common wedge orientation survives in the starting averages. Start
-    ``s`` draws from the generator of (seed, iteration 0, particle, ``s``).
-    """
-    assignments = []
-    for i in indices:
-        rng = rng_for(config.seed, 0, int(i), start)
-        klass = int(rng.integers(config.classes))
-        assignments.append((int(i), klass, random_rotations(1, rng)[0], np.zeros(3)))
+    """Random start number ``start`` of the particles ``indices`` (:func:`initial_assignment`)."""
+    assignments = [initial_assignment(config, int(i), start) for i in indices]
     return hard_chunk(table, assignments, config.classes, halves)
 
 
@@ -450,94 +525,105 @@ def process_chunk(
     ``candidates`` (particle index -> :data:`Candidates`) replaces the fast alignment and the
     Voronoi weights with given ones (FAML only), as in a fixed-candidate EM step.
     """
+    return _summed([process_particle(ctx, table, int(i), candidates) for i in np.asarray(indices)])
+
+
+def process_particle(
+    ctx: StepContext,
+    table: ParticleTable | TableRows,
+    i: int,
+    candidates: dict[int, Candidates] | None = None,
+    half: int | None = None,
+) -> tuple[ParticleResult, Stats]:
+    """The map step for particle ``i``: its result and statistics (sums up to ``band_m``).
+
+    ``candidates`` as in :func:`process_chunk`; ``half``: the particle's half-set (default
+    ``ctx.halves[i]``).
+    """
     cfg = ctx.config
     box = ctx.box
     K = cfg.classes
-    stats = Stats.zeros(K, box)
-    results = []
+    stats = Stats.zeros(K, box, ctx.band_m)
     t = stats.timings
-    for i in np.asarray(indices, dtype=np.int64):
-        clock = time.perf_counter()
-        vol, wedge = table.load(int(i))
-        clock = _lap(t, "io", clock)
-        half = int(ctx.halves[i])
-        padded = padded_spectrum(vol)
-        shells = particle_shells(scipy.fft.rfftn(vol, workers=1), wedge)
-        clock = _lap(t, "fft", clock)
-        if candidates is not None:
-            given = candidates[int(i)]
-            rots = [np.asarray(c[0], dtype=np.float64) for c in given]
-            shifts = [np.asarray(c[1], dtype=np.float64) for c in given]
-            nus = [np.asarray(c[2], dtype=np.float64) for c in given]
-            scores = None
-        else:
-            cands = [align_to(vol, wedge, ctx.align[k]) for k in range(K)]
-            rots = [np.stack([c.rotation for c in cs]) for cs in cands]
-            shifts = [np.stack([c.shift for c in cs]) for cs in cands]
-            scores = [cs[0].score for cs in cands]
-            nus = None
-            if cfg.method == "faml" and cfg.local_candidates:
-                for k in range(K):
-                    rots[k], shifts[k] = with_neighbours(
-                        rots[k], shifts[k], cfg.local_candidates,
-                        neighbour_step_deg(cfg, ctx.align[k].settings.band_limit),
-                        cfg.local_rings,
-                    )  # fmt: skip
-        clock = _lap(t, "align", clock)
-        if cfg.method == "fa":
-            best_k = int(np.argmax(scores))
-            best_m, max_p, n_sig, fit = 0, 1.0, 1, float(scores[best_k])
-            clock = _lap(t, "estep", clock)
-            _accumulate(
-                stats, padded, wedge, half, best_k, [1.0], rots[best_k][:1], shifts[best_k][:1],
-                shells, ctx.band_m,
-            )  # fmt: skip
-        else:
-            log_e = []
+    clock = time.perf_counter()
+    vol, wedge = table.load(int(i))
+    clock = _lap(t, "io", clock)
+    half = int(ctx.halves[i]) if half is None else int(half)
+    padded = padded_spectrum(vol)
+    shells = particle_shells(scipy.fft.rfftn(vol, workers=1), wedge)
+    clock = _lap(t, "fft", clock)
+    if candidates is not None:
+        given = candidates[int(i)]
+        rots = [np.asarray(c[0], dtype=np.float64) for c in given]
+        shifts = [np.asarray(c[1], dtype=np.float64) for c in given]
+        nus = [np.asarray(c[2], dtype=np.float64) for c in given]
+        scores = None
+    else:
+        cands = [align_to(vol, wedge, ctx.align[k]) for k in range(K)]
+        rots = [np.stack([c.rotation for c in cs]) for cs in cands]
+        shifts = [np.stack([c.shift for c in cs]) for cs in cands]
+        scores = [cs[0].score for cs in cands]
+        nus = None
+        if cfg.method == "faml" and cfg.local_candidates:
             for k in range(K):
-                if nus is None and not cfg.voronoi:
-                    nu = np.full(len(rots[k]), 1.0 / len(rots[k]))
-                elif nus is None:
-                    nu = voronoi_weights(
-                        rots[k], shifts[k], rng_for(cfg.seed, ctx.iteration, int(i), k),
-                        cfg.voronoi_samples,
-                    )  # fmt: skip
-                    clock = _lap(t, "voronoi", clock)
-                else:
-                    nu = nus[k]
-                ll = log_likelihoods(ctx, k, padded, wedge, rots[k], shifts[k], shells)
-                log_e.append(ctx.log_alpha[k] + np.log(nu) + ll)
-            g, fit = responsibilities(np.concatenate(log_e))
-            if not np.isfinite(fit):
-                raise FloatingPointError(
-                    f"particle {i} ({table.paths[i]}): non-finite likelihood at iteration "
-                    f"{ctx.iteration}"
-                )
-            stats.loglik += fit
-            order = np.argsort(g)[::-1]
-            n_sig = int(np.searchsorted(np.cumsum(g[order]), 0.9) + 1)
-            max_p = float(g[order[0]])
-            starts = np.concatenate([[0], np.cumsum([len(le) for le in log_e])])
-            best_k = int(np.searchsorted(starts, order[0], side="right") - 1)
-            best_m = int(order[0] - starts[best_k])
-            keep = g >= cfg.min_responsibility * g[order[0]]
-            g = np.where(keep, g, 0.0)
-            g /= g.sum()
-            clock = _lap(t, "estep", clock)
-            for k in range(K):
-                gk = g[starts[k] : starts[k + 1]]
-                sel = np.flatnonzero(gk > 0)
-                if sel.size:
-                    _accumulate(stats, padded, wedge, half, k, gk[sel], rots[k][sel],
-                                shifts[k][sel], shells, ctx.band_m)  # fmt: skip
-        _lap(t, "mstep", clock)
-        stats.particles += 1
-        results.append(
-            ParticleResult(
-                int(i), best_k, rots[best_k][best_m], shifts[best_k][best_m], max_p, n_sig, fit
+                rots[k], shifts[k] = with_neighbours(
+                    rots[k], shifts[k], cfg.local_candidates,
+                    neighbour_step_deg(cfg, ctx.align[k].settings.band_limit),
+                    cfg.local_rings,
+                )  # fmt: skip
+    clock = _lap(t, "align", clock)
+    if cfg.method == "fa":
+        best_k = int(np.argmax(scores))
+        best_m, max_p, n_sig, fit = 0, 1.0, 1, float(scores[best_k])
+        clock = _lap(t, "estep", clock)
+        _accumulate(
+            stats, padded, wedge, half, best_k, [1.0], rots[best_k][:1], shifts[best_k][:1],
+            shells,
+        )  # fmt: skip
+    else:
+        log_e = []
+        for k in range(K):
+            if nus is None and not cfg.voronoi:
+                nu = np.full(len(rots[k]), 1.0 / len(rots[k]))
+            elif nus is None:
+                nu = voronoi_weights(
+                    rots[k], shifts[k], rng_for(cfg.seed, ctx.iteration, int(i), k),
+                    cfg.voronoi_samples,
+                )  # fmt: skip
+                clock = _lap(t, "voronoi", clock)
+            else:
+                nu = nus[k]
+            ll = log_likelihoods(ctx, k, padded, wedge, rots[k], shifts[k], shells)
+            log_e.append(ctx.log_alpha[k] + np.log(nu) + ll)
+        g, fit = responsibilities(np.concatenate(log_e))
+        if not np.isfinite(fit):
+            raise FloatingPointError(
+                f"particle {i} ({table.path(i)}): non-finite likelihood at iteration "
+                f"{ctx.iteration}"
             )
-        )
-    return results, stats
+        stats.loglik += fit
+        order = np.argsort(g)[::-1]
+        n_sig = int(np.searchsorted(np.cumsum(g[order]), 0.9) + 1)
+        max_p = float(g[order[0]])
+        starts = np.concatenate([[0], np.cumsum([len(le) for le in log_e])])
+        best_k = int(np.searchsorted(starts, order[0], side="right") - 1)
+        best_m = int(order[0] - starts[best_k])
+        keep = g >= cfg.min_responsibility * g[order[0]]
+        g = np.where(keep, g, 0.0)
+        g /= g.sum()
+        clock = _lap(t, "estep", clock)
+        for k in range(K):
+            gk = g[starts[k] : starts[k + 1]]
+            sel = np.flatnonzero(gk > 0)
+            if sel.size:
+                _accumulate(stats, padded, wedge, half, k, gk[sel], rots[k][sel],
+                            shifts[k][sel], shells)  # fmt: skip
+    _lap(t, "mstep", clock)
+    stats.particles = 1
+    result = ParticleResult(
+        int(i), best_k, rots[best_k][best_m], shifts[best_k][best_m], max_p, n_sig, fit
+    )
+    return result, stats
 
 
 def compensated_mean(s: np.ndarray, w: np.ndarray, n: float) -> np.ndarray:
@@ -575,8 +661,9 @@ def m_step(
     ``"paper"``, eq. 10 ``A = (S + (n - W) A_old) / n``. FA and the start always use the
     first.
     """
-    S, W, n = stats.S, stats.W, stats.n
-    box = S.shape[-3]
+    S, W = stats.dense()
+    n = stats.n
+    box = stats.box
     K = n.shape[1]
     halves = np.empty_like(S)
     combined = np.empty(S.shape[1:], dtype=S.dtype)

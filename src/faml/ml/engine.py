@@ -27,7 +27,6 @@ import json
 import logging
 import time
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -39,23 +38,22 @@ from faml.geometry.masks import soft_sphere
 from faml.geometry.rotations import rotation_distance
 from faml.io.atomic import atomic_path, write_text_atomic
 from faml.io.mrc import write_volume
-from faml.io.particles import ParticleTable
+from faml.io.particles import ParticleTable, TableRows
 from faml.io.star import write_particles_star
 from faml.ml.config import RunConfig
 from faml.ml.em import (
     ParticleResult,
-    Stats,
     StepContext,
     compensated_mean,
-    hard_chunk,
-    initial_chunk,
+    hard_particle,
+    initial_assignment,
     m_step,
-    process_chunk,
+    process_particle,
     reference_points,
     settings_for,
 )
 from faml.ml.fourier import band_from_fsc, fsc, fsc_filter, shell_index
-from faml.parallel import make_executor
+from faml.parallel import Executor, ExecutorLost, TreeSum, make_executor
 
 __all__ = ["ModelState", "RunResult", "run", "filtered_average"]
 
@@ -122,13 +120,85 @@ def _chunks(n: int, size: int) -> list[np.ndarray]:
     return [np.arange(s, min(s + size, n)) for s in range(0, n, size)]
 
 
-def _reduce(executor, task, chunks, classes, box):
-    total = Stats.zeros(classes, box)
-    results: list[ParticleResult] = []
-    for res, stats in executor.map(task, chunks):
-        total += stats
-        results.extend(res)
-    return results, total
+@dataclass(frozen=True)
+class _Part:
+    """What a task returns: its particles' results (in task order) and their partial sums."""
+
+    results: list[ParticleResult]
+    tree: TreeSum
+
+
+def _combine(left: _Part, right: _Part) -> _Part:
+    """Two adjacent tasks' parts as one (``left``'s particles first)."""
+    return _Part(left.results + right.results, left.tree.merge(right.tree))
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """A task: particles by their index, with their rows of the table and their half-sets.
+
+    ``leaves`` is the size of the whole sum (the table's length, or the number of placed
+    particles). ``items`` are per particle ``(leaf, index, class, rotation, shift)`` when
+    the particles are placed by hand, else ``None``.
+    """
+
+    indices: np.ndarray
+    rows: TableRows
+    halves: dict[int, int]
+    leaves: int
+    items: tuple | None = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @classmethod
+    def of(cls, table: ParticleTable, indices, halves: np.ndarray, leaves: int, items=None):
+        idx = np.asarray(indices, dtype=np.int64)
+        return cls(idx, TableRows(table, idx), {int(i): int(halves[i]) for i in idx}, leaves,
+                   items)  # fmt: skip
+
+
+def _map_particles(ctx: StepContext, batch: _Batch) -> _Part:
+    """Task of an EM / FA iteration: the map step of the batch's particles."""
+    results, tree = [], TreeSum(batch.leaves)
+    for i in batch.indices:
+        result, stats = process_particle(ctx, batch.rows, int(i), half=batch.halves[int(i)])
+        results.append(result)
+        tree.add(int(i), stats)
+    return _Part(results, tree)
+
+
+def _map_initial(shared: tuple[RunConfig, int], batch: _Batch) -> _Part:
+    """Task of random start ``start``: the batch's particles at random classes and poses."""
+    config, start = shared
+    results, tree = [], TreeSum(batch.leaves)
+    for i in batch.indices:
+        _, klass, rotation, shift = initial_assignment(config, int(i), start)
+        result, stats = hard_particle(
+            batch.rows, int(i), klass, rotation, shift, config.classes, batch.halves[int(i)]
+        )
+        results.append(result)
+        tree.add(int(i), stats)
+    return _Part(results, tree)
+
+
+def _map_assigned(classes: int, batch: _Batch) -> _Part:
+    """Task of particles placed by hand (``batch.items``)."""
+    results, tree = [], TreeSum(batch.leaves)
+    for leaf, i, klass, rotation, shift in batch.items:
+        result, stats = hard_particle(batch.rows, i, klass, rotation, shift, classes,
+                                      batch.halves[i])  # fmt: skip
+        results.append(result)
+        tree.add(leaf, stats)
+    return _Part(results, tree)
+
+
+def _reduce(executor: Executor, fn, shared, tasks: list, label: str):
+    """Run ``fn`` over the tasks; the results in order and the statistics summed."""
+    part = executor.map_reduce(
+        fn, tasks, _combine, shared=shared, sizes=[len(t) for t in tasks], label=label
+    )
+    return part.results, part.tree.total()
 
 
 def _state_after(stats, previous, config, box, n, iteration, previous_sigma2=None):
@@ -231,6 +301,7 @@ def run(
     *,
     mask: np.ndarray | None = None,
     workers: int = 1,
+    executor: Executor | None = None,
     resume: bool = False,
     command_line: list[str] | None = None,
 ) -> RunResult:
@@ -248,7 +319,11 @@ def run(
         `(N, N, N)` reference mask (values 0..1); default a soft sphere of radius
         ``config.mask_radius * N``.
     workers
-        Local worker processes of the map step (1: in this process).
+        Local worker processes of the map step (1: in this process; more: a Dask
+        ``LocalCluster``), when no ``executor`` is given.
+    executor
+        Where the map step runs (:mod:`faml.parallel`); the caller keeps it open. The
+        results do not depend on it.
     resume
         Continue after the last complete iteration in ``out_dir``.
     command_line
@@ -265,8 +340,11 @@ def run(
         raise ValueError(f"the mask must be a non-empty {(box,) * 3} volume, got {mask.shape}")
     halves = _halves(n, config.seed)
     started = time.time()
-    executor = make_executor(workers)
+    own = executor is None
+    if own:
+        executor = make_executor(workers)
     job = _Job(table, config, executor, halves, _chunks(n, config.chunk_size), mask)
+    iteration = 0
     try:
         checkpoint = last_complete_iteration(out) if resume else None
         if checkpoint is not None:
@@ -291,8 +369,17 @@ def run(
                 )  # fmt: skip
                 history[-1]["converged"] = True
                 break
+    except ExecutorLost as exc:
+        done = last_complete_iteration(out)
+        after = "no iteration" if done is None else f"iteration {int(done.name)}"
+        raise ExecutorLost(
+            f"{exc} (during iteration {iteration}); {after} is saved: run the same command "
+            "with --continue to resume"
+        ) from exc
     finally:
-        executor.close()
+        ran_on = {"executor": type(executor).__name__, "workers": _workers(executor)}
+        if own:
+            executor.close()
     maps = np.stack([filtered_average(state, k, mask) for k in range(K)])
     result = RunResult(
         state,
@@ -303,7 +390,7 @@ def run(
         maps,
         history,
     )
-    _write_outputs(out, table, result, halves, config, workers, command_line, time.time() - started)
+    _write_outputs(out, table, result, halves, config, ran_on, command_line, time.time() - started)
     return result
 
 
@@ -313,10 +400,14 @@ class _Job:
 
     table: ParticleTable
     config: RunConfig
-    executor: object
+    executor: Executor
     halves: np.ndarray
     chunks: list[np.ndarray]
     mask: np.ndarray
+
+    def batches(self) -> list[_Batch]:
+        n = len(self.table)
+        return [_Batch.of(self.table, c, self.halves, n) for c in self.chunks]
 
     def maps(self, state: ModelState) -> np.ndarray:
         return np.stack([filtered_average(state, k, self.mask) for k in range(len(state.alpha))])
@@ -330,10 +421,10 @@ class _Job:
         box, cfg = self.table.box, self.config
         results, stats = _reduce(
             self.executor,
-            partial(initial_chunk, self.table, config=cfg, halves=self.halves, start=start),
-            self.chunks,
-            cfg.classes,
-            box,
+            _map_initial,
+            (cfg, start),
+            self.batches(),
+            "start" if cfg.starts == 1 else f"start {start + 1}",
         )
         state = _state_after(stats, None, cfg, box, len(self.table), 0)
         # sigma_r^2: the particles against their (random-pose) class means; xi: the box
@@ -351,10 +442,11 @@ class _Job:
         cfg, table = self.config, self.table
         if iteration <= cfg.fa_iterations:
             cfg = replace(cfg, method="fa")
-        box, n, K = table.box, len(table), cfg.classes
-        ctx = _context(state, cfg, iteration, box, self.mask, self.halves)
+        box, n = table.box, len(table)
+        # the half-sets travel with the tasks: a worker never holds a per-particle array
+        ctx = _context(state, cfg, iteration, box, self.mask, None)
         new_results, stats = _reduce(
-            self.executor, partial(process_chunk, ctx, table), self.chunks, K, box
+            self.executor, _map_particles, ctx, self.batches(), f"iteration {iteration}"
         )
         t_map = time.perf_counter() - t0
         state = _state_after(stats, state.averages, cfg, box, n, iteration, state.sigma2)
@@ -452,18 +544,17 @@ def _reseed(executor, table, state, results, config, halves):
             continue
         members.sort(key=lambda r: r.fit)
         moved = members[: len(members) // 2]
-        assignments = [(r.index, k, r.rotation, r.shift) for r in moved]
+        items = [(leaf, r.index, k, r.rotation, r.shift) for leaf, r in enumerate(moved)]
         per_task = [
-            assignments[s : s + config.chunk_size]
-            for s in range(0, len(assignments), config.chunk_size)
+            _Batch.of(table, [it[1] for it in part], halves, len(items), tuple(part))
+            for part in (
+                items[s : s + config.chunk_size] for s in range(0, len(items), config.chunk_size)
+            )
         ]
-        total = Stats.zeros(K, table.box)
-        for _, stats in executor.map(
-            partial(hard_chunk, table, classes=K, halves=halves), per_task
-        ):
-            total += stats
-        s = total.S[:, k]  # (2, ...)
-        w = total.W[:, k]
+        _, total = _reduce(executor, _map_assigned, K, per_task, f"re-seeding class {k + 1}")
+        S, W = total.dense()
+        s = S[:, k]  # (2, ...)
+        w = W[:, k]
         averages[k] = compensated_mean(s.sum(axis=0), w.sum(axis=0), len(moved))
         halves_k = [compensated_mean(s[h], w[h], total.n[h, k]) for h in (0, 1)]
         curves[k] = fsc(halves_k[0], halves_k[1])
@@ -528,7 +619,14 @@ def _history_entry(state, table, stats, seconds, seconds_map) -> dict:
     }
 
 
-def _write_outputs(out, table, result, halves, config, workers, command_line, seconds):
+def _workers(executor) -> int | None:
+    try:
+        return int(executor.workers)
+    except Exception:  # noqa: BLE001 - a cluster that is gone has no worker count
+        return None
+
+
+def _write_outputs(out, table, result, halves, config, ran_on, command_line, seconds):
     for k, vol in enumerate(result.maps):
         write_volume(out / f"class_{k + 1:03d}.mrc", vol, table.voxel_size)
     write_particles_star(
@@ -545,7 +643,7 @@ def _write_outputs(out, table, result, halves, config, workers, command_line, se
         "command_line": command_line,
         "config": config.to_dict(),
         "seed": config.seed,
-        "workers": workers,
+        **ran_on,
         "particles": len(table),
         "box": table.box,
         "voxel_size": table.voxel_size,

@@ -1,5 +1,28 @@
-"""Executors of the per-particle map step: one interface, serial or local processes."""
+"""Where the map step runs, and sums that do not depend on it.
 
-from faml.parallel.executor import Executor, ProcessExecutor, SerialExecutor, make_executor
+One executor interface (serial; Dask local, remote or SLURM) and :class:`TreeSum`.
+"""
 
-__all__ = ["Executor", "ProcessExecutor", "SerialExecutor", "make_executor"]
+from faml.parallel.executor import (
+    DaskExecutor,
+    Executor,
+    ExecutorLost,
+    OneThreadPerWorker,
+    SerialExecutor,
+    connect,
+    make_executor,
+    one_thread,
+)
+from faml.parallel.reduce import TreeSum
+
+__all__ = [
+    "DaskExecutor",
+    "Executor",
+    "ExecutorLost",
+    "OneThreadPerWorker",
+    "SerialExecutor",
+    "TreeSum",
+    "connect",
+    "make_executor",
+    "one_thread",
+]

@@ -1,48 +1,100 @@
-"""One executor interface for the map step.
+"""One executor interface for the map step: in this process, or on dask.distributed.
 
-The engine hands an executor a function and a list of tasks and gets the results back *in
-task order*; it never knows where they ran. Tasks are fixed-size chunks of particle indices,
-so the reduction (summed in task order) is the same for any number of workers.
+The engine hands an executor a function, the tasks (batches of particle indices with their
+paths: workers read the particles themselves from shared storage) and one ``shared`` object
+(the iteration's averages and parameters). ``shared`` goes to the workers once per call (one
+task holds it; each worker fetches it once), not once per task. The engine never knows where
+the tasks ran:
 
-- :class:`SerialExecutor`: in this process.
-- :class:`ProcessExecutor`: ``N`` local worker processes (``spawn``: no state inherited from
-  the parent), each limited to one BLAS/OpenMP thread so that ``N`` workers use ``N``
-  cores without oversubscription. The limits are set in the worker, not at import: through
-  the environment for libraries not loaded yet, and through ``threadpoolctl`` for those
-  already loaded (``spawn`` imports the parent's main module, and with it numpy, before the
-  initializer runs; without the runtime limit each worker's OpenBLAS ran one thread per
-  core, and two workers on two cores were no faster than one).
+- :class:`SerialExecutor`: everything in this process.
+- :class:`DaskExecutor`: any ``dask.distributed`` cluster, built by :func:`make_executor`:
+  ``workers=N`` a ``LocalCluster`` of N single-threaded worker processes; ``scheduler=``
+  the address of a running scheduler (``dask scheduler`` + ``dask worker``); or a SLURM
+  cluster through ``dask-jobqueue`` (:mod:`faml.parallel.cluster`).
+
+``map_reduce`` reduces the task results with a binary tree of ``combine`` tasks on the
+workers (adjacent results first, in task order), so the client receives one result. With
+:class:`~faml.parallel.reduce.TreeSum` inside those results the sums do not depend on the
+batches, the workers or the order of completion.
+
+Each worker process uses one BLAS / OpenMP / numba thread (:class:`OneThreadPerWorker`, set
+when the worker starts, never at import): N workers on N cores without oversubscription.
+
+A worker that dies has its tasks re-run elsewhere by Dask (the tasks are pure functions of
+their inputs, ``shared`` included). A scheduler that goes away ends the call with
+:class:`ExecutorLost`; the engine's checkpoints make ``--continue`` resume after the last
+complete iteration.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import multiprocessing
+import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
-from typing import Protocol, TypeVar
+import re
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol, TypeVar
 
-__all__ = ["Executor", "SerialExecutor", "ProcessExecutor", "make_executor"]
+from tqdm import tqdm
 
+__all__ = [
+    "DaskExecutor",
+    "Executor",
+    "ExecutorLost",
+    "OneThreadPerWorker",
+    "SerialExecutor",
+    "make_executor",
+    "one_thread",
+]
+
+logger = logging.getLogger(__name__)
+
+S = TypeVar("S")
 T = TypeVar("T")
 R = TypeVar("R")
 
-_THREAD_VARS = (
+THREAD_VARIABLES = (
     "OMP_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",
     "MKL_NUM_THREADS",
     "NUMBA_NUM_THREADS",
     "VECLIB_MAXIMUM_THREADS",
 )
+"""Environment variables that cap the threads of BLAS, OpenMP and numba in a worker."""
+
+
+class ExecutorLost(RuntimeError):
+    """The cluster (its scheduler) went away during a call."""
 
 
 class Executor(Protocol):
-    """Runs ``fn`` over tasks and yields the results in task order."""
+    """Runs ``fn(shared, task)`` over tasks; results in task order, or reduced."""
 
     workers: int
 
-    def map(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
-        """Results of ``fn`` over ``tasks``, in task order."""
+    def map(
+        self,
+        fn: Callable[[S, T], R],
+        tasks: Sequence[T],
+        *,
+        shared: S = None,
+        sizes: Sequence[int] | None = None,
+        label: str = "",
+    ) -> Iterator[R]:
+        """Results of ``fn(shared, task)`` in task order."""
+        ...
+
+    def map_reduce(
+        self,
+        fn: Callable[[S, T], R],
+        tasks: Sequence[T],
+        combine: Callable[[R, R], R],
+        *,
+        shared: S = None,
+        sizes: Sequence[int] | None = None,
+        label: str = "",
+    ) -> R:
+        """``combine`` over the results of ``fn(shared, task)`` (a tree over task order)."""
         ...
 
     def close(self) -> None:
@@ -50,49 +102,329 @@ class Executor(Protocol):
         ...
 
 
+def _bar(progress: bool, label: str, sizes: Sequence[int] | None, n_tasks: int) -> tqdm:
+    total = sum(sizes) if sizes is not None else n_tasks
+    return tqdm(
+        total=total,
+        desc=label or "faml",
+        unit="particle" if sizes is not None else "task",
+        disable=not progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
+
+
+def _tree(values: list, combine: Callable) -> Any:
+    """Pairwise ``combine`` of adjacent values until one is left (the same tree as Dask's)."""
+    while len(values) > 1:
+        nxt = [combine(values[i], values[i + 1]) for i in range(0, len(values) - 1, 2)]
+        if len(values) % 2:
+            nxt.append(values[-1])
+        values = nxt
+    return values[0]
+
+
 class SerialExecutor:
-    """Everything in the calling process."""
+    """Everything in the calling process.
+
+    Parameters
+    ----------
+    progress
+        Show a progress bar per call (the command line turns it on).
+    """
 
     workers = 1
 
-    def map(self, fn, tasks):
-        """Results of ``fn`` over ``tasks``, in order."""
-        return map(fn, tasks)
+    def __init__(self, progress: bool = False):
+        self.progress = progress
+
+    def map(self, fn, tasks, *, shared=None, sizes=None, label=""):
+        """Results of ``fn(shared, task)`` over ``tasks``, in order."""
+        with _bar(self.progress, label, sizes, len(tasks)) as bar:
+            for i, task in enumerate(tasks):
+                yield fn(shared, task)
+                bar.update(sizes[i] if sizes is not None else 1)
+
+    def map_reduce(self, fn, tasks, combine, *, shared=None, sizes=None, label=""):
+        """``combine`` over the results, along the same tree as :class:`DaskExecutor`.
+
+        Results are combined as soon as a subtree is complete (a binary counter), so at most
+        ``log2(len(tasks)) + 1`` of them are held at once.
+        """
+        if not tasks:
+            raise ValueError("map_reduce needs at least one task")
+        stack: list[tuple[int, Any]] = []  # (size in tasks, value); sizes are powers of 2
+        for result in self.map(fn, tasks, shared=shared, sizes=sizes, label=label):
+            size, value = 1, result
+            while stack and stack[-1][0] == size:
+                _, left = stack.pop()
+                size, value = 2 * size, combine(left, value)
+            stack.append((size, value))
+        # the leftover subtrees, right to left: as _tree pairs an odd last one upwards
+        return _tree_of_stack(stack, combine)
 
     def close(self) -> None:
         """Nothing to release."""
 
 
-def _limit_threads() -> None:
-    for var in _THREAD_VARS:
+def _tree_of_stack(stack: list[tuple[int, Any]], combine: Callable) -> Any:
+    """Finish the tree of :func:`_tree` from the complete subtrees of a binary counter.
+
+    The counter holds complete subtrees of sizes ``2^a > 2^b > ...``; in :func:`_tree` an
+    odd last value is carried up unchanged until it meets a subtree of its own size, so the
+    remaining ones combine from the right: ``s1 + (s2 + (s3 + ...))``.
+    """
+    value = stack[-1][1]
+    for _, left in reversed(stack[:-1]):
+        value = combine(left, value)
+    return value
+
+
+def one_thread() -> None:
+    """Cap BLAS, OpenMP and numba at one thread in this process (a worker)."""
+    for var in THREAD_VARIABLES:
         os.environ[var] = "1"
     import threadpoolctl
 
     threadpoolctl.threadpool_limits(limits=1)
 
 
-class ProcessExecutor:
-    """``workers`` local processes, one thread each."""
+try:  # the plugin base class comes with dask.distributed (a core dependency)
+    from distributed import WorkerPlugin as _WorkerPlugin
+except ImportError:  # pragma: no cover - distributed is a dependency
+    _WorkerPlugin = object
 
-    def __init__(self, workers: int):
-        if workers < 1:
-            raise ValueError(f"--workers must be at least 1, got {workers}")
-        self.workers = workers
-        self._pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_limit_threads,
-        )
 
-    def map(self, fn, tasks):
-        """Results of ``fn`` over ``tasks``, in task order (computed in parallel)."""
-        return self._pool.map(fn, tasks)
+class OneThreadPerWorker(_WorkerPlugin):
+    """Worker plugin: one BLAS / OpenMP / numba thread in every worker process.
+
+    Registered by :class:`DaskExecutor` on any cluster, so workers started by hand or by
+    SLURM get it too (also those that join later).
+    """
+
+    name = "faml-one-thread"
+
+    def setup(self, worker) -> None:
+        """Called in the worker process when it starts (or when registered)."""
+        one_thread()
+
+
+def _key(label: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_-]+", "-", label or "faml").strip("-") + "-" + uuid.uuid4().hex
+
+
+class DaskExecutor:
+    """Runs the tasks on a ``dask.distributed`` cluster.
+
+    Parameters
+    ----------
+    client
+        A connected ``distributed.Client``.
+    cluster
+        The cluster object this executor started (closed with it), or ``None`` for a
+        scheduler that someone else runs.
+    progress
+        Show a progress bar per call.
+    """
+
+    def __init__(self, client, cluster=None, *, progress: bool = False):
+        self.client = client
+        self._cluster = cluster
+        self.progress = progress
+        self.address = client.scheduler.address
+        client.register_plugin(OneThreadPerWorker())
+        dashboard = client.dashboard_link if _has_dashboard(client) else None
+        if dashboard:
+            logger.info("Dask dashboard: %s", dashboard)
+        self.dashboard = dashboard
+
+    @property
+    def workers(self) -> int:
+        """Worker processes connected now."""
+        return len(self.client.scheduler_info().get("workers", {}))
+
+    def _submit_all(self, fn, tasks, shared, label):
+        key = _key(label)
+        # A task that returns ``shared`` rather than ``scatter``: the scheduler keeps it in the
+        # graph, so a worker that dies holding it costs a recomputation, not the run; each
+        # worker fetches it once (from a peer) and keeps it while the call runs.
+        shared_future = self.client.submit(_identity, shared, key=f"{key}-shared", pure=False)
+        futures = [
+            self.client.submit(fn, shared_future, task, key=f"{key}-{i}", pure=False)
+            for i, task in enumerate(tasks)
+        ]
+        return shared_future, futures
+
+    def _lost(self, exc: BaseException) -> bool:
+        from concurrent.futures import CancelledError
+
+        return self.client.status != "running" or isinstance(exc, CancelledError)
+
+    def map(self, fn, tasks, *, shared=None, sizes=None, label=""):
+        """Results of ``fn(shared, task)`` in task order (computed on the cluster)."""
+        from distributed import as_completed
+
+        tasks = list(tasks)
+        if not tasks:
+            return
+        try:
+            shared_future, futures = self._submit_all(fn, tasks, shared, label)
+            index = {f.key: i for i, f in enumerate(futures)}
+            done: dict[int, Any] = {}
+            following = 0
+            with _bar(self.progress, label, sizes, len(tasks)) as bar:
+                for future in as_completed(futures):
+                    i = index[future.key]
+                    done[i] = future.result()
+                    bar.update(sizes[i] if sizes is not None else 1)
+                    while following in done:
+                        yield done.pop(following)
+                        following += 1
+            del shared_future
+        except Exception as exc:
+            if self._lost(exc):
+                raise ExecutorLost(_lost_message(self.address, exc)) from exc
+            raise
+
+    def map_reduce(self, fn, tasks, combine, *, shared=None, sizes=None, label=""):
+        """``combine`` over the results: a tree of tasks on the workers, one result back."""
+        from distributed import as_completed
+
+        tasks = list(tasks)
+        if not tasks:
+            raise ValueError("map_reduce needs at least one task")
+        try:
+            shared_future, futures = self._submit_all(fn, tasks, shared, label)
+            key = _key(label + "-combine")
+            level, depth = list(futures), 0
+            while len(level) > 1:
+                nxt = [
+                    self.client.submit(
+                        combine, level[i], level[i + 1], key=f"{key}-{depth}-{i}", pure=False
+                    )
+                    for i in range(0, len(level) - 1, 2)
+                ]
+                if len(level) % 2:
+                    nxt.append(level[-1])
+                level, depth = nxt, depth + 1
+            index = {f.key: i for i, f in enumerate(futures)}
+            with _bar(self.progress, label, sizes, len(tasks)) as bar:
+                for future in as_completed(futures):
+                    if future.status == "error":
+                        future.result()  # raises the task's own error
+                    i = index[future.key]
+                    bar.update(sizes[i] if sizes is not None else 1)
+            del futures
+            result = level[0].result()
+            del shared_future, level
+            return result
+        except Exception as exc:
+            if self._lost(exc):
+                raise ExecutorLost(_lost_message(self.address, exc)) from exc
+            raise
 
     def close(self) -> None:
-        """Shut the worker processes down."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Disconnect; shut down the cluster if this executor started it."""
+        try:
+            self.client.close()
+        finally:
+            if self._cluster is not None:
+                self._cluster.close()
 
 
-def make_executor(workers: int) -> SerialExecutor | ProcessExecutor:
-    """Serial for one worker, local processes for more."""
-    return SerialExecutor() if workers <= 1 else ProcessExecutor(workers)
+def _has_dashboard(client) -> bool:
+    try:
+        return "dashboard" in client.scheduler_info().get("services", {})
+    except Exception:  # noqa: BLE001 - a missing dashboard is not an error
+        return False
+
+
+def _identity(value):
+    return value
+
+
+def _lost_message(address: str, exc: BaseException) -> str:
+    return (
+        f"lost the Dask scheduler at {address} ({type(exc).__name__}: {exc}); the "
+        "iterations completed so far are kept in the output folder"
+    )
+
+
+def _local_cluster(workers: int):
+    from distributed import LocalCluster
+
+    env = {var: "1" for var in THREAD_VARIABLES}
+    return LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",
+        silence_logs=logging.ERROR,
+        env=env,
+    )
+
+
+def make_executor(
+    workers: int = 1,
+    *,
+    scheduler: str | None = None,
+    cluster: str | None = None,
+    cluster_config: str | os.PathLike[str] | None = None,
+    progress: bool = False,
+    local_cluster: bool | None = None,
+) -> SerialExecutor | DaskExecutor:
+    """The executor a run asks for.
+
+    Parameters
+    ----------
+    workers
+        Local worker processes: 1 runs in this process (unless ``local_cluster``), more
+        start a Dask ``LocalCluster`` of that many single-threaded processes.
+    scheduler
+        Address of a running Dask scheduler (``tcp://HOST:PORT`` or a scheduler file
+        ``*.json``); ``workers`` is then ignored.
+    cluster, cluster_config
+        ``"slurm"`` and its configuration file (:mod:`faml.parallel.cluster`).
+    progress
+        Progress bars per call.
+    local_cluster
+        Force (``True``) a ``LocalCluster`` even for one worker, or (``False``) none.
+    """
+    if isinstance(workers, bool) or int(workers) < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers!r}")
+    if sum(x is not None for x in (scheduler, cluster)) > 1:
+        raise ValueError("give either --scheduler or --cluster, not both")
+    if cluster is not None:
+        from faml.parallel.cluster import start_cluster
+
+        if cluster_config is None:
+            raise ValueError(f"--cluster {cluster} needs --cluster-config FILE")
+        return start_cluster(cluster, cluster_config, progress=progress)
+    if scheduler is not None:
+        return connect(scheduler, progress=progress)
+    use_cluster = int(workers) > 1 if local_cluster is None else local_cluster
+    if not use_cluster:
+        return SerialExecutor(progress=progress)
+    from distributed import Client
+
+    local = _local_cluster(int(workers))
+    try:
+        client = Client(local)
+    except Exception:
+        local.close()
+        raise
+    return DaskExecutor(client, local, progress=progress)
+
+
+def connect(address: str, *, progress: bool = False, timeout: float = 30.0) -> DaskExecutor:
+    """An executor on the running scheduler at ``address`` (or a scheduler ``.json`` file)."""
+    from distributed import Client
+
+    kwargs = {"scheduler_file": address} if str(address).endswith(".json") else {"address": address}
+    try:
+        client = Client(**kwargs, timeout=timeout)
+    except (OSError, TimeoutError) as exc:
+        raise ExecutorLost(
+            f"could not reach the Dask scheduler at {address} within {timeout:g} s ({exc})"
+        ) from exc
+    return DaskExecutor(client, progress=progress)

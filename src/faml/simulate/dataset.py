@@ -40,7 +40,6 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -364,7 +363,9 @@ def simulate(
     records: list[dict] = []
     executor = make_executor(workers)
     try:
-        for result in executor.map(partial(_run_chunk, job), chunks):
+        for result in executor.map(
+            _run_chunk, chunks, shared=job, sizes=[len(c) for c in chunks], label="simulate"
+        ):
             records.extend(result)
             if progress is not None:
                 progress(len(records), n)
