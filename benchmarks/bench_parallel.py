@@ -38,10 +38,16 @@ def _simulate(folder: Path, particles: int) -> None:
         simulate_fast([structure], particles, folder, snr=0.05, voxel_size=voxel, seed=1)
 
 
+BATCH = [8]
+
+
 def _config():
     from faml.ml.config import RunConfig
 
-    return RunConfig(iterations=1, seed=1, starts=1, fa_iterations=0, stop_pose_change_deg=0.0)
+    return RunConfig(
+        iterations=1, seed=1, starts=1, fa_iterations=0, stop_pose_change_deg=0.0,
+        chunk_size=BATCH[0],
+    )  # fmt: skip
 
 
 def _one_run(folder: Path, out: Path, workers: int) -> dict:
@@ -136,10 +142,12 @@ def main() -> None:
     s = sub.add_parser("scaling")
     s.add_argument("--particles", type=int, default=200)
     s.add_argument("--repeats", type=int, default=3)
+    s.add_argument("--batch-size", type=int, default=8)
     m = sub.add_parser("memory")
     m.add_argument("--sizes", type=int, nargs="+", default=[200, 2000])
     args = parser.parse_args()
     if args.what == "scaling":
+        BATCH[0] = args.batch_size
         scaling(args.particles, args.repeats)
     else:
         memory(args.sizes)
