@@ -504,6 +504,10 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s: %(message)s",
     )
+    if not args.verbose:  # Dask's own start-up and shut-down chatter only with --verbose
+        import dask.config  # read by distributed when it is imported (later, if at all)
+
+        dask.config.set({"logging.distributed": "warning", "logging.dask_jobqueue": "warning"})
     from faml.parallel import ExecutorLost
 
     try:
