@@ -43,7 +43,12 @@ def bench(box: int, method: str, particles: int, iterations: int, tmp: Path) -> 
     # one start: the cost of an iteration (the random starts multiply the iterations a run
     # makes, not what one costs)
     cfg = RunConfig(
-        method=method, iterations=iterations, seed=1, stop_pose_change_deg=0.0, starts=1
+        method=method,
+        iterations=iterations,
+        seed=1,
+        stop_pose_change_deg=0.0,
+        starts=1,
+        fa_iterations=0,
     )
     result = run(table, tmp / f"run{box}{method}", cfg)
     its = result.history[2:] if len(result.history) > 2 else result.history[1:]
