@@ -158,39 +158,46 @@ class _Batch:
                    items)  # fmt: skip
 
 
+def _part(pairs, leaves: int) -> _Part:
+    """A task's part from ``(leaf, (result, stats))`` pairs, in task order."""
+    results, tree = [], TreeSum(leaves)
+    for leaf, (result, stats) in pairs:
+        results.append(result)
+        tree.add(leaf, stats)
+    return _Part(results, tree)
+
+
 def _map_particles(ctx: StepContext, batch: _Batch) -> _Part:
     """Task of an EM / FA iteration: the map step of the batch's particles."""
-    results, tree = [], TreeSum(batch.leaves)
-    for i in batch.indices:
-        result, stats = process_particle(ctx, batch.rows, int(i), half=batch.halves[int(i)])
-        results.append(result)
-        tree.add(int(i), stats)
-    return _Part(results, tree)
+    return _part(
+        (
+            (int(i), process_particle(ctx, batch.rows, int(i), half=batch.halves[int(i)]))
+            for i in batch.indices
+        ),
+        batch.leaves,
+    )
 
 
 def _map_initial(shared: tuple[RunConfig, int], batch: _Batch) -> _Part:
     """Task of random start ``start``: the batch's particles at random classes and poses."""
     config, start = shared
-    results, tree = [], TreeSum(batch.leaves)
-    for i in batch.indices:
-        _, klass, rotation, shift = initial_assignment(config, int(i), start)
-        result, stats = hard_particle(
-            batch.rows, int(i), klass, rotation, shift, config.classes, batch.halves[int(i)]
-        )
-        results.append(result)
-        tree.add(int(i), stats)
-    return _Part(results, tree)
+
+    def placed(i: int):
+        _, klass, rotation, shift = initial_assignment(config, i, start)
+        return hard_particle(batch.rows, i, klass, rotation, shift, config.classes, batch.halves[i])
+
+    return _part(((int(i), placed(int(i))) for i in batch.indices), batch.leaves)
 
 
 def _map_assigned(classes: int, batch: _Batch) -> _Part:
     """Task of particles placed by hand (``batch.items``)."""
-    results, tree = [], TreeSum(batch.leaves)
-    for leaf, i, klass, rotation, shift in batch.items:
-        result, stats = hard_particle(batch.rows, i, klass, rotation, shift, classes,
-                                      batch.halves[i])  # fmt: skip
-        results.append(result)
-        tree.add(leaf, stats)
-    return _Part(results, tree)
+    return _part(
+        (
+            (leaf, hard_particle(batch.rows, i, k, r, t, classes, batch.halves[i]))
+            for leaf, i, k, r, t in batch.items
+        ),
+        batch.leaves,
+    )
 
 
 def _reduce(executor: Executor, fn, shared, tasks: list, label: str):
@@ -343,7 +350,8 @@ def run(
     own = executor is None
     if own:
         executor = make_executor(workers)
-    job = _Job(table, config, executor, halves, _chunks(n, config.chunk_size), mask)
+    batches = [_Batch.of(table, c, halves, n) for c in _chunks(n, config.chunk_size)]
+    job = _Job(table, config, executor, halves, batches, mask)
     iteration = 0
     try:
         checkpoint = last_complete_iteration(out) if resume else None
@@ -402,12 +410,8 @@ class _Job:
     config: RunConfig
     executor: Executor
     halves: np.ndarray
-    chunks: list[np.ndarray]
+    batches: list[_Batch]  # the map step's tasks, the same every iteration
     mask: np.ndarray
-
-    def batches(self) -> list[_Batch]:
-        n = len(self.table)
-        return [_Batch.of(self.table, c, self.halves, n) for c in self.chunks]
 
     def maps(self, state: ModelState) -> np.ndarray:
         return np.stack([filtered_average(state, k, self.mask) for k in range(len(state.alpha))])
@@ -423,7 +427,7 @@ class _Job:
             self.executor,
             _map_initial,
             (cfg, start),
-            self.batches(),
+            self.batches,
             "start" if cfg.starts == 1 else f"start {start + 1}",
         )
         state = _state_after(stats, None, cfg, box, len(self.table), 0)
@@ -446,7 +450,7 @@ class _Job:
         # the half-sets travel with the tasks: a worker never holds a per-particle array
         ctx = _context(state, cfg, iteration, box, self.mask, None)
         new_results, stats = _reduce(
-            self.executor, _map_particles, ctx, self.batches(), f"iteration {iteration}"
+            self.executor, _map_particles, ctx, self.batches, f"iteration {iteration}"
         )
         t_map = time.perf_counter() - t0
         state = _state_after(stats, state.averages, cfg, box, n, iteration, state.sigma2)

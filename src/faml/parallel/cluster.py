@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from faml.parallel.executor import THREAD_VARIABLES
+
 __all__ = ["ClusterConfig", "read_cluster_config", "build_cluster", "start_cluster", "KINDS"]
 
 logger = logging.getLogger(__name__)
@@ -119,7 +121,7 @@ def build_cluster(config: ClusterConfig):
         )
     # faml's thread limits travel with the job's environment as well as the worker plugin
     prologue = list(options.pop("job_script_prologue", []) or [])
-    limits = [f"export {v}=1" for v in _thread_variables()]
+    limits = [f"export {v}=1" for v in THREAD_VARIABLES]
     return SLURMCluster(job_script_prologue=prologue + limits, **options)
 
 
@@ -138,12 +140,6 @@ def _accepted_options() -> set[str]:
             if par.kind is par.POSITIONAL_OR_KEYWORD or par.kind is par.KEYWORD_ONLY
         )
     return names - {"self", "scheduler", "job_cls", "loop", "asynchronous", "job_kwargs"}
-
-
-def _thread_variables():
-    from faml.parallel.executor import THREAD_VARIABLES
-
-    return THREAD_VARIABLES
 
 
 def start_cluster(kind: str, path: str | os.PathLike[str], *, progress: bool = False):

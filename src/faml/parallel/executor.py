@@ -114,16 +114,6 @@ def _bar(progress: bool, label: str, sizes: Sequence[int] | None, n_tasks: int) 
     )
 
 
-def _tree(values: list, combine: Callable) -> Any:
-    """Pairwise ``combine`` of adjacent values until one is left (the same tree as Dask's)."""
-    while len(values) > 1:
-        nxt = [combine(values[i], values[i + 1]) for i in range(0, len(values) - 1, 2)]
-        if len(values) % 2:
-            nxt.append(values[-1])
-        values = nxt
-    return values[0]
-
-
 class SerialExecutor:
     """Everything in the calling process.
 
@@ -160,7 +150,7 @@ class SerialExecutor:
                 _, left = stack.pop()
                 size, value = 2 * size, combine(left, value)
             stack.append((size, value))
-        # the leftover subtrees, right to left: as _tree pairs an odd last one upwards
+        # the leftover subtrees, right to left: as the Dask tree carries an odd last one up
         return _tree_of_stack(stack, combine)
 
     def close(self) -> None:
@@ -168,9 +158,9 @@ class SerialExecutor:
 
 
 def _tree_of_stack(stack: list[tuple[int, Any]], combine: Callable) -> Any:
-    """Finish the tree of :func:`_tree` from the complete subtrees of a binary counter.
+    """Finish :meth:`DaskExecutor.map_reduce`'s tree from the subtrees of a binary counter.
 
-    The counter holds complete subtrees of sizes ``2^a > 2^b > ...``; in :func:`_tree` an
+    The counter holds complete subtrees of sizes ``2^a > 2^b > ...``; in that tree an
     odd last value is carried up unchanged until it meets a subtree of its own size, so the
     remaining ones combine from the right: ``s1 + (s2 + (s3 + ...))``.
     """
