@@ -7,9 +7,10 @@ Usage::
 
 ``scaling``: particles of the demo structure (fast-mode simulation, 32^3, SNR 0.05, +-60
 degrees), one FAML iteration after the random start (one start, no FA warm-up) on a Dask
-``LocalCluster`` of 1 and of 2 single-threaded workers, alternated ``repeats`` times. It
-prints the wall time of iteration 1 (map step, reduction, M-step) and the map step's, per
-run, and the speed-up of each pair (measured back to back), with medians.
+``LocalCluster`` of 1 and of 2 single-threaded workers, each run in a fresh process (as the
+command line runs it), alternated ``repeats`` times. It prints the wall time of iteration 1
+(map step, reduction, M-step) and the map step's, per run, and the speed-up of each pair
+(measured back to back), with medians.
 
 ``memory``: for each size, a fresh process runs the same (iteration 0 and 1, 2 workers) and
 reports the peak resident memory (``ru_maxrss``) of the client process and of each worker.
@@ -74,13 +75,24 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _in_child(folder: Path, out: Path, workers: int) -> dict:
+    """``_one_run`` in a fresh process, as the command line runs it."""
+    child = subprocess.run(
+        [sys.executable, __file__, "_run", str(folder), str(out), str(workers), str(BATCH[0])],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
 def scaling(particles: int, repeats: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "particles"
         _simulate(folder, particles)
         rows = []
         for r in range(repeats):
-            pair = {w: _one_run(folder, Path(tmp) / f"run{r}w{w}", w) for w in (1, 2)}
+            pair = {w: _in_child(folder, Path(tmp) / f"run{r}w{w}", w) for w in (1, 2)}
             rows.append(pair)
             one, two = pair[1], pair[2]
             print(
@@ -107,13 +119,7 @@ def memory(sizes: list[int]) -> None:
         for n in sizes:
             folder = Path(tmp) / f"p{n}"
             subprocess.run([sys.executable, __file__, "_simulate", str(folder), str(n)], check=True)
-            child = subprocess.run(
-                [sys.executable, __file__, "_run", str(folder), str(Path(tmp) / f"run{n}")],
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            results[n] = json.loads(child.stdout.strip().splitlines()[-1])
+            results[n] = _in_child(folder, Path(tmp) / f"run{n}", 2)
             r = results[n]
             print(
                 f"N = {n}: client peak {r['client_peak_mib']:.0f} MiB, workers "
@@ -135,7 +141,8 @@ def main() -> None:
         _simulate(Path(sys.argv[2]), int(sys.argv[3]))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "_run":
-        print(json.dumps(_one_run(Path(sys.argv[2]), Path(sys.argv[3]), 2)))
+        BATCH[0] = int(sys.argv[5])
+        print(json.dumps(_one_run(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]))))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)

@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import cloudpickle
 import mrcfile
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ import pytest
 from conftest import make_dataset
 from faml.io.particles import from_mrc_files
 from faml.ml.config import RunConfig
-from faml.ml.engine import last_complete_iteration, run
+from faml.ml.engine import _chunks, last_complete_iteration, run
 from faml.parallel import (
     DaskExecutor,
     ExecutorLost,
@@ -204,6 +205,19 @@ def test_local_clusters_match_the_serial_run(data, serial_run, tmp_path, workers
     _same(_outputs(tmp_path / "run"), serial_run)
 
 
+@pytest.mark.parametrize("n, size, workers", [(200, 8, 2), (18, 4, 4), (7, 8, 2), (50, 8, 1)])
+def test_tasks_shrink_at_the_end_and_cover_every_particle_once(n, size, workers):
+    chunks = _chunks(n, size, workers)
+    np.testing.assert_array_equal(np.concatenate(chunks), np.arange(n))
+    sizes = [len(c) for c in chunks]
+    assert max(sizes) <= size and min(sizes) >= 1
+    assert sizes == sorted(sizes, reverse=True)
+    if workers == 1:
+        assert sizes[:-1] == [size] * (len(sizes) - 1)
+    else:  # the last task of each worker is one particle
+        assert sizes[-workers:] == [1] * workers
+
+
 @pytest.mark.parametrize("batch", [1, 3, 7, 18])
 def test_batch_size_does_not_change_the_result(data, serial_run, tmp_path, batch):
     cfg = RunConfig(**{**CONFIG.to_dict(), "chunk_size": batch})
@@ -280,9 +294,28 @@ def test_separate_scheduler_and_workers_match_the_serial_run(data, serial_run, t
             "--starts", "1", "--fa-iterations", "1",
         ]  # fmt: skip
         assert main(argv) == 0
+        # workers faml did not start get its settings from the plugin the run registered
+        executor = connect(cluster.address)
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers lack tests/
+        try:
+            for settings in executor.client.run(_worker_settings).values():
+                assert settings == (1000, False, False, "1"), settings
+        finally:
+            cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+            executor.close()
     finally:
         cluster.stop()
     _same(_outputs(out), serial_run)
+
+
+def _worker_settings(dask_worker):
+    callbacks = dask_worker.periodic_callbacks
+    return (
+        callbacks["tick"].callback_time,
+        "profile" in callbacks and callbacks["profile"].is_running(),
+        "profile-cycle" in callbacks and callbacks["profile-cycle"].is_running(),
+        os.environ.get("OMP_NUM_THREADS"),
+    )
 
 
 def _worker_pids(executor) -> dict[str, int]:

@@ -116,8 +116,24 @@ def _halves(n: int, seed: int) -> np.ndarray:
     return halves
 
 
-def _chunks(n: int, size: int) -> list[np.ndarray]:
-    return [np.arange(s, min(s + size, n)) for s in range(0, n, size)]
+def _chunks(n: int, size: int, workers: int = 1) -> list[np.ndarray]:
+    """Consecutive particle indices, ``size`` per task, the last tasks smaller.
+
+    With several workers the last ``2 * workers * size`` particles go in ever smaller tasks
+    (down to one particle), so that the workers run out of work together rather than one
+    task apart.
+
+    The split never changes a result (the sums are a fixed tree over particle indices).
+    """
+    chunks, start = [], 0
+    while start < n:
+        rest = n - start
+        step = size
+        if workers > 1 and rest <= 2 * workers * size:
+            step = max(1, min(size, -(-rest // (2 * workers))))
+        chunks.append(np.arange(start, min(start + step, n)))
+        start += step
+    return chunks
 
 
 @dataclass(frozen=True)
@@ -350,7 +366,10 @@ def run(
     own = executor is None
     if own:
         executor = make_executor(workers)
-    batches = [_Batch.of(table, c, halves, n) for c in _chunks(n, config.chunk_size)]
+    batches = [
+        _Batch.of(table, c, halves, n)
+        for c in _chunks(n, config.chunk_size, max(1, executor.workers))
+    ]
     job = _Job(table, config, executor, halves, batches, mask)
     iteration = 0
     try:
