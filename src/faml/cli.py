@@ -76,6 +76,7 @@ def _cmd_align(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from faml.geometry.masks import reference_mask
     from faml.io.mrc import read_volume
     from faml.io.particles import from_mrc_files
     from faml.io.star import read_particles_star
@@ -89,9 +90,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         table = read_particles_star(source, tilt_range=tilt, voxel_size=args.voxel_size)
     else:
         table = from_mrc_files(args.particles, tilt_range=tilt, voxel_size=args.voxel_size)
-    mask = None
-    if args.mask:
-        mask, _ = read_volume(args.mask)
+    mask = reference_mask(
+        table.box,
+        table.voxel_size,
+        mask=read_volume(args.mask)[0] if args.mask else None,
+        diameter=args.particle_diameter,
+    )
     scan_step = None if args.no_scan else args.scan_step
     likelihood, voronoi, local = args.likelihood, args.voronoi, args.local_candidates
     update, starts, fa_iterations = args.average_update, args.starts, args.fa_iterations
@@ -115,6 +119,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         start_iterations=args.start_iterations,
         fa_iterations=fa_iterations,
         chunk_size=args.batch_size,
+        gold_standard=args.gold_standard,
+        symmetry=args.symmetry,
     )
     logger.info("%d particles, %d^3, %.3g A/voxel", len(table), table.box, table.voxel_size)
     executor = make_executor(
@@ -398,7 +404,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=8,
         help="particles per task of the map step (results do not depend on it)",
     )  # fmt: skip
-    r.add_argument("--mask", help="reference mask MRC (default: a soft sphere)")
+    r.add_argument(
+        "--mask",
+        help="reference mask MRC, values 0..1, the particles' box (used for alignment, "
+        "likelihood and the maps; default: a soft sphere of 0.45 box)",
+    )
+    r.add_argument(
+        "--particle-diameter", type=float, default=None, metavar="A",
+        help="soft spherical mask of this diameter in Angstrom instead",
+    )  # fmt: skip
+    r.add_argument(
+        "--gold-standard", action="store_true",
+        help="refine the two random halves independently after the common start (RELION's "
+        "gold standard): honest half-map FSC, mask-corrected, in model.star",
+    )  # fmt: skip
+    r.add_argument(
+        "--symmetry", default="C1", metavar="GROUP",
+        help="point group of the averages: C1, Cn or Dn (RELION's axes: n-fold about z)",
+    )  # fmt: skip
     r.add_argument(
         "--voxel-size",
         type=float,

@@ -38,7 +38,7 @@ from faml.geometry.axes import box_center, matrix_xyz_to_zyx, xyz_to_zyx
 from faml.geometry.masks import soft_sphere
 from faml.geometry.rotations import distinct, rotation_distance
 from faml.geometry.transform import transform_volume
-from faml.ml.fourier import fsc
+from faml.ml.fourier import fsc, fsc_resolution
 
 __all__ = [
     "MapAlignment",
@@ -199,24 +199,6 @@ def lowpass(
     else:
         weight = (r <= rc).astype(np.float64)
     return scipy.fft.irfftn(scipy.fft.rfftn(v) * weight, s=v.shape)
-
-
-def fsc_resolution(curve: np.ndarray, box: int, voxel_size: float, threshold: float) -> float:
-    """Ångström where an FSC curve (shells ``0..N//2``) first drops below ``threshold``.
-
-    The crossing is interpolated linearly between the last shell at or above the threshold
-    and the first below it (shell 0 counts as 1). A curve that never drops gives the Nyquist
-    resolution of its last shell; one below the threshold at shell 1 gives the box size.
-    """
-    c = np.asarray(curve, dtype=np.float64).copy()
-    c[0] = 1.0
-    below = np.flatnonzero(c[1:] < threshold)
-    if below.size == 0:
-        return box * voxel_size / (len(c) - 1)
-    r = int(below[0]) + 1
-    hi, lo = c[r - 1], c[r]
-    radius = (r - 1) + (hi - threshold) / (hi - lo) if hi > lo else float(r)
-    return box * voxel_size / max(radius, 1.0)
 
 
 class _Placer:

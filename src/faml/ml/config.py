@@ -115,6 +115,17 @@ class RunConfig:
         runs at the random start's band, so only later ones compare).
     start_band
         Band (Fourier shells) of the starts' iterations after the first.
+    gold_standard
+        Refine the two random halves (``rlnRandomSubset``) independently once the common
+        start is over (the iterations up to ``fa_iterations``, at least the random start):
+        each particle is aligned and scored against its own half's average, filtered by the
+        FSC between the halves (as RELION's auto-refine), so that FSC is an honest
+        resolution estimate. Off: both halves use the joint average and the FSC between
+        them is optimistic.
+    symmetry
+        Point group of the averages, ``"C1"`` (none), ``"Cn"`` or ``"Dn"`` (RELION's axes:
+        n-fold about z, the 2-fold of Dn about x). The averages are brought to the group's
+        frame once (:mod:`faml.geometry.symmetry`) and their sums symmetrised after.
     chunk_size
         Particles per task of the map step (``--batch-size``). The results do not depend on
         it, nor on the number of workers (:class:`faml.parallel.TreeSum`); larger batches
@@ -147,6 +158,8 @@ class RunConfig:
     starts: int = 3
     start_iterations: int = 3
     start_band: int = 6
+    gold_standard: bool = False
+    symmetry: str = "C1"
     chunk_size: int = 8
 
     def __post_init__(self) -> None:
@@ -188,6 +201,9 @@ class RunConfig:
             raise ValueError(f"start_band must be at least 2 shells, got {self.start_band}")
         if self.fa_iterations < 0:
             raise ValueError(f"fa_iterations must be >= 0, got {self.fa_iterations}")
+        from faml.geometry.symmetry import parse_symmetry
+
+        parse_symmetry(self.symmetry)  # a clear error for a group faml does not know
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, got {self.chunk_size}")
 

@@ -63,7 +63,7 @@ FA: ``A = S / max(W, 0.1 n)``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
@@ -108,6 +108,7 @@ __all__ = [
     "reference_points",
     "responsibilities",
     "shell_sums",
+    "symmetrize_stats",
     "neighbour_step_deg",
     "with_neighbours",
 ]
@@ -143,6 +144,10 @@ class StepContext:
         workers: their memory must not grow with the data set).
     band_m
         Outermost shell of the M-step sums (``None``: the whole sphere, ``N//2 - 1``).
+    half_align, half_references
+        Gold-standard iterations: per half-set (index 0, 1) what ``align`` and
+        ``references`` are otherwise; each particle meets only its own half's averages.
+        ``None``: both halves use ``align`` and ``references``.
     """
 
     config: RunConfig
@@ -156,6 +161,14 @@ class StepContext:
     band_e: int
     halves: np.ndarray | None
     band_m: int | None = None
+    half_align: tuple[tuple[PreparedAverage, ...], tuple[PreparedAverage, ...]] | None = None
+    half_references: np.ndarray | None = None
+
+    def for_half(self, half: int) -> tuple[tuple[PreparedAverage, ...], np.ndarray]:
+        """The prepared averages and likelihood references a particle of ``half`` meets."""
+        if self.half_align is None or self.half_references is None:
+            return self.align, self.references
+        return self.half_align[half], self.half_references[half]
 
 
 Candidates = list[tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -449,17 +462,18 @@ def particle_shells(particle_ft: np.ndarray, wedge: np.ndarray) -> np.ndarray:
 
 def log_likelihoods(
     ctx: StepContext, klass: int, padded: PaddedSpectrum, wedge: np.ndarray,
-    rotations: np.ndarray, shifts: np.ndarray, shells: np.ndarray,
+    rotations: np.ndarray, shifts: np.ndarray, shells: np.ndarray, half: int = 0,
 ) -> np.ndarray:  # fmt: skip
     """``log p(X | phi, k) + log p(t)`` of `(B,)` candidates of one class (module docstring).
 
-    ``shells``: the particle's :func:`particle_shells`.
+    ``shells``: the particle's :func:`particle_shells`; ``half``: its half-set (the
+    references of a gold-standard iteration).
     """
     box = ctx.box
     n = box // 2 + 1
     _, _, shell, mult = _frame_points(box, ctx.band_e)
     y, w = class_frame(padded, wedge, rotations, shifts, ctx.band_e)
-    a = ctx.references[klass][None]
+    a = ctx.for_half(half)[1][klass][None]
     wm = w * mult[None]
     xx, c = shells
     sigma2 = np.maximum(ctx.sigma2, 1e-300)
@@ -559,7 +573,8 @@ def process_particle(
         nus = [np.asarray(c[2], dtype=np.float64) for c in given]
         scores = None
     else:
-        cands = [align_to(vol, wedge, ctx.align[k]) for k in range(K)]
+        align = ctx.for_half(half)[0]
+        cands = [align_to(vol, wedge, align[k]) for k in range(K)]
         rots = [np.stack([c.rotation for c in cs]) for cs in cands]
         shifts = [np.stack([c.shift for c in cs]) for cs in cands]
         scores = [cs[0].score for cs in cands]
@@ -568,7 +583,7 @@ def process_particle(
             for k in range(K):
                 rots[k], shifts[k] = with_neighbours(
                     rots[k], shifts[k], cfg.local_candidates,
-                    neighbour_step_deg(cfg, ctx.align[k].settings.band_limit),
+                    neighbour_step_deg(cfg, align[k].settings.band_limit),
                     cfg.local_rings,
                 )  # fmt: skip
     clock = _lap(t, "align", clock)
@@ -593,7 +608,7 @@ def process_particle(
                 clock = _lap(t, "voronoi", clock)
             else:
                 nu = nus[k]
-            ll = log_likelihoods(ctx, k, padded, wedge, rots[k], shifts[k], shells)
+            ll = log_likelihoods(ctx, k, padded, wedge, rots[k], shifts[k], shells, half)
             log_e.append(ctx.log_alpha[k] + np.log(nu) + ll)
         g, fit = responsibilities(np.concatenate(log_e))
         if not np.isfinite(fit):
@@ -624,6 +639,37 @@ def process_particle(
         int(i), best_k, rots[best_k][best_m], shifts[best_k][best_m], max_p, n_sig, fit
     )
     return result, stats
+
+
+def symmetrize_stats(stats: Stats, rotations: np.ndarray) -> Stats:
+    """``stats`` with ``S`` and ``W`` averaged over a point group (in the class frame).
+
+    ``S_sym(k) = 1/G sum_g S(R_g^T k)``, ``W_sym(k) = 1/G sum_g W(R_g^T k)`` for the `(G, 3, 3)`
+    ``rotations`` (:meth:`faml.geometry.symmetry.PointGroup.rotations`, a group, so the
+    direction of each turn does not matter). ``S`` is turned as a map: its real-space sum
+    is padded and gridding-corrected (:func:`~faml.align.fourier_rotation.padded_spectrum`),
+    the same interpolation the particles get; ``W`` is interpolated trilinearly, as a
+    particle's weight is. The counts, powers and the likelihood are left as they are.
+    """
+    rots = np.asarray(rotations, dtype=np.float64).reshape(-1, 3, 3)
+    box, band = stats.box, stats.band
+    kzyx, flat, _, _ = _frame_points(box, band)
+    S, W = stats.dense()
+    s_out = np.empty_like(stats.S)
+    w_out = np.empty_like(stats.W)
+    points = np.empty((1, kzyx.shape[0]), dtype=np.float32)
+    for h in range(S.shape[0]):
+        for k in range(S.shape[1]):
+            volume = scipy.fft.irfftn(S[h, k], s=(box,) * 3, workers=1)
+            turned = rotated_points(padded_spectrum(volume), rots, band)
+            s_out[h, k] = turned.astype(np.complex128).mean(axis=0)
+            w32 = np.ascontiguousarray(W[h, k][None], dtype=np.float32)
+            acc = np.zeros(kzyx.shape[0])
+            for rotation in rots:
+                gather_half_spectrum(w32, kzyx @ matrix_xyz_to_zyx(rotation).T, points)
+                acc += points[0]
+            w_out[h, k] = acc / len(rots)
+    return replace(stats, S=s_out, W=w_out)
 
 
 def compensated_mean(s: np.ndarray, w: np.ndarray, n: float) -> np.ndarray:

@@ -18,7 +18,17 @@ One run (:func:`run`) on a :class:`~faml.io.particles.ParticleTable`:
   one and gives the same result as an uninterrupted run (everything depends only on the
   saved model, the seed and the iteration number);
 - results: ``class_NNN.mrc`` (filtered, masked), ``particles.star`` (RELION 3.1+),
-  ``run.json`` (version, command line, configuration, per-iteration parameters, timings).
+  ``model.star`` (FSC curves and resolution per class, RELION's layout), ``run.json``
+  (version, command line, configuration, per-iteration parameters, timings); with
+  ``config.gold_standard`` also the unfiltered half maps ``class_NNN_halfH_unfil.mrc``;
+- ``config.gold_standard``: after the common start (the random start and the FA warm-up)
+  each half-set is aligned and scored against its own half's average only (RELION's
+  gold standard), so the FSC between the halves is an honest resolution; the final FSC is
+  corrected for the mask by phase randomisation;
+- ``config.symmetry`` (Cn, Dn): after iteration :func:`symmetry_frame_iteration` each class
+  average is turned into the group's frame (:func:`faml.geometry.symmetry.symmetry_frame`)
+  and the sums of every later iteration are averaged over the group before the M-step
+  (:func:`faml.ml.em.symmetrize_stats`).
 """
 
 from __future__ import annotations
@@ -36,10 +46,12 @@ from faml import __version__
 from faml.align import prepare_average
 from faml.geometry.masks import soft_sphere
 from faml.geometry.rotations import rotation_distance
+from faml.geometry.symmetry import parse_symmetry, symmetry_frame
+from faml.geometry.transform import transform_volume
 from faml.io.atomic import atomic_path, write_text_atomic
 from faml.io.mrc import write_volume
 from faml.io.particles import ParticleTable, TableRows
-from faml.io.star import write_particles_star
+from faml.io.star import write_model_star, write_particles_star
 from faml.ml.config import RunConfig
 from faml.ml.em import (
     ParticleResult,
@@ -51,8 +63,16 @@ from faml.ml.em import (
     process_particle,
     reference_points,
     settings_for,
+    symmetrize_stats,
 )
-from faml.ml.fourier import band_from_fsc, fsc, fsc_filter, shell_index
+from faml.ml.fourier import (
+    band_from_fsc,
+    fsc,
+    fsc_filter,
+    fsc_resolution,
+    mask_corrected_fsc,
+    shell_index,
+)
 from faml.parallel import Executor, ExecutorLost, TreeSum, make_executor
 
 __all__ = ["ModelState", "RunResult", "run", "filtered_average"]
@@ -76,6 +96,8 @@ class ModelState:
         Fourier shell limit of alignment (and, plus the margin, of the likelihood).
     alpha, sigma2, xi
         Class priors `(K,)`, noise variance per shell `(N//2 + 1,)`, translation prior (voxels).
+    half_averages
+        `(2, K, N, N, N//2 + 1)` the half-set averages (gold-standard runs; ``None`` else).
     """
 
     iteration: int
@@ -85,6 +107,7 @@ class ModelState:
     alpha: np.ndarray
     sigma2: np.ndarray
     xi: float
+    half_averages: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -100,13 +123,35 @@ class RunResult:
     history: list[dict]
 
 
-def filtered_average(state: ModelState, klass: int, mask: np.ndarray) -> np.ndarray:
-    """Real-space class average, FSC-filtered to the current band and masked."""
+def filtered_average(
+    state: ModelState, klass: int, mask: np.ndarray, half: int | None = None
+) -> np.ndarray:
+    """Real-space class average, FSC-filtered to the current band and masked.
+
+    ``half``: that half-set's average instead of the joint one (gold-standard runs).
+    """
     box = mask.shape[0]
     weights = fsc_filter(state.fsc[klass], state.band)
-    spec = state.averages[klass] * weights[np.minimum(shell_index(box), box // 2)]
+    source = state.averages if half is None else state.half_averages[half]
+    spec = source[klass] * weights[np.minimum(shell_index(box), box // 2)]
     vol = scipy.fft.irfftn(spec, s=(box,) * 3, workers=1)
     return (vol * mask).astype(np.float32)
+
+
+def gold_standard_active(config: RunConfig, iteration: int) -> bool:
+    """Whether iteration ``iteration`` aligns each half-set to its own average.
+
+    The common start is the random start and the FA warm-up (``config.fa_iterations``).
+    """
+    return config.gold_standard and iteration > config.fa_iterations
+
+
+def symmetry_frame_iteration(config: RunConfig) -> int:
+    """The iteration after whose M-step the averages go into the symmetry frame.
+
+    The sums of every later iteration are symmetrised (half the FA warm-up, at least 1).
+    """
+    return max(1, config.fa_iterations // 2)
 
 
 def _halves(n: int, seed: int) -> np.ndarray:
@@ -224,14 +269,42 @@ def _reduce(executor: Executor, fn, shared, tasks: list, label: str):
     return part.results, part.tree.total()
 
 
-def _state_after(stats, previous, config, box, n, iteration, previous_sigma2=None):
+def _state_after(stats, previous, config, box, n, iteration, previous_sigma2=None, mask=None):
+    group = parse_symmetry(config.symmetry)
+    frame_at = symmetry_frame_iteration(config)
+    if not group.trivial and iteration > frame_at:
+        stats = symmetrize_stats(stats, group.rotations())
     m = m_step(stats, previous, config.method, previous_sigma2, n, config.average_update)
-    curves = np.stack(
-        [fsc(m.half_averages[0, k], m.half_averages[1, k]) for k in range(config.classes)]
-    )
+    averages, halves = m.averages, m.half_averages
+    if not group.trivial and iteration == frame_at:
+        averages, halves = _to_symmetry_frame(averages, halves, group, box, mask)
+    curves = np.stack([fsc(halves[0, k], halves[1, k]) for k in range(config.classes)])
     bands = [band_from_fsc(c) for c in curves]
     band = int(np.clip(max(bands), config.min_band, box // 2 - 1))
-    return ModelState(iteration, m.averages, curves, band, m.alpha, m.sigma2, m.xi)
+    return ModelState(
+        iteration, averages, curves, band, m.alpha, m.sigma2, m.xi,
+        halves if config.gold_standard else None,
+    )  # fmt: skip
+
+
+def _to_symmetry_frame(averages, halves, group, box, mask):
+    """Each class's averages (joint and halves) turned into ``group``'s frame.
+
+    The frame is found on the joint average (:func:`faml.geometry.symmetry.symmetry_frame`).
+    """
+    averages, halves = averages.copy(), halves.copy()
+    shape = (box,) * 3
+    for k in range(averages.shape[0]):
+        joint = scipy.fft.irfftn(averages[k], s=shape, workers=1)
+        q, t, score = symmetry_frame(joint, group, mask)
+        logger.info(
+            "class %d brought into the %s frame (mean correlation of its symmetry copies %.3f)",
+            k + 1, group.name, score,
+        )  # fmt: skip
+        for target in (averages, halves[0], halves[1]):
+            vol = scipy.fft.irfftn(target[k], s=shape, workers=1).astype(np.float32)
+            target[k] = scipy.fft.rfftn(transform_volume(vol, q, t, order=3), workers=1)
+    return averages, halves
 
 
 def _save_checkpoint(folder: Path, state: ModelState, results, halves, history, table, maps):
@@ -250,6 +323,7 @@ def _save_checkpoint(folder: Path, state: ModelState, results, halves, history, 
                 alpha=state.alpha,
                 sigma2=state.sigma2,
                 xi=state.xi,
+                **({} if state.half_averages is None else {"half_averages": state.half_averages}),
             )
     with atomic_path(folder / "particles.npz") as tmp:
         with open(tmp, "wb") as fh:
@@ -280,6 +354,7 @@ def _load_checkpoint(folder: Path):
             z["alpha"],
             z["sigma2"],
             float(z["xi"]),
+            z["half_averages"] if "half_averages" in z.files else None,
         )
     with np.load(folder / "particles.npz") as z:
         results = [
@@ -418,7 +493,48 @@ def run(
         history,
     )
     _write_outputs(out, table, result, halves, config, ran_on, command_line, time.time() - started)
+    _write_model(out, table, state, config, mask)
     return result
+
+
+def _write_model(out: Path, table: ParticleTable, state: ModelState, config, mask) -> None:
+    """``model.star`` (FSC per class, resolution) and, when kept, the unfiltered half maps.
+
+    With the half averages (gold-standard runs) the FSC is corrected for the mask by phase
+    randomisation (:func:`faml.ml.fourier.mask_corrected_fsc`) and the resolution read off
+    the corrected curve; otherwise it is the half-set FSC of the last M-step.
+    """
+    box, voxel = table.box, table.voxel_size
+    curves, resolutions = [], []
+    for k in range(config.classes):
+        curve = {"gold": state.fsc[k]}
+        if state.half_averages is not None:
+            curve.update(
+                mask_corrected_fsc(
+                    state.half_averages[0, k], state.half_averages[1, k], mask, config.seed
+                )
+            )
+            for h in (0, 1):
+                vol = scipy.fft.irfftn(state.half_averages[h, k], s=(box,) * 3, workers=1)
+                write_volume(out / f"class_{k + 1:03d}_half{h + 1}_unfil.mrc", vol, voxel)
+        final = curve.get("corrected", curve["gold"])
+        resolutions.append(fsc_resolution(final, box, voxel, 0.143))
+        curves.append(curve)
+        logger.info(
+            "class %d: FSC 0.143 resolution %.1f A (%s)", k + 1, resolutions[-1],
+            "gold standard, mask-corrected" if "corrected" in curve else
+            "half-sets aligned to the joint average: optimistic",
+        )  # fmt: skip
+    write_model_star(
+        out / "model.star",
+        box=box,
+        voxel_size=voxel,
+        maps=[f"class_{k + 1:03d}.mrc" for k in range(config.classes)],
+        alpha=state.alpha,
+        curves=curves,
+        resolutions=resolutions,
+        gold_standard=state.half_averages is not None and config.gold_standard,
+    )
 
 
 @dataclass(frozen=True)
@@ -449,7 +565,7 @@ class _Job:
             self.batches,
             "start" if cfg.starts == 1 else f"start {start + 1}",
         )
-        state = _state_after(stats, None, cfg, box, len(self.table), 0)
+        state = _state_after(stats, None, cfg, box, len(self.table), 0, mask=self.mask)
         # sigma_r^2: the particles against their (random-pose) class means; xi: the box
         state = replace(state, xi=float(box))
         entry = _history_entry(state, self.table, None, time.perf_counter() - t0, 0.0)
@@ -472,7 +588,7 @@ class _Job:
             self.executor, _map_particles, ctx, self.batches, f"iteration {iteration}"
         )
         t_map = time.perf_counter() - t0
-        state = _state_after(stats, state.averages, cfg, box, n, iteration, state.sigma2)
+        state = _state_after(stats, state.averages, cfg, box, n, iteration, state.sigma2, self.mask)
         state, new_results = _reseed(self.executor, table, state, new_results, cfg, self.halves)
         if band is not None:
             state = replace(state, band=int(band))
@@ -554,6 +670,7 @@ def _reseed(executor, table, state, results, config, halves):
     if K == 1:
         return state, results
     averages = state.averages.copy()
+    half_averages = None if state.half_averages is None else state.half_averages.copy()
     curves = state.fsc.copy()
     alpha = state.alpha.copy()
     results = list(results)
@@ -581,6 +698,8 @@ def _reseed(executor, table, state, results, config, halves):
         averages[k] = compensated_mean(s.sum(axis=0), w.sum(axis=0), len(moved))
         halves_k = [compensated_mean(s[h], w[h], total.n[h, k]) for h in (0, 1)]
         curves[k] = fsc(halves_k[0], halves_k[1])
+        if half_averages is not None:
+            half_averages[:, k] = halves_k
         for r in moved:
             results[r.index] = ParticleResult(
                 r.index, k, r.rotation, r.shift, r.max_probability, r.n_significant, r.fit
@@ -595,16 +714,32 @@ def _reseed(executor, table, state, results, config, halves):
         return state, results
     band = int(np.clip(max(band_from_fsc(c) for c in curves), config.min_band, table.box // 2 - 1))
     return (
-        ModelState(state.iteration, averages, curves, band, alpha, state.sigma2, state.xi),
+        ModelState(
+            state.iteration, averages, curves, band, alpha, state.sigma2, state.xi, half_averages
+        ),
         results,
     )
 
 
 def _context(state, config, iteration, box, mask, halves) -> StepContext:
     settings = settings_for(config, box, state.band, state.sigma2, state.xi)
-    maps = [filtered_average(state, k, mask) for k in range(config.classes)]
     band_e = int(min(state.band + config.band_margin, box // 2 - 1))
-    spectra = scipy.fft.rfftn(np.stack(maps), axes=(-3, -2, -1), workers=1)
+    K = config.classes
+
+    def prepared(half):
+        maps = np.stack([filtered_average(state, k, mask, half) for k in range(K)])
+        spectra = scipy.fft.rfftn(maps, axes=(-3, -2, -1), workers=1)
+        align = tuple(prepare_average(m, settings) for m in maps)
+        return align, reference_points(spectra, band_e)
+
+    half_align = half_references = None
+    if gold_standard_active(config, iteration) and state.half_averages is not None:
+        per_half = [prepared(h) for h in (0, 1)]
+        half_align = (per_half[0][0], per_half[1][0])
+        half_references = np.stack([per_half[0][1], per_half[1][1]])
+        align, references = (), half_references[0]
+    else:
+        align, references = prepared(None)
     with np.errstate(divide="ignore"):
         log_alpha = np.log(np.maximum(state.alpha, 1e-300))
     return StepContext(
@@ -614,14 +749,16 @@ def _context(state, config, iteration, box, mask, halves) -> StepContext:
         log_alpha=log_alpha,
         sigma2=state.sigma2,
         xi=state.xi,
-        align=tuple(prepare_average(m, settings) for m in maps),
-        references=reference_points(spectra, band_e),
+        align=align,
+        references=references,
         band_e=band_e,
         halves=halves,
         # The sums reach twice the likelihood's band: the half maps' FSC can show the
         # resolution doubling in one iteration, and the maps are filtered to that band
         # anyway. At 64^3 and band 6 the whole sphere cost 90% of the map step.
         band_m=min(2 * band_e, box // 2 - 1),
+        half_align=half_align,
+        half_references=half_references,
     )
 
 
