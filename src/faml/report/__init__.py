@@ -6,6 +6,15 @@ DIR`` rebuilds it. :func:`export_relion` writes low-passed class maps and a part
 file ready for ``relion_refine --ref`` (``faml export DIR --to relion``).
 """
 
+from faml.report.export import RelionExport, export_relion, write_relion_map
 from faml.report.html import render_html, select_iterations, truth_scores, write_report
 
-__all__ = ["render_html", "select_iterations", "truth_scores", "write_report"]
+__all__ = [
+    "RelionExport",
+    "export_relion",
+    "render_html",
+    "select_iterations",
+    "truth_scores",
+    "write_relion_map",
+    "write_report",
+]
