@@ -222,8 +222,15 @@ def pose_changes(run: RunFiles) -> list[tuple[int, np.ndarray]]:
     return out
 
 
+POSE_BOXES = 12
+"""Iterations (the last ones) whose distribution of pose changes is drawn."""
+
+
 def pose_figure(run: RunFiles) -> bytes:
-    """Median pose change and class changes per iteration; the distribution of pose changes."""
+    """Median pose change and class changes per iteration; the distribution of pose changes.
+
+    The distribution is drawn for the last :data:`POSE_BOXES` iterations.
+    """
     fig, axes = _figure(1, 2, 3.0)
     ax = axes[0, 0]
     x, med = _entries(run, "median_pose_change_deg")
@@ -236,7 +243,7 @@ def pose_figure(run: RunFiles) -> bytes:
     ax2.plot(x, 100 * np.asarray(cc, dtype=float), "s--", ms=3, color="C1")
     ax2.set_ylabel("particles that changed class (%)", color="C1")
     ax2.set_ylim(0, None)
-    changes = pose_changes(run)
+    changes = pose_changes(run)[-POSE_BOXES:]
     ax = axes[0, 1]
     if changes:
         ax.boxplot([c for _, c in changes], positions=[n for n, _ in changes], widths=0.6,
