@@ -14,6 +14,12 @@ Subcommands:
 ``faml evaluate RUN_DIR --truth SIM_DIR`` / ``faml evaluate --map MAP --truth TRUTH``
     Scores a run (or one map) against the truth of a simulation: correlation, FSC, pose
     errors, F1, the oracle average.
+``faml report RUN_DIR [--truth PATH]``
+    Rebuilds ``RUN_DIR/report.html``, the run's self-contained HTML report (a run writes it
+    after every iteration).
+``faml export RUN_DIR --to relion``
+    Low-passed class maps, a particles STAR file and the ``relion_refine --ref`` command of
+    a finished run.
 ``faml demo``
     Simulates a small data set, runs ``faml run`` on it and says how well the map matches the
     truth.
@@ -148,6 +154,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(
         f"faml run: particles in {out / 'particles.star'}, log and parameters in {out / 'run.json'}"
     )
+    print(f"faml run: report in {out / 'report.html'}")
+    if args.then_export:
+        _export(out, args.then_export, None, None)
     return 0
 
 
@@ -219,6 +228,60 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         write_text_atomic(args.json, json.dumps(result.to_dict(), indent=1))
         print(f"faml evaluate: figures in {args.json}")
     return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from faml.report import write_report
+
+    path = write_report(args.run_dir, truth=args.truth, out=args.out)
+    print(f"faml report: {path}")
+    return 0
+
+
+def _export(run_dir, to: str, lowpass: float | None, out: str | None) -> None:
+    """``faml export`` and ``faml run --then-export``: the run's results for ``to``."""
+    from faml.report import export_relion
+
+    if to != "relion":  # pragma: no cover - argparse allows only relion
+        raise ValueError(f"unknown export target {to!r}")
+    done = export_relion(run_dir, out, lowpass_angstrom=lowpass)
+    res = ", ".join(f"{r:.1f}" for r in done.resolutions)
+    print(f"faml export: maps low-passed to {res} A and particles.star in {done.folder}")
+    print(f"faml export: relion_refine command in {done.commands}")
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    _export(args.run_dir, args.to, args.lowpass, args.out)
+    return 0
+
+
+def _add_report_export(sub) -> None:
+    """The ``report`` and ``export`` subcommands."""
+    p = sub.add_parser(
+        "report",
+        help="rebuild a run's HTML report (RUN_DIR/report.html)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("run_dir", help="a faml run directory (finished or in progress)")
+    p.add_argument(
+        "--truth", default=None,
+        help="simulation directory or true map (MRC): also plot the FSC against the truth",
+    )  # fmt: skip
+    p.add_argument("--out", default=None, help="the page (default RUN_DIR/report.html)")
+    p.set_defaults(func=_cmd_report)
+    x = sub.add_parser(
+        "export",
+        help="a finished run as the initial model of a refinement (RELION)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    x.add_argument("run_dir", help="a finished faml run directory")
+    x.add_argument("--to", choices=("relion",), default="relion", help="target program")
+    x.add_argument(
+        "--lowpass", type=float, default=None, metavar="ANGSTROM",
+        help="low-pass of the maps (default: each class's half-set FSC 0.143 resolution)",
+    )  # fmt: skip
+    x.add_argument("--out", default=None, help="output folder (default RUN_DIR/relion)")
+    x.set_defaults(func=_cmd_export)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -434,6 +497,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue after the last complete iteration in --out",
     )
+    r.add_argument(
+        "--then-export", choices=("relion",), default=None,
+        help="at the end, also export the maps and particles for RELION (see faml export)",
+    )  # fmt: skip
     r.set_defaults(func=_cmd_run)
 
     s = sub.add_parser(
@@ -503,6 +570,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--seed", type=int, default=0, help="seed of the oracle's half split")
     e.set_defaults(func=_cmd_evaluate)
+
+    _add_report_export(sub)
 
     d = sub.add_parser(
         "demo",

@@ -458,6 +458,7 @@ def run(
             state, results, entry = job.step(state, results, iteration)
             history.append(entry)
             job.save(out / "iterations" / f"{iteration:03d}", state, results, history)
+            _report(out, table, config, command_line, executor)
             change = (entry["class_change"], entry["median_pose_change_deg"])
             settled = (
                 change[0] < config.stop_class_change and change[1] < config.stop_pose_change_deg
@@ -494,6 +495,7 @@ def run(
     )
     _write_outputs(out, table, result, halves, config, ran_on, command_line, time.time() - started)
     _write_model(out, table, state, config, mask)
+    _report(out)
     return result
 
 
@@ -535,6 +537,29 @@ def _write_model(out: Path, table: ParticleTable, state: ModelState, config, mas
         resolutions=resolutions,
         gold_standard=state.half_averages is not None and config.gold_standard,
     )
+
+
+def _report(out: Path, table=None, config=None, command_line=None, executor=None) -> None:
+    """Rewrite ``out/report.html`` (:func:`faml.report.write_report`); a failure only warns.
+
+    During the run (``table`` given) the report gets the summary that ``run.json`` holds at
+    the end. Imported here, not at the top: the report sits above the engine (DESIGN.md 8)
+    and only reads the files the engine has just written.
+    """
+    try:
+        from faml.report import write_report
+
+        info = None
+        if table is not None:
+            info = {
+                "faml_version": __version__, "command_line": command_line,
+                "config": config.to_dict(), "particles": len(table), "box": table.box,
+                "voxel_size": table.voxel_size, "executor": type(executor).__name__,
+                "workers": _workers(executor),
+            }  # fmt: skip
+        write_report(out, info=info)
+    except Exception as exc:  # noqa: BLE001 - the report must never stop a run
+        logger.warning("could not write the run report %s: %s", out / "report.html", exc)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,20 @@
+"""The run report (``DIR/report.html``) and the export of a run's results to RELION.
+
+:func:`write_report` builds the self-contained HTML page of a run directory (figures from
+:mod:`faml.report.plots`); the engine rewrites it after every iteration and ``faml report
+DIR`` rebuilds it. :func:`export_relion` writes low-passed class maps and a particles STAR
+file ready for ``relion_refine --ref`` (``faml export DIR --to relion``).
+"""
+
+from faml.report.export import RelionExport, export_relion, write_relion_map
+from faml.report.html import render_html, select_iterations, truth_scores, write_report
+
+__all__ = [
+    "RelionExport",
+    "export_relion",
+    "render_html",
+    "select_iterations",
+    "truth_scores",
+    "write_relion_map",
+    "write_report",
+]

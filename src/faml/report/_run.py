@@ -1,0 +1,163 @@
+"""Reading a run directory for the report (never the particles themselves).
+
+What is read, newest first:
+
+- ``run.json`` (written at the end of a run): version, command line, configuration,
+  particles, box, voxel size, workers, and the per-iteration ``history``;
+- while a run goes on there is no ``run.json``: the summary the engine hands to the report
+  writer (kept in ``report/run_info.json``) and the history of the newest complete
+  iteration's ``manifest.json``;
+- ``iterations/NNN/`` with a ``manifest.json`` (complete iterations only): ``model.npz``
+  (FSC per class, band, alpha, sigma2, xi; the averages are not loaded), ``particles.npz``
+  (classes, rotations, max probability, n_significant) and ``class_KKK.mrc``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from faml.io.mrc import read_header
+
+INFO_FILE = Path("report") / "run_info.json"
+"""Where the running engine's summary is kept (relative to the run directory)."""
+
+
+@dataclass(frozen=True)
+class IterationFiles:
+    """One complete iteration of a run.
+
+    Attributes
+    ----------
+    number
+        Iteration (0: the random start).
+    folder
+        ``iterations/NNN``.
+    fsc
+        `(K, N//2 + 1)` half-set FSC per class.
+    band
+        Fourier shells used (the resolution the engine works at).
+    alpha
+        `(K,)` class priors.
+    classes
+        `(n,)` 0-based best class per particle.
+    rotations
+        `(n, 3, 3)` best rotation per particle.
+    max_probability
+        `(n,)` largest responsibility per particle (1 for FA).
+    n_significant
+        `(n,)` candidates that carry 90% of the particle's weight.
+    """
+
+    number: int
+    folder: Path
+    fsc: np.ndarray
+    band: int
+    alpha: np.ndarray
+    classes: np.ndarray
+    rotations: np.ndarray
+    max_probability: np.ndarray
+    n_significant: np.ndarray
+
+    def class_map(self, klass: int) -> Path:
+        """``class_KKK.mrc`` of 0-based ``klass`` (FSC-filtered and masked)."""
+        return self.folder / f"class_{klass + 1:03d}.mrc"
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """What the report knows about a run directory.
+
+    ``info`` is ``run.json`` (``complete``) or the running engine's summary (may be empty);
+    ``history`` the per-iteration entries; ``iterations`` the complete iteration folders,
+    oldest first (a multi-start run has none before the chosen start's last one).
+    """
+
+    folder: Path
+    info: dict
+    complete: bool
+    history: list[dict]
+    iterations: list[IterationFiles]
+    box: int
+    voxel_size: float
+    classes: int
+    particles: int
+
+    @property
+    def last(self) -> IterationFiles:
+        """The newest complete iteration."""
+        return self.iterations[-1]
+
+    @property
+    def config(self) -> dict:
+        """The run's configuration (empty if unknown)."""
+        return self.info.get("config") or {}
+
+
+def _read_iteration(folder: Path) -> IterationFiles:
+    with np.load(folder / "model.npz") as z:
+        number, fsc, band = int(z["iteration"]), np.asarray(z["fsc"]), int(z["band"])
+        alpha = np.asarray(z["alpha"])
+    with np.load(folder / "particles.npz") as z:
+        classes, rotations = np.asarray(z["classes"]), np.asarray(z["rotations"])
+        maxp, nsig = np.asarray(z["max_probability"]), np.asarray(z["n_significant"])
+    return IterationFiles(number, folder, fsc, band, alpha, classes, rotations, maxp, nsig)
+
+
+def complete_iterations(folder: Path) -> list[Path]:
+    """``iterations/NNN`` folders with a ``manifest.json``, oldest first."""
+    found = sorted((folder / "iterations").glob("[0-9][0-9][0-9]"))
+    return [f for f in found if (f / "manifest.json").exists()]
+
+
+def read_run_files(folder: str | os.PathLike[str], info: dict | None = None) -> RunFiles:
+    """Read a run directory (complete or in progress) for the report.
+
+    Parameters
+    ----------
+    folder
+        The run directory.
+    info
+        The running engine's summary, used when there is no ``run.json`` yet.
+
+    Raises
+    ------
+    ValueError
+        If the folder holds no complete iteration.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a directory")
+    done = complete_iterations(folder)
+    if not done:
+        raise ValueError(f"{folder} holds no complete iteration (iterations/NNN/manifest.json)")
+    run_json = folder / "run.json"
+    complete = run_json.exists()
+    if complete:
+        info = json.loads(run_json.read_text())
+    elif info is None:
+        cached = folder / INFO_FILE
+        info = json.loads(cached.read_text()) if cached.exists() else {}
+    iterations = [_read_iteration(f) for f in done]
+    if complete and isinstance(info.get("iterations"), list):
+        history = info["iterations"]
+    else:
+        history = json.loads((done[-1] / "manifest.json").read_text())["history"]
+    header = read_header(iterations[-1].class_map(0))
+    box = int(info.get("box") or header.shape[0])
+    voxel = float(info.get("voxel_size") or header.voxel_size or 1.0)
+    return RunFiles(
+        folder=folder,
+        info=info,
+        complete=complete,
+        history=list(history),
+        iterations=iterations,
+        box=box,
+        voxel_size=voxel,
+        classes=int(iterations[-1].fsc.shape[0]),
+        particles=int(info.get("particles") or iterations[-1].classes.size),
+    )
