@@ -72,7 +72,7 @@ def read_optimisation_set(path: str | os.PathLike[str]) -> tuple[Path, Path | No
         if isinstance(block, dict) and "rlnTomoParticlesFile" in block:
             base = path.resolve().parent
 
-            def resolve(name: str) -> Path:
+            def resolve(name: str, base: Path = base) -> Path:
                 p = Path(name)
                 if p.is_absolute():
                     return p

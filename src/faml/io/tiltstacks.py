@@ -51,8 +51,9 @@ frame ``f`` and ``v`` the trilinear insertion weights (on a twice-padded grid):
   stacks: ``y = CTF * raw``, the raw image carrying ``c P`` plus noise): the data term is
   ``D = sum v h y`` (the matched filter's remaining factor ``h``) and ``C = sum v c²``;
   otherwise ``D = sum v c y``. Either way ``D = C P + noise`` with noise variance ``∝ C``.
-* ``X = D / max(C, 0.01 V)`` (``V = sum v``, the sampling density): the CTF-corrected
-  particle, Wiener-floored where the mean ``c²`` of a voxel is under 1 %;
+* ``X = D / max(C, 0.001 V)`` (``V = sum v``, the sampling density): the CTF-corrected
+  particle, Wiener-floored where the mean ``c²`` of a voxel is under 0.1 % (the amplitude
+  contrast alone gives ``Q² ≈ 0.005`` at DC);
 * ``W = C / V``: the mean ``c²`` of the frames reaching a voxel, in ``[0, 1]``, 0 where no
   frame reaches it or beyond Nyquist — the same quantity faml's simulator writes
   (:mod:`faml.simulate.tiltseries`), and RELION's ``rlnCtfImage`` (CTF² with dose-weighted
@@ -93,8 +94,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_WIENER_FLOOR = 0.01
-_CACHE_VERSION = 1
+_WIENER_FLOOR = 1e-3
+_CACHE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -445,7 +446,7 @@ def prepare_stacks(
                     "fingerprint": stamp,
                     "particles": str(particles_star.resolve()),
                     "tomograms": str(tomo_path.resolve()),
-                    "note": "faml's CTF-corrected subtomograms X and weights W (faml.io.tiltstacks)",
+                    "note": "faml's CTF-corrected subtomograms X, weights W (faml.io.tiltstacks)",
                 },
                 indent=1,
             )
