@@ -168,9 +168,16 @@ def test_tilt_stack_reconstruction_planted(tmp_path):
             "rlnMicrographPreExposure": np.arange(len(tilts)) * 0.0,
         }
     )
-    glob = pd.DataFrame({"rlnTomoName": ["TS"], "rlnTomoTiltSeriesPixelSize": [10.0],
-                         "rlnTomoHand": [1.0], "rlnVoltage": [300.0],
-                         "rlnSphericalAberration": [2.7], "rlnAmplitudeContrast": [0.07]})  # fmt: skip
+    glob = pd.DataFrame(
+        {
+            "rlnTomoName": ["TS"],
+            "rlnTomoTiltSeriesPixelSize": [10.0],
+            "rlnTomoHand": [1.0],
+            "rlnVoltage": [300.0],
+            "rlnSphericalAberration": [2.7],
+            "rlnAmplitudeContrast": [0.07],
+        }
+    )
     starfile.write({"global": glob, "TS": frames}, tmp_path / "tomograms.star")
     series = read_tomograms_star(tmp_path / "tomograms.star")["TS"]
     # CTF-premultiplied images: CTF^2 times the projection

@@ -146,8 +146,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _particles_table(args: argparse.Namespace, tilt: tuple[float, float]):
-    """The particle table of ``faml run``: STAR (RELION 3.1-5, optimisation set, 2D stacks
-    reconstructed into ``OUT/subtomograms``) or MRC files (with ``--dynamo-table``).
+    """The particle table of ``faml run``.
+
+    A STAR file (RELION 3.1-5, optimisation set, 2D stacks reconstructed into
+    ``OUT/subtomograms``) or MRC files (tilt ranges from ``--dynamo-table``).
     """
     from pathlib import Path
 
