@@ -8,6 +8,9 @@ Subcommands:
 ``faml run PARTICLES --out DIR``
     Reference-free averaging (K = 1) or classification (K > 1) by FAML (or FA, the
     alignment-only baseline) of a RELION particles STAR file or a folder / glob of MRC files.
+``faml prepare-stacks PARTICLES --out DIR``
+    Reconstructs RELION 5 / WarpTools 2D tilt-stack particles into 3D subtomograms and
+    weights in ``DIR/subtomograms`` (``faml run`` on such a set does it itself).
 ``faml simulate --structure PATH ... --n N --box B --voxel-size A --snr S --out DIR``
     Simulated subtomograms with known truth: tilt series with CTF, MTF and noise, reconstructed
     (``--mode realistic``), or the 3D wedge-and-noise model (``--mode fast``).
@@ -84,18 +87,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from faml.geometry.masks import reference_mask
     from faml.io.mrc import read_volume
-    from faml.io.particles import from_mrc_files
-    from faml.io.star import read_particles_star
     from faml.ml.config import RunConfig
     from faml.ml.engine import run
     from faml.parallel import make_executor
 
     tilt = (float(args.tilt_range[0]), float(args.tilt_range[1]))
-    source = Path(args.particles)
-    if source.suffix == ".star":
-        table = read_particles_star(source, tilt_range=tilt, voxel_size=args.voxel_size)
-    else:
-        table = from_mrc_files(args.particles, tilt_range=tilt, voxel_size=args.voxel_size)
+    table = _particles_table(args, tilt)
     mask = reference_mask(
         table.box,
         table.voxel_size,
@@ -158,6 +155,85 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.then_export:
         _export(out, args.then_export, None, None)
     return 0
+
+
+# --- RELION 5 / Dynamo inputs (faml.io.relion5, faml.io.tiltstacks, faml.io.dynamo) ---
+
+
+def _particles_table(args: argparse.Namespace, tilt: tuple[float, float]):
+    """The particle table of ``faml run``.
+
+    A STAR file (RELION 3.1-5, optimisation set, 2D stacks reconstructed into
+    ``OUT/subtomograms``) or MRC files (tilt ranges from ``--dynamo-table``).
+    """
+    from pathlib import Path
+
+    from faml.io.particles import from_mrc_files
+    from faml.io.star import read_particles_star
+
+    source = Path(args.particles)
+    if source.suffix == ".star":
+        if getattr(args, "dynamo_table", None):
+            raise ValueError("--dynamo-table goes with MRC particle files, not a STAR file")
+        return read_particles_star(
+            source,
+            tilt_range=tilt,
+            voxel_size=args.voxel_size,
+            cache_dir=Path(args.out) / "subtomograms",
+            tomograms_star=getattr(args, "tomograms", None),
+        )
+    table = from_mrc_files(args.particles, tilt_range=tilt, voxel_size=args.voxel_size)
+    if getattr(args, "dynamo_table", None):
+        from faml.io.dynamo import apply_dynamo_table, read_dynamo_table
+
+        table, _, _ = apply_dynamo_table(table, read_dynamo_table(args.dynamo_table))
+        logger.info("tilt ranges of %d particles from %s", len(table), args.dynamo_table)
+    return table
+
+
+def _add_interop_options(r: argparse.ArgumentParser) -> None:
+    r.add_argument(
+        "--tomograms",
+        default=None,
+        help="RELION 5 tomograms STAR file of a 2D tilt-stack particle set (default: from "
+        "the optimisation set, or the *tomograms.star beside the particles file)",
+    )
+    r.add_argument(
+        "--dynamo-table",
+        default=None,
+        help="Dynamo .tbl giving each MRC particle's tilt range (columns 14-15), matched by "
+        "the tag in the file name",
+    )
+
+
+def _cmd_prepare_stacks(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from faml.io.star import read_particles_star
+
+    table = read_particles_star(
+        args.particles,
+        cache_dir=Path(args.out) / "subtomograms",
+        tomograms_star=args.tomograms,
+    )
+    print(
+        f"faml prepare-stacks: {len(table)} subtomograms {table.box}^3 at "
+        f"{table.voxel_size:g} A and their weights in {Path(args.out) / 'subtomograms'}"
+    )
+    return 0
+
+
+def _add_prepare_stacks(sub) -> None:
+    ps = sub.add_parser(
+        "prepare-stacks",
+        help="reconstruct RELION 5 / WarpTools 2D tilt-stack particles into 3D (faml run "
+        "does it too)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    ps.add_argument("particles", help="RELION 5 particles STAR (2D stacks) or optimisation set")
+    ps.add_argument("--out", required=True, help="output folder (subtomograms/ inside it)")
+    ps.add_argument("--tomograms", default=None, help="tomograms STAR file (default: found)")
+    ps.set_defaults(func=_cmd_prepare_stacks)
 
 
 def _describe(executor) -> str:
@@ -367,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("particles", help="RELION particles STAR file, or a folder / glob of MRC files")
     r.add_argument("--out", required=True, help="output folder")
+    _add_interop_options(r)
     r.add_argument("--classes", type=int, default=1, help="number of classes K")
     r.add_argument(
         "--method",
@@ -502,6 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="at the end, also export the maps and particles for RELION (see faml export)",
     )  # fmt: skip
     r.set_defaults(func=_cmd_run)
+
+    _add_prepare_stacks(sub)
 
     s = sub.add_parser(
         "simulate",

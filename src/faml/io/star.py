@@ -7,7 +7,10 @@ its project folder). The voxel size comes from the optics group's ``rlnImagePixe
 ``rlnPixelSize`` / ``rlnDetectorPixelSize``, else the first particle's MRC header, else the
 caller's ``voxel_size``. ``rlnCtfImage`` (a 3D weight per particle) replaces the tilt range
 for that particle. RELION 5 ``rlnTomoSubtomogramRot/Tilt/Psi`` are read as the subtomogram
-frame and kept.
+frame and kept. RELION 5 sets (a ``data_general`` block or ``rlnTomo*`` optics columns), their
+optimisation sets and 2D-stack sets are read by :mod:`faml.io.relion5` and
+:mod:`faml.io.tiltstacks` (2D stacks need a cache folder for their reconstructions) and are
+written back in RELION 5's layout (:func:`faml.io.relion5.write_relion5_star`).
 
 Write: RELION 3.1+ layout with an optics block (``rlnImagePixelSize``, ``rlnImageSize``,
 ``rlnImageDimensionality 3``, voltage, Cs and amplitude contrast as read or RELION's
@@ -61,8 +64,11 @@ def read_particles_star(
     path: str | os.PathLike[str],
     tilt_range: tuple[float, float] = (-60.0, 60.0),
     voxel_size: float | None = None,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    tomograms_star: str | os.PathLike[str] | None = None,
 ) -> ParticleTable:
-    """Read a RELION particles STAR file of 3D subtomograms into a :class:`ParticleTable`.
+    """Read a RELION particles STAR file (or RELION 5 optimisation set) into a table.
 
     Parameters
     ----------
@@ -72,12 +78,33 @@ def read_particles_star(
         Tilt range (degrees, about Y) of particles without an ``rlnCtfImage`` weight.
     voxel_size
         Angstrom per voxel when neither the STAR file nor the MRC headers give it.
+    cache_dir
+        Where 2D-stack particles (``rlnTomoSubTomosAre2DStacks 1``) are reconstructed into
+        3D (:func:`faml.io.tiltstacks.prepare_stacks`); required for such sets.
+    tomograms_star
+        The tomograms STAR file of a 2D-stack set (default: from the optimisation set, or
+        found beside the particles file).
     """
+    from faml.io import relion5
+
     path = Path(path)
     try:
         blocks = starfile.read(path, always_dict=True)
     except Exception as exc:  # starfile raises a variety of parser errors
         raise ValueError(f"{path} is not a readable STAR file ({exc})") from exc
+    if relion5.is_optimisation_set(blocks):
+        path, tomos = relion5.read_optimisation_set(path)
+        tomograms_star = tomograms_star or tomos
+        blocks = starfile.read(path, always_dict=True)
+    if relion5.is_stacks(blocks):
+        if cache_dir is None:
+            raise ValueError(
+                f"{path} holds 2D tilt-stack particles: they are reconstructed into 3D first "
+                "(faml run does it in its output folder; or faml.io.tiltstacks.prepare_stacks)"
+            )
+        from faml.io.tiltstacks import prepare_stacks
+
+        return prepare_stacks(path, cache_dir, tomograms_star=tomograms_star, blocks=blocks)
     if "particles" in blocks:
         particles = blocks["particles"]
     elif len(blocks) == 1:
@@ -90,6 +117,22 @@ def read_particles_star(
         raise ValueError(f"{path} has no rlnImageName column")
     star_dir = path.resolve().parent
     paths = tuple(_resolve(str(n), star_dir) for n in particles["rlnImageName"])
+    optics = blocks.get("optics")
+    if "general" in blocks or (
+        isinstance(optics, pd.DataFrame) and any(c.startswith("rlnTomo") for c in optics.columns)
+    ):
+        weights5: list[str | None] = [None] * len(particles)
+        if "rlnCtfImage" in particles.columns:
+            weights5 = [_resolve(str(w), star_dir) for w in particles["rlnCtfImage"]]
+        return relion5.table_from_blocks(
+            path,
+            {**blocks, "particles": particles},
+            paths=list(paths),
+            names=[str(v) for v in particles["rlnImageName"]],
+            weight_paths=weights5,
+            tilt_range=tilt_range,
+            voxel_size=voxel_size,
+        )
 
     optics = blocks.get("optics")
     pixel = None
@@ -182,6 +225,9 @@ def write_particles_star(
 ) -> None:
     """Write faml's result for every particle as a RELION 3.1+ particles STAR file (atomic).
 
+    Tables read from a RELION 5 set are written in RELION 5's layout instead
+    (:func:`faml.io.relion5.write_relion5_star`, poses relative to the subtomogram frame).
+
     Parameters
     ----------
     table
@@ -198,6 +244,11 @@ def write_particles_star(
     random_subset
         Optional `(n,)` half-set (1 or 2) of each particle (``rlnRandomSubset``).
     """
+    from faml.io.relion5 import is_relion5_table, write_relion5_star
+
+    if is_relion5_table(table):
+        write_relion5_star(path, table, rotations, shifts, classes, max_probability, random_subset)
+        return
     n = len(table)
     # RELION's ObservationModel needs voltage, Cs and amplitude contrast in every optics
     # group (relion_reconstruct stops with "trying to read image with empty file name"

@@ -145,3 +145,64 @@ def insert_slices(signal, noise, ctf2, cos_t, sin_t, acc_signal, acc_noise, acc_
                             acc_noise[zi, yi, xi] += w * b
                             acc_w[zi, yi, xi] += w
                             acc_ctf2[zi, yi, xi] += w * g
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH, nogil=True)
+def insert_planes(data, ctf2, basis, acc_data, acc_ctf2, acc_w):  # pragma: no cover
+    """Trilinear insertion of 2D spectra on arbitrary central planes (direct Fourier inversion).
+
+    The general form of :func:`insert_slices` (any image orientation, one transfer per image):
+    sample ``(ix, iy)`` of image ``t``, 2D frequency ``(kx, ky)``, sits at the 3D point
+    ``q = kx * basis[t, 0] + ky * basis[t, 1]`` ``(x, y, z)`` (the image's x and y axes in the
+    volume's frame, orthonormal rows); at the 8 voxels around ``q`` (around ``-q``, conjugated,
+    when ``qx < 0``) it adds ``w * data``, ``w * ctf2[t, iy, ix]`` and ``w`` to the three
+    accumulators, ``w`` the trilinear weight. ``data``: `(T, M, M//2+1)` complex64; ``ctf2``:
+    `(T, M, M//2+1)` float32; ``basis``: `(T, 2, 3)` float64; ``acc_data``: `(M, M, M//2+1)`
+    complex64; ``acc_ctf2``, ``acc_w``: `(M, M, M//2+1)` float32; accumulated in place.
+    """
+    m = acc_w.shape[0]
+    half = m // 2
+    nx = data.shape[2]
+    r2max = float(half) * float(half)
+    for t in range(data.shape[0]):
+        ex0, ex1, ex2 = basis[t, 0, 0], basis[t, 0, 1], basis[t, 0, 2]
+        ey0, ey1, ey2 = basis[t, 1, 0], basis[t, 1, 1], basis[t, 1, 2]
+        for iy in range(m):
+            ky = float(iy if iy < half else iy - m)
+            for ix in range(nx):
+                kx = float(ix)
+                if kx * kx + ky * ky >= r2max:
+                    continue
+                qx = kx * ex0 + ky * ey0
+                qy = kx * ex1 + ky * ey1
+                qz = kx * ex2 + ky * ey2
+                a = data[t, iy, ix]
+                if qx < 0.0:
+                    qx = -qx
+                    qy = -qy
+                    qz = -qz
+                    a = a.conjugate()
+                g = ctf2[t, iy, ix]
+                x0f = math.floor(qx)
+                y0f = math.floor(qy)
+                z0f = math.floor(qz)
+                fx = np.float32(qx - x0f)
+                fy = np.float32(qy - y0f)
+                fz = np.float32(qz - z0f)
+                x0 = int(x0f)
+                y0 = int(y0f) % m
+                z0 = int(z0f) % m
+                for dz in range(2):
+                    wz = fz if dz else np.float32(1.0) - fz
+                    zi = (z0 + dz) % m
+                    for dy in range(2):
+                        wzy = wz * (fy if dy else np.float32(1.0) - fy)
+                        yi = (y0 + dy) % m
+                        for dx in range(2):
+                            xi = x0 + dx
+                            if xi >= acc_w.shape[2]:
+                                continue
+                            w = wzy * (fx if dx else np.float32(1.0) - fx)
+                            acc_data[zi, yi, xi] += w * a
+                            acc_ctf2[zi, yi, xi] += w * g
+                            acc_w[zi, yi, xi] += w

@@ -54,7 +54,7 @@ def electron_wavelength(voltage_kv: float) -> float:
 
 def ctf(
     s: np.ndarray,
-    defocus_angstrom: float,
+    defocus_angstrom: float | np.ndarray,
     *,
     voltage_kv: float = 300.0,
     cs_mm: float = 2.7,
@@ -70,7 +70,9 @@ def ctf(
     s
         Array (any shape) of spatial frequencies in 1/Å (only ``|s|`` matters).
     defocus_angstrom
-        Defocus ``Δf`` in Å, positive for underfocus (RELION's ``rlnDefocusU``).
+        Defocus ``Δf`` in Å, positive for underfocus (RELION's ``rlnDefocusU``): a number or
+        an array that broadcasts with ``s`` (e.g. the astigmatic defocus along each
+        frequency's azimuth).
     voltage_kv
         Acceleration voltage in kV.
     cs_mm
@@ -89,7 +91,7 @@ def ctf(
     cs = float(cs_mm) * 1e7  # mm -> Å
     s2 = np.square(np.asarray(s, dtype=np.float64))
     chi = (
-        -np.pi * lam * float(defocus_angstrom) * s2
+        -np.pi * lam * np.asarray(defocus_angstrom, dtype=np.float64) * s2
         + 0.5 * np.pi * cs * lam**3 * s2 * s2
         - math.asin(amplitude_contrast)
     )

@@ -1,0 +1,378 @@
+"""RELION 5 subtomogram particle sets: optimisation sets, 2D stacks, poses, and the writer.
+
+RELION 5 particle files have three blocks: ``data_general``
+(``rlnTomoSubTomosAre2DStacks``), ``data_optics`` (per optics group ``rlnImagePixelSize`` —
+the binned pixel, ``rlnTomoTiltSeriesPixelSize x rlnTomoSubtomogramBinning`` —,
+``rlnImageSize``, ``rlnImageDimensionality`` 2 for 2D stacks or 3 for 3D subtomograms,
+``rlnCtfDataAreCtfPremultiplied``, voltage, Cs, amplitude contrast) and ``data_particles``
+(``rlnTomoName``, ``rlnTomoParticleName``, ``rlnCenteredCoordinate{X,Y,Z}Angst``,
+``rlnOrigin{X,Y,Z}Angst``, ``rlnAngleRot/Tilt/Psi``, optionally
+``rlnTomoSubtomogramRot/Tilt/Psi``, ``rlnImageName``, ``rlnCtfImage`` for 3D weights,
+``rlnTomoVisibleFrames`` for 2D stacks). An *optimisation set* is a one-block STAR file naming
+the particles (``_rlnTomoParticlesFile``) and tomograms (``_rlnTomoTomogramsFile``) files.
+
+Poses (RELION 5 ``src/jaz/tomography/particle_set.cpp``): with ``A_sub`` the matrix of
+``rlnTomoSubtomogramRot/Tilt/Psi`` and ``A`` that of ``rlnAngleRot/Tilt/Psi`` (both RELION's
+``Euler_angles2matrix``, :func:`faml.geometry.euler.euler_to_matrix`), the particle's pose in
+the tomogram is ``A_sub @ A`` (``getMatrix3x3``) and its position is
+``coordinate - A_sub @ origin`` (``getPosition``): the origin is in the subtomogram's frame.
+The 3D subtomograms (and faml's reconstructions of 2D stacks) are boxed in the subtomogram's
+frame, so faml aligns them to ``A`` and writes ``A`` into ``rlnAngle*`` with the subtomogram
+angles kept (``frame="subtomogram"``, what ``relion_refine`` reads with the same images);
+``frame="tomogram"`` writes the composed pose ``A_sub @ A`` and origin ``A_sub @ origin``
+with zero subtomogram angles (for re-extraction or tools that ignore the subtomogram angles).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import starfile
+
+from faml.geometry.euler import euler_to_matrix, origin_angst_to_shift
+from faml.io.atomic import atomic_path
+from faml.io.mrc import read_header
+from faml.io.particles import ParticleTable
+
+__all__ = [
+    "STACKS_KEY",
+    "find_tomograms_star",
+    "is_relion5_table",
+    "read_optimisation_set",
+    "relion5_blocks",
+    "star_poses",
+    "table_from_blocks",
+    "write_relion5_star",
+]
+
+#: Key of ``ParticleTable.optics`` holding ``data_general``'s ``rlnTomoSubTomosAre2DStacks``.
+STACKS_KEY = "rlnTomoSubTomosAre2DStacks"
+_SUB = ("rlnTomoSubtomogramRot", "rlnTomoSubtomogramTilt", "rlnTomoSubtomogramPsi")
+_ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+_ORIGINS = ("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")
+_OWN = (
+    "rlnImageName",
+    *_ANGLES,
+    *_ORIGINS,
+    "rlnClassNumber",
+    "rlnMaxValueProbDistribution",
+    "rlnRandomSubset",
+    "rlnTomoName",
+)
+
+
+def read_optimisation_set(path: str | os.PathLike[str]) -> tuple[Path, Path | None]:
+    """The particles and tomograms files an optimisation set names (resolved), or raise."""
+    path = Path(path)
+    blocks = starfile.read(path, always_dict=True)
+    for block in blocks.values():
+        if isinstance(block, dict) and "rlnTomoParticlesFile" in block:
+            base = path.resolve().parent
+
+            def resolve(name: str, base: Path = base) -> Path:
+                p = Path(name)
+                if p.is_absolute():
+                    return p
+                return base / p if (base / p).exists() else Path.cwd() / p
+
+            tomo = block.get("rlnTomoTomogramsFile")
+            return resolve(str(block["rlnTomoParticlesFile"])), (
+                resolve(str(tomo)) if tomo else None
+            )
+    raise ValueError(f"{path} is not a RELION optimisation set (no rlnTomoParticlesFile)")
+
+
+def is_optimisation_set(blocks: dict) -> bool:
+    """Whether STAR blocks (``starfile.read(..., always_dict=True)``) are an optimisation set."""
+    return any(isinstance(b, dict) and "rlnTomoParticlesFile" in b for b in blocks.values())
+
+
+def is_stacks(blocks: dict) -> bool:
+    """Whether a particles STAR file's ``data_general`` says its particles are 2D stacks."""
+    general = blocks.get("general")
+    if isinstance(general, dict):
+        return bool(int(general.get(STACKS_KEY, 0)))
+    if isinstance(general, pd.DataFrame) and STACKS_KEY in general:
+        return bool(int(general[STACKS_KEY].iloc[0]))
+    return False
+
+
+def find_tomograms_star(particles_star: str | os.PathLike[str]) -> Path:
+    """The tomograms STAR file of a particles STAR file, from its folder.
+
+    The optimisation set there that names this particles file, else the only
+    ``*tomograms.star`` there; otherwise a ``ValueError`` asks for it explicitly.
+    """
+    particles_star = Path(particles_star).resolve()
+    folder = particles_star.parent
+    for candidate in sorted(folder.glob("*.star")):
+        try:
+            parts, tomos = read_optimisation_set(candidate)
+        except Exception:  # not an optimisation set
+            continue
+        if tomos is not None and parts.resolve() == particles_star:
+            return tomos
+    found = sorted(folder.glob("*tomograms.star"))
+    if len(found) == 1:
+        return found[0]
+    raise ValueError(
+        f"cannot tell the tomograms STAR file of {particles_star}: give it (--tomograms) or "
+        "give the optimisation set instead"
+    )
+
+
+def _optics_values(optics: pd.DataFrame | None, groups: list[int]) -> dict[str, object]:
+    """Optics columns: one value each for one group, else a tuple per group (sorted)."""
+    if not isinstance(optics, pd.DataFrame) or len(optics) == 0:
+        return {}
+    if "rlnOpticsGroup" in optics.columns and len(optics) > 1:
+        rows = optics[optics["rlnOpticsGroup"].isin(groups)].sort_values("rlnOpticsGroup")
+        return {c: tuple(rows[c].tolist()) for c in rows.columns}
+    return {c: optics[c].iloc[0] for c in optics.columns if c != "rlnOpticsGroup"}
+
+
+def _pixel_size(optics: pd.DataFrame | None, particles: pd.DataFrame, where: Path) -> float | None:
+    if not isinstance(optics, pd.DataFrame):
+        return None
+    if "rlnImagePixelSize" in optics.columns:
+        sizes = optics["rlnImagePixelSize"].astype(float)
+    elif {"rlnTomoTiltSeriesPixelSize", "rlnTomoSubtomogramBinning"} <= set(optics.columns):
+        sizes = optics["rlnTomoTiltSeriesPixelSize"] * optics["rlnTomoSubtomogramBinning"]
+    else:
+        return None
+    if "rlnOpticsGroup" in optics.columns and "rlnOpticsGroup" in particles.columns:
+        by_group = dict(zip(optics["rlnOpticsGroup"].astype(int), sizes, strict=True))
+        used = {round(float(by_group[int(g)]), 6) for g in particles["rlnOpticsGroup"]}
+    else:
+        used = {round(float(v), 6) for v in sizes}
+    if len(used) > 1:
+        raise ValueError(f"{where}: particles have different pixel sizes {sorted(used)}")
+    return used.pop()
+
+
+def table_from_blocks(
+    star: str | os.PathLike[str],
+    blocks: dict,
+    *,
+    paths: list[str],
+    names: list[str],
+    weight_paths: list[str | None],
+    tilt_range: tuple[float, float] = (-60.0, 60.0),
+    voxel_size: float | None = None,
+) -> ParticleTable:
+    """A :class:`ParticleTable` of a RELION 5 particle set whose volumes are ``paths``.
+
+    Keeps what the RELION 5 writer needs to write the set back: ``data_general``'s
+    ``rlnTomoSubTomosAre2DStacks`` and every optics group (``table.optics``: one value per
+    column, or a tuple per group when there are several), each particle's optics group and
+    other columns (``table.extra``), ``rlnTomoName`` and the subtomogram angles.
+    """
+    star = Path(star)
+    particles = blocks["particles"]
+    optics = blocks.get("optics")
+    header = read_header(paths[0])
+    if len(set(header.shape)) != 1:
+        raise ValueError(f"particle {paths[0]} is not cubic: {header.shape}")
+    pixel = _pixel_size(optics, particles, star) or header.voxel_size or voxel_size
+    if not pixel:
+        raise ValueError(f"{star}: no pixel size in the STAR file or MRC header; give --voxel-size")
+    groups = (
+        sorted({int(g) for g in particles["rlnOpticsGroup"]})
+        if "rlnOpticsGroup" in particles.columns
+        else [1]
+    )
+    optics_values = _optics_values(optics, groups)
+    optics_values[STACKS_KEY] = int(is_stacks(blocks))
+    n = len(particles)
+    subtomo = None
+    if all(c in particles.columns for c in _SUB):
+        subtomo = euler_to_matrix(particles[list(_SUB)].to_numpy(dtype=np.float64))
+    extra = {c: tuple(particles[c].tolist()) for c in particles.columns if c not in _OWN}
+    return ParticleTable(
+        paths=tuple(paths),
+        names=tuple(names),
+        box=header.shape[0],
+        voxel_size=float(pixel),
+        tilt_ranges=np.tile(np.asarray(tilt_range, dtype=np.float64), (n, 1)),
+        weight_paths=tuple(weight_paths),
+        tomo_names=(
+            tuple(str(t) for t in particles["rlnTomoName"]) if "rlnTomoName" in particles else None
+        ),
+        subtomo_rotations=subtomo,
+        extra=extra,
+        optics=optics_values,
+    )
+
+
+def is_relion5_table(table: ParticleTable) -> bool:
+    """Whether a table came from a RELION 5 set (written back in RELION 5's layout)."""
+    return STACKS_KEY in table.optics
+
+
+def star_poses(
+    path: str | os.PathLike[str], *, composed: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """The poses a RELION (3.1 / 4 / 5) particles STAR file gives its particles.
+
+    Returns `(n, 3, 3)` rotations (RELION's sense, reference -> particle) and `(n, 3)`
+    displacements in voxels ``(x, y, z)`` (minus the origin over the pixel size): relative to
+    the subtomogram's frame, or with ``composed`` in the tomogram's (``A_sub @ A`` and
+    ``A_sub @ d``). Missing angles or origins read as 0. An optimisation set is followed to
+    its particles file.
+    """
+    path = Path(path)
+    blocks = starfile.read(path, always_dict=True)
+    if is_optimisation_set(blocks):
+        path = read_optimisation_set(path)[0]
+        blocks = starfile.read(path, always_dict=True)
+    particles = blocks.get("particles", next(iter(blocks.values())))
+    n = len(particles)
+    angles = np.zeros((n, 3))
+    for j, c in enumerate(_ANGLES):
+        if c in particles.columns:
+            angles[:, j] = particles[c].to_numpy(dtype=np.float64)
+    origins = np.zeros((n, 3))
+    for j, c in enumerate(_ORIGINS):
+        if c in particles.columns:
+            origins[:, j] = particles[c].to_numpy(dtype=np.float64)
+    pixel = _pixel_size(blocks.get("optics"), particles, path)
+    if pixel is None and "rlnImageName" in particles.columns:
+        from faml.io.star import _resolve
+
+        pixel = read_header(
+            _resolve(str(particles["rlnImageName"].iloc[0]), path.parent)
+        ).voxel_size
+    if not pixel:
+        raise ValueError(f"{path}: no pixel size to convert the origins")
+    rotations = euler_to_matrix(angles)
+    shifts = origin_angst_to_shift(origins, pixel)
+    if composed and all(c in particles.columns for c in _SUB):
+        sub = euler_to_matrix(particles[list(_SUB)].to_numpy(dtype=np.float64))
+        rotations = sub @ rotations
+        shifts = np.einsum("nij,nj->ni", sub, shifts)
+    return rotations, shifts
+
+
+def relion5_blocks(
+    table: ParticleTable,
+    rotations: np.ndarray,
+    shifts: np.ndarray,
+    classes: np.ndarray,
+    max_probability: np.ndarray | None = None,
+    random_subset: np.ndarray | None = None,
+    *,
+    frame: str = "subtomogram",
+) -> dict[str, object]:
+    """The ``general``, ``optics`` and ``particles`` blocks of a RELION 5 particle set.
+
+    Parameters as :func:`write_relion5_star`. Reusable by exporters (e.g. an initial-model
+    export for ``relion_refine --ref``): ``starfile.write`` the result.
+    """
+    from faml.io.star import pose_columns
+
+    if frame not in ("subtomogram", "tomogram"):
+        raise ValueError(f"frame must be 'subtomogram' or 'tomogram', got {frame!r}")
+    n = len(table)
+    rotations = np.asarray(rotations, dtype=np.float64).reshape(n, 3, 3)
+    shifts = np.asarray(shifts, dtype=np.float64).reshape(n, 3)
+    extra = dict(table.extra)
+    if frame == "tomogram" and table.subtomo_rotations is not None:
+        sub = np.asarray(table.subtomo_rotations)
+        rotations = sub @ rotations
+        shifts = np.einsum("nij,nj->ni", sub, shifts)
+        for c in _SUB:
+            extra[c] = (0.0,) * n
+    optics_values = dict(table.optics)
+    stacks = int(optics_values.pop(STACKS_KEY, 0))
+    multi = [k for k, v in optics_values.items() if isinstance(v, tuple)]
+    rows = len(optics_values[multi[0]]) if multi else 1
+    defaults: dict[str, object] = {
+        "rlnOpticsGroup": tuple(range(1, rows + 1)),
+        "rlnOpticsGroupName": tuple(f"opticsGroup{i}" for i in range(1, rows + 1)),
+        "rlnVoltage": 300.0,
+        "rlnSphericalAberration": 2.7,
+        "rlnAmplitudeContrast": 0.1,
+        "rlnImageDimensionality": 2 if stacks else 3,
+        "rlnImagePixelSize": table.voxel_size,
+        "rlnImageSize": table.box,
+        "rlnTomoSubtomogramBinning": 1.0,
+        "rlnCtfDataAreCtfPremultiplied": 0,
+    }
+    values = {**defaults, **optics_values}
+    if "rlnTomoTiltSeriesPixelSize" not in values:
+        binning = values["rlnTomoSubtomogramBinning"]
+        values["rlnTomoTiltSeriesPixelSize"] = (
+            tuple(table.voxel_size / float(b) for b in binning)
+            if isinstance(binning, tuple)
+            else table.voxel_size / float(binning)
+        )
+    optics = pd.DataFrame(
+        {k: list(v) if isinstance(v, tuple) else [v] * rows for k, v in values.items()}
+    )
+    cols: dict[str, object] = {}
+    if table.tomo_names is not None:
+        cols["rlnTomoName"] = list(table.tomo_names)
+    cols["rlnImageName"] = list(table.names)
+    cols.update(pose_columns(rotations, shifts, classes, table.voxel_size))
+    if max_probability is not None:
+        cols["rlnMaxValueProbDistribution"] = np.asarray(max_probability, dtype=np.float64)
+    if random_subset is not None:
+        cols["rlnRandomSubset"] = np.asarray(random_subset, dtype=np.int64)
+    if "rlnOpticsGroup" not in extra:
+        cols["rlnOpticsGroup"] = np.ones(n, dtype=np.int64)
+    if not stacks and "rlnCtfImage" not in extra and any(w is not None for w in table.weight_paths):
+        cols["rlnCtfImage"] = [w if w is not None else "" for w in table.weight_paths]
+    for key, v in extra.items():
+        if key not in cols:
+            cols[key] = list(v)
+    return {
+        "general": {STACKS_KEY: stacks},
+        "optics": optics,
+        "particles": pd.DataFrame(cols),
+    }
+
+
+def write_relion5_star(
+    path: str | os.PathLike[str],
+    table: ParticleTable,
+    rotations: np.ndarray,
+    shifts: np.ndarray,
+    classes: np.ndarray,
+    max_probability: np.ndarray | None = None,
+    random_subset: np.ndarray | None = None,
+    *,
+    frame: str = "subtomogram",
+    version: int = 50001,
+) -> None:
+    """Write faml's result as a RELION 5 particle set (atomic).
+
+    Parameters
+    ----------
+    table
+        The particles (from a RELION 5 set, or any table: defaults fill the optics).
+    rotations, shifts, classes, max_probability, random_subset
+        As :func:`faml.io.star.write_particles_star`: `(n, 3, 3)` poses relative to the
+        particle's box, `(n, 3)` displacements (voxels, ``(x, y, z)``), `(n,)` 1-based
+        classes, largest responsibilities, half-sets.
+    frame
+        ``"subtomogram"``: ``rlnAngle*`` relative to the subtomogram frame, subtomogram angles
+        kept (RELION 5's reading of the same images); ``"tomogram"``: composed pose, zero
+        subtomogram angles (module docstring).
+    version
+        The ``# version`` line before each block (50001: RELION 5; 30001 lets RELION 3.1's
+        tools, e.g. Debian's ``relion_reconstruct``, read a set of 3D subtomograms).
+    """
+    blocks = relion5_blocks(
+        table, rotations, shifts, classes, max_probability, random_subset, frame=frame
+    )
+    if version < 50001:
+        blocks.pop("general")
+    with atomic_path(path) as tmp:
+        starfile.write(blocks, tmp, float_format="%.6f")
+        text = tmp.read_text()
+        if not text.startswith("\n"):
+            text = "\n" + text
+        tmp.write_text(text.replace("\ndata_", f"\n# version {version}\ndata_"))
