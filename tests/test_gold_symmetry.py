@@ -212,3 +212,15 @@ def test_reference_masks_are_checked():
         reference_mask(box, 10.0, mask=np.full((box,) * 3, 3.0))
     with pytest.raises(ValueError, match="not both"):
         reference_mask(box, 10.0, mask=np.ones((box,) * 3), diameter=100.0)
+
+
+def test_evaluate_finds_dn_operators_of_a_moved_truth():
+    from faml.evaluate.evaluation import _symmetry_setup
+
+    truth = _blobs(40, "D3")
+    moved = transform_volume(truth, random_rotations(1, 5)[0], np.array([1.0, 2.0, -1.0]), order=3)
+    ops, order, label = _symmetry_setup("D3", moved[None])
+    rots, shifts = ops[0]
+    assert (order, label, len(rots)) == (3, "D3", 6)
+    copies = transform_volume(moved, rots, shifts, order=3)
+    assert min(np.corrcoef(c.ravel(), moved.ravel())[0, 1] for c in copies) > 0.97

@@ -120,13 +120,20 @@ def _protein_units(volume):
     return volume / volume[volume > 0.1 * volume.max()].mean()
 
 
-def run_method(folder: Path, method: str, classes: int, workers: int, seed: int) -> dict:
-    """faml reference-free on ``folder``'s particles, scored with the oracle."""
+def run_method(
+    folder: Path, method: str, classes: int, workers: int, seed: int, name: str | None = None,
+    **options,
+) -> dict:  # fmt: skip
+    """faml reference-free on ``folder``'s particles, scored with the oracle.
+
+    ``options``: further :class:`RunConfig` fields (``gold_standard``, ``symmetry``); the run
+    goes to ``folder / name`` (default: the method's name).
+    """
     table = read_particles_star(folder / "particles.star")
-    out = folder / method
+    out = folder / (name or method)
     if out.exists():
         shutil.rmtree(out)
-    config = RunConfig(method=method, classes=classes, seed=seed)
+    config = RunConfig(method=method, classes=classes, seed=seed, **options)
     t0 = time.perf_counter()
     result = run(table, out, config, workers=workers)
     wall = time.perf_counter() - t0

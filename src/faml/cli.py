@@ -641,7 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--map", default=None, help="one map MRC to score against --truth MRC")
     e.add_argument("--json", default=None, help="also write the figures to this JSON file")
     e.add_argument(
-        "--symmetry", default=None, help="Cn: pose errors modulo this symmetry (e.g. C7)"
+        "--symmetry", default=None, help="Cn or Dn: pose errors modulo this symmetry (e.g. C7, D7)"
     )
     e.add_argument("--no-oracle", action="store_true", help="skip the true-pose average")
     e.add_argument(

@@ -492,6 +492,25 @@ def evaluate_map(
     return MapEvaluation(str(map_path), str(truth_path), voxel, vol.shape[0], score, sym, tsym)
 
 
+def _dihedral_setup(symmetry: str, truth_maps: np.ndarray):
+    """Dn operators of each true map, in the map's own frame.
+
+    The Dn frame is found on the map itself (:func:`faml.geometry.symmetry.symmetry_frame`)
+    and the group's rotations are expressed back in the map's frame.
+    """
+    from faml.geometry.symmetry import parse_symmetry as parse_group
+    from faml.geometry.symmetry import symmetry_frame
+
+    group = parse_group(symmetry)
+    ops = []
+    for truth in truth_maps:
+        q, t, score = symmetry_frame(truth, group)
+        logger.info("true map's %s frame: correlation of its copies %.3f", group.name, score)
+        # truth = T_(q, t)^-1 framed, and framed is unchanged by (R_g, 0)
+        ops.append(transform_operators(group.rotations(), None, q.T, -q.T @ t))
+    return ops, group.order, group.name
+
+
 def _symmetry_setup(symmetry, truth_maps: np.ndarray):
     """Symmetry operators per true class, the Cn order (or ``None``) and a label.
 
@@ -499,6 +518,8 @@ def _symmetry_setup(symmetry, truth_maps: np.ndarray):
     """
     if symmetry is None:
         return None, None, None
+    if isinstance(symmetry, str) and symmetry.strip().upper().startswith("D"):
+        return _dihedral_setup(symmetry, truth_maps)
     if isinstance(symmetry, (str, int, np.integer)):
         order = parse_symmetry(symmetry)
         if order is None:
@@ -541,9 +562,10 @@ def evaluate_run(
         Also build and score the oracle average of the same particles.
     symmetry
         ``n`` or ``"Cn"``: Cn about the principal axis (through the centre of mass) of each
-        truth map; or `(S, 3, 3)` rotation matrices about the box centre in the truth's
-        frame. Pose errors are taken modulo these operators; with Cn every map also gets its
-        symmetry score.
+        truth map; ``"Dn"``: Dn in each truth map's own frame, found on the map
+        (:func:`faml.geometry.symmetry.symmetry_frame`); or `(S, 3, 3)` rotation matrices
+        about the box centre in the truth's frame. Pose errors are taken modulo these
+        operators; with Cn or Dn every map also gets its (n-fold) symmetry score.
     lowpass_angstrom
         Resolution both maps are low-passed to for the alignment and
         ``correlation_lowpass``: a number, ``"run"`` (the run's last resolution estimate
