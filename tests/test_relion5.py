@@ -16,7 +16,7 @@ from faml.geometry.transform import transform_volume
 from faml.io.dynamo import apply_dynamo_table, dynamo_to_matrix, read_dynamo_table
 from faml.io.mrc import write_volume
 from faml.io.particles import from_mrc_files
-from faml.io.relion5 import star_poses, write_relion5_star
+from faml.io.relion5 import stack_frame, star_poses, write_relion5_star
 from faml.io.star import read_particles_star
 from faml.io.tiltstacks import read_tomograms_star, reconstruct_particle
 
@@ -145,16 +145,31 @@ def _projection_basis(tilt_deg: float, axis_deg: float) -> np.ndarray:
     ).T
 
 
+def _mirror_z(vol: np.ndarray) -> np.ndarray:
+    """``v(x, y, -z)`` about the centre voxel ``N // 2`` (even ``N``)."""
+    return np.ascontiguousarray(np.roll(vol[::-1], 1, axis=0))
+
+
 def test_tilt_stack_reconstruction_planted(tmp_path):
-    """2D stacks projected from a known map at known geometry reconstruct to that map."""
+    """2D stacks projected as the real WarpTools data are reconstruct to the planted particle.
+
+    The convention the EMPIAR-10499 tilt images obey (benchmarks/empiar10499_geometry.py):
+    frame ``f`` sees ``P_f A F`` applied to the reference (``A`` the STAR file's pose,
+    ``F = diag(1, 1, -1)``). faml's subtomogram must then be the reference at the pose
+    ``stack_frame(A) = F A F`` that ``star_poses`` returns; without the mirror it is the
+    reference's mirror image, which no rotation turns into it.
+    """
     n = 24
     truth = _blob(n, 7)
-    pose = Rotation.from_euler("ZYZ", [30, 50, -20], degrees=True).as_matrix().T
-    particle = transform_volume(truth, pose, np.zeros(3), order=3)
+    a_star = Rotation.from_euler("ZYZ", [30, 50, -20], degrees=True).as_matrix().T
+    # the particle in the tomogram: the z-mirrored reference at the file's pose
+    in_tomogram = transform_volume(_mirror_z(truth), a_star, np.zeros(3), order=3)
+    pose, _ = stack_frame(a_star[None], np.zeros((1, 3)))
+    particle = transform_volume(truth, pose[0], np.zeros(3), order=3)  # what faml must make
     tilts = np.arange(-60, 61, 3.0)
     mats = np.stack([_projection_basis(t, 10.0) for t in tilts])
     # projection along the beam of the particle seen in each frame (x_img = P x_tomo)
-    images = np.stack([transform_volume(particle, p, np.zeros(3), order=3).sum(0) for p in mats])
+    images = np.stack([transform_volume(in_tomogram, p, np.zeros(3), order=3).sum(0) for p in mats])
     proj = [f"[{','.join(f'{v:.8f}' for v in row)},0]" for row in mats[:, 0]]
     frames = pd.DataFrame(
         {
@@ -195,6 +210,8 @@ def test_tilt_stack_reconstruction_planted(tmp_path):
     b = (expected - expected.mean()) * mask
     corr = float(np.sum(a * b) / np.sqrt(np.sum(a * a) * np.sum(b * b)))
     assert corr > 0.9, corr
+    m = (_mirror_z(expected) - expected.mean()) * mask  # the wrong hand scores far lower
+    assert float(np.sum(a * m) / np.sqrt(np.sum(a * a) * np.sum(m * m))) < corr - 0.2
     # a single visible frame fills one central plane only
     one = np.zeros(len(tilts), bool)
     one[len(tilts) // 2] = True
@@ -232,6 +249,19 @@ def test_empiar10499_stacks(tmp_path):
         "rlnTomoVisibleFrames" in blocks["particles"] and "rlnCtfImage" not in blocks["particles"]
     )
     assert s.pixel_size == pytest.approx(1.667)
+    # the set's own refined poses average faml's subtomograms into the set's reconstruction
+    # in its frame and hand (0.69; the unmirrored geometry gave its mirror image, 0.16 at 176°)
+    from faml.evaluate.maps import masked_correlation
+    from faml.evaluate.oracle import oracle_average
+    from faml.io.mrc import read_volume
+
+    rot, shift = star_poses(star)
+    angles = parts[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(float)
+    np.testing.assert_allclose(rot, euler_to_matrix(angles * [1, -1, 1]), atol=1e-9)
+    oracle = oracle_average(table, rot, shift, np.zeros(40, int)).maps[0]
+    ref, _ = read_volume(shared_path(SUBTILTS, "warptools_test_box-32_angpix-12_reconstruct.mrc"))
+    assert masked_correlation(oracle, ref) > 0.5
+    assert masked_correlation(oracle, ref) > masked_correlation(oracle, _mirror_z(ref)) + 0.05
 
 
 def test_dynamo_euler_conversion():

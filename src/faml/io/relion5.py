@@ -21,6 +21,12 @@ frame, so faml aligns them to ``A`` and writes ``A`` into ``rlnAngle*`` with the
 angles kept (``frame="subtomogram"``, what ``relion_refine`` reads with the same images);
 ``frame="tomogram"`` writes the composed pose ``A_sub @ A`` and origin ``A_sub @ origin``
 with zero subtomogram angles (for re-extraction or tools that ignore the subtomogram angles).
+
+2D tilt stacks (``rlnTomoSubTomosAre2DStacks 1``): faml reconstructs them in the z-mirrored
+box frame that the real data require (:mod:`faml.io.tiltstacks`, "Handedness"), in which the
+pose of a particle is ``F A F`` and its displacement ``F d`` (``F = diag(1, 1, -1)``):
+:func:`star_poses` and the writer convert (:func:`stack_frame`, its own inverse), so the
+files keep RELION's ``rlnAngle*``.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ __all__ = [
     "is_relion5_table",
     "read_optimisation_set",
     "relion5_blocks",
+    "stack_frame",
     "star_poses",
     "table_from_blocks",
     "write_relion5_star",
@@ -212,6 +219,18 @@ def is_relion5_table(table: ParticleTable) -> bool:
     return STACKS_KEY in table.optics
 
 
+def stack_frame(rotations: np.ndarray, shifts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Poses of 2D-stack particles between RELION's frame and faml's mirrored box frame.
+
+    ``(F R F, F d)`` with ``F = diag(1, 1, -1)``: `(n, 3, 3)` rotations and `(n, 3)`
+    displacements (voxels, ``(x, y, z)``); its own inverse (:mod:`faml.io.tiltstacks`,
+    "Handedness"). In Euler angles ``(rot, tilt, psi) -> (rot, -tilt, psi)``.
+    """
+    f = np.array([1.0, 1.0, -1.0])
+    rotations = np.asarray(rotations, dtype=np.float64) * f[:, None] * f[None, :]
+    return rotations, np.asarray(shifts, dtype=np.float64) * f
+
+
 def star_poses(
     path: str | os.PathLike[str], *, composed: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -221,7 +240,8 @@ def star_poses(
     displacements in voxels ``(x, y, z)`` (minus the origin over the pixel size): relative to
     the subtomogram's frame, or with ``composed`` in the tomogram's (``A_sub @ A`` and
     ``A_sub @ d``). Missing angles or origins read as 0. An optimisation set is followed to
-    its particles file.
+    its particles file. The poses of a 2D-stack set are returned in faml's mirrored box frame
+    (:func:`stack_frame`), the frame of the subtomograms :mod:`faml.io.tiltstacks` makes.
     """
     path = Path(path)
     blocks = starfile.read(path, always_dict=True)
@@ -253,6 +273,8 @@ def star_poses(
         sub = euler_to_matrix(particles[list(_SUB)].to_numpy(dtype=np.float64))
         rotations = sub @ rotations
         shifts = np.einsum("nij,nj->ni", sub, shifts)
+    if is_stacks(blocks):
+        rotations, shifts = stack_frame(rotations, shifts)
     return rotations, shifts
 
 
@@ -279,6 +301,8 @@ def relion5_blocks(
     rotations = np.asarray(rotations, dtype=np.float64).reshape(n, 3, 3)
     shifts = np.asarray(shifts, dtype=np.float64).reshape(n, 3)
     extra = dict(table.extra)
+    if int(table.optics.get(STACKS_KEY, 0)):
+        rotations, shifts = stack_frame(rotations, shifts)  # back to RELION's frame
     if frame == "tomogram" and table.subtomo_rotations is not None:
         sub = np.asarray(table.subtomo_rotations)
         rotations = sub @ rotations
