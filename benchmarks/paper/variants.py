@@ -57,7 +57,21 @@ def _fsc_figures(run_dir: Path, box: int, voxel: float) -> dict:
     ]
     ev = json.loads((run_dir / "evaluation.json").read_text())
     truth0143 = [c["map"]["fsc0143_angstrom"] for c in ev["classes"]]
-    return {"half_unmasked_0143_A": unmasked, "truth_0143_A": truth0143}
+    out = {"half_unmasked_0143_A": unmasked, "truth_0143_A": truth0143}
+    # The run's class maps are cut at its own (unmasked) FSC 0.143 band, so their FSC with
+    # the truth cannot pass it: the unfiltered mean of the half maps is scored too.
+    halves = sorted(run_dir.glob("class_*_half1_unfil.mrc"))
+    if halves:
+        from faml.evaluate import score_map
+        from faml.io.mrc import read_volume
+
+        unfiltered = []
+        for c, h1 in zip(ev["classes"], halves, strict=True):
+            full = read_volume(h1)[0] + read_volume(str(h1).replace("half1", "half2"))[0]
+            truth = read_volume(run_dir.parent / "truth" / f"class_{c['truth_class']:03d}.mrc")[0]
+            unfiltered.append(score_map(full, truth, voxel).resolution_05)
+        out["unfiltered_truth_05_A"] = unfiltered
+    return out
 
 
 def main() -> None:
@@ -118,9 +132,10 @@ def render(results: dict, args) -> str:
         "aligned true map (the criterion that matches 0.143 between half maps). Shells: "
         "box x voxel / resolution.",
         "",
-        "| set | variant | Pearson (per class) | truth FSC 0.5 / 0.143 (A) | half-map FSC 0.143 "
-        "corrected / unmasked (A) | corrected - truth 0.5 (shells) | within 15 deg | wall (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| set | variant | Pearson (per class) | truth FSC 0.5 / 0.143 (A) | unfiltered map: "
+        "truth FSC 0.5 (A) | half-map FSC 0.143 corrected / unmasked (A) | corrected - "
+        "unfiltered truth 0.5 (shells) | within 15 deg | wall (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for exp in EXPERIMENTS:
         if exp.name not in results:
@@ -136,20 +151,24 @@ def render(results: dict, args) -> str:
             truth_txt = f"{truth:.1f}" + (
                 "" if not t143 else " / " + "/".join(f"{t:.1f}" for t in t143)
             )
-            if half:
-                mean_half = sum(half) / len(half)
-                shells = exp.box * exp.voxel_size * (1 / mean_half - 1 / truth)
+            unfiltered = row.get("unfiltered_truth_05_A")
+            unf_txt = "" if not unfiltered else "/".join(f"{u:.1f}" for u in unfiltered)
+            if half and unfiltered:
+                shells = "/".join(
+                    f"{exp.box * exp.voxel_size * (1 / h - 1 / u):+.1f}"
+                    for h, u in zip(half, unfiltered, strict=True)
+                )
                 half_txt = (
                     "/".join(f"{h:.1f}" for h in half)
                     + " / "
                     + "/".join(f"{h:.1f}" for h in row.get("half_unmasked_0143_A", []))
                 )
-                diff = f"{shells:+.1f}"
+                diff = shells
             else:
                 half_txt, diff = "", ""
             lines.append(
                 f"| {exp.name} | {name} | {row['pearson']:.3f} ({per_class}) | {truth_txt} | "
-                f"{half_txt} | {diff} | {row['within15']:.2f} | {row['wall_s']:.0f} |"
+                f"{unf_txt} | {half_txt} | {diff} | {row['within15']:.2f} | {row['wall_s']:.0f} |"
             )
     lines += [
         "",
