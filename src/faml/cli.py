@@ -137,7 +137,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         for line in plan_lines(args, table, config, executor):
             logger.info("%s", line)
-        executor.on_progress = IterationClock(config.iterations, max(1, executor.workers))
+        executor.on_progress = IterationClock(
+            _iterations_in_all(config), max(1, executor.workers), starts_included=config.starts > 1
+        )
         result = run(
             table,
             args.out,
@@ -160,6 +162,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.then_export:
         _export(out, args.then_export, None, None)
     return 0
+
+
+def _iterations_in_all(cfg) -> int:
+    """Iterations a run does at most, those of every random start included."""
+    first = min(cfg.start_iterations, cfg.iterations)
+    if cfg.starts > 1 and first >= 2:
+        return cfg.starts * first + cfg.iterations - first
+    return cfg.iterations
 
 
 def _n(count: int, noun: str) -> str:
@@ -238,8 +248,9 @@ class IterationClock:
     map-step time of an iteration (particles / rate) and of the whole run.
     """
 
-    def __init__(self, iterations: int, workers: int):
+    def __init__(self, iterations: int, workers: int, starts_included: bool = False):
         self.iterations, self.workers = iterations, workers
+        self.starts_included = starts_included
         self.calls, self.done = 0, False
 
     def __call__(self, label: str, done: int, total: int, seconds: float) -> None:
@@ -254,9 +265,10 @@ class IterationClock:
         per_iteration = total / rate
         logger.info(
             "%s: %.3g particles/s after %d of %d particles: about %s per iteration "
-            "(map step), up to %s for %s",
+            "(map step), up to %s for %s%s",
             label, rate, done, total, _duration(per_iteration),
             _duration(per_iteration * self.iterations), _n(self.iterations, "iteration"),
+            " (the random starts' included)" if self.starts_included else "",
         )  # fmt: skip
 
 
