@@ -242,6 +242,8 @@ def _fails_with(exc):
         (OSError(28, "No space left on device", "out/iterations/003/model.npz"),
          "no space left on the device writing out/iterations/003/model.npz",
          "--continue resumes", 1),
+        (FileExistsError("out already holds a simulation"), "out already holds a simulation",
+         "choose another output folder", 2),
         (RuntimeError("something unforeseen"), "RuntimeError: something unforeseen",
          "--debug", 1),
     ],

@@ -385,7 +385,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         for path in args.structure
     ]
     names = [Path(p).name for p in args.structure]
-    with tqdm(total=args.n * len(structures), unit="particle", desc="faml simulate") as bar:
+    # the bar on a terminal only (tqdm's disable=None), never with --quiet
+    with tqdm(total=args.n * len(structures), unit="particle", desc="faml simulate",
+              disable=True if args.quiet else None) as bar:  # fmt: skip
         truth = simulate(
             structures, names, args.n, args.out, settings, mode=args.mode, seed=args.seed,
             workers=args.workers, overwrite=args.overwrite,
@@ -978,6 +980,13 @@ def explain(exc: BaseException, args: argparse.Namespace) -> tuple[str, str | No
     if isinstance(exc, FileNotFoundError):
         name = exc.filename or str(exc)
         return f"no such file or folder: {name}", "check the path; " + help_hint, 2
+    if isinstance(exc, FileExistsError):
+        hint = "choose another output folder" + (
+            " or add --overwrite" if getattr(args, "overwrite", None) is False else ""
+        )
+        return str(exc) if exc.filename is None else f"already exists: {exc.filename}", hint, 2
+    if isinstance(exc, (IsADirectoryError, NotADirectoryError)):
+        return f"{exc.strerror}: {exc.filename}", "check the path; " + help_hint, 2
     if isinstance(exc, PermissionError):
         where = f" (--out {out})" if out is not None else ""
         return (
