@@ -1,5 +1,7 @@
 """The ``faml`` command: planted pose recovered from MRC files, bad input in one sentence."""
 
+import json
+
 import mrcfile
 import numpy as np
 import pytest
@@ -43,8 +45,9 @@ def test_align_prints_the_planted_pose(tmp_path, capsys, ribosome32):
 def test_align_rejects_mismatched_boxes(tmp_path, capsys, ribosome32):
     write(tmp_path / "p.mrc", ribosome32)
     write(tmp_path / "avg.mrc", ribosome32[:24, :24, :24])
-    with pytest.raises(SystemExit, match="same cubic box"):
-        main(["align", str(tmp_path / "p.mrc"), str(tmp_path / "avg.mrc")])
+    assert main(["align", str(tmp_path / "p.mrc"), str(tmp_path / "avg.mrc")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("faml: error: particle ") and "same cubic box" in err[0]
 
 
 def test_bad_tilt_range_is_one_sentence(tmp_path, capsys, ribosome32):
@@ -52,8 +55,9 @@ def test_bad_tilt_range_is_one_sentence(tmp_path, capsys, ribosome32):
     rc = main(["align", str(tmp_path / "p.mrc"), str(tmp_path / "p.mrc"),
                "--tilt-range", "60", "-60"])  # fmt: skip
     assert rc == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("faml align:") and "\n" not in err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("faml: error:") and "tilt" in err[0]
+    assert len(err) == 2 and err[1].startswith("hint: ")
 
 
 def test_demo_end_to_end(tmp_path, capsys):
@@ -121,3 +125,163 @@ def test_simulate_run_evaluate_from_the_command_line(tmp_path, capsys):
     assert json.loads((tmp_path / "m.json").read_text())["correlation"] > 0.999
     assert main(["evaluate", "--truth", str(sim)]) == 2  # neither RUN_DIR nor --map
     assert "give a run directory" in capsys.readouterr().err
+
+
+# --- the command as a person meets it: help, plan, --quiet, errors ---
+
+
+def test_help_shows_groups_defaults_and_examples(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    top = capsys.readouterr().out
+    assert "commands:" in top and "examples:" in top
+    for command in ("align", "run", "simulate", "evaluate", "report", "export", "demo"):
+        assert f"\n    {command} " in top, command
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = capsys.readouterr().out
+    for group in ("input:", "output:", "model:", "search and likelihood:", "parallel:",
+                  "advanced:", "messages:"):  # fmt: skip
+        assert f"\n{group}" in text, group
+    flat = " ".join(text.split())
+    assert "number of classes K (default: 1)" in flat
+    assert "(default: -60 60)" in flat and "(default: None)" not in flat
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("faml ")
+
+
+@pytest.fixture
+def tiny_particles(tmp_path):
+    from conftest import make_dataset, polnet_map
+
+    make_dataset(tmp_path / "p", [polnet_map("1bxn", 24)], 8, 1.0, seed=2)
+    return tmp_path / "p"
+
+
+def test_plan_estimate_interrupt_continue_quiet(tiny_particles, tmp_path, capsys, monkeypatch):
+    """The plan with the run's numbers, the time estimate, Ctrl-C after iteration 1 (exit 130,
+    --continue named), then --continue --quiet: no INFO lines."""
+    import faml.ml.engine as engine
+
+    out = tmp_path / "r"
+    report = engine._report
+    calls = []
+
+    def interrupt_after_first(*a, **k):
+        calls.append(1)
+        report(*a, **k)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "_report", interrupt_after_first)
+    args = [
+        "run",
+        str(tiny_particles),
+        "--out",
+        str(out),
+        "--iterations",
+        "2",
+        "--starts",
+        "1",
+        "--fa-iterations",
+        "1",
+        "--batch-size",
+        "4",
+        "--gold-standard",
+        "--symmetry",
+        "C2",
+    ]
+    assert main(args) == 130
+    err = capsys.readouterr().err.splitlines()
+    plan = {line.split()[1]: line for line in err if line[9:11] == "  "}
+    assert "8, from" in plan["particles"]
+    assert "24^3 voxels, 10 A/voxel (240 A)" in plan["box"]
+    assert plan["classes"].endswith(" 1")
+    assert (
+        "faml, FA warm-up for the first 1 iteration; 1 random start; at most 2 iterations"
+        in (plan["method"])
+    )
+    assert plan["symmetry"].endswith("C2") and "yes" in plan["gold"]
+    assert "soft sphere" in plan["mask"]
+    assert "this process (1 worker), 4 particles per task" in plan["map"]
+    assert plan["output"].endswith(str(out.resolve()))
+    assert any("iteration 1: " in e and "particles/s after 4 of 8 particles: about" in e
+               for e in err)  # fmt: skip
+    assert err[-2] == f"faml: error: interrupted; iteration 1 is saved in {out}"
+    assert err[-1] == "hint: run the same command with --continue to resume from it"
+    assert not any("Traceback" in e for e in err)
+
+    assert main([*args, "--continue", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "", captured.err  # no plan, no INFO line, no progress bar
+    assert "model.star" in captured.out
+    history = json.loads((out / "run.json").read_text())["iterations"]
+    assert [h["iteration"] for h in history] == [0, 1, 2]
+
+
+def _fails_with(exc):
+    def command(args):
+        raise exc
+
+    return command
+
+
+@pytest.mark.parametrize(
+    ("exc", "message", "hint", "status"),
+    [
+        (FileNotFoundError(2, "No such file or directory", "in/particles.star"),
+         "no such file or folder: in/particles.star", "check the path", 2),
+        (ValueError("in/x.star is not a readable STAR file (bad loop)"),
+         "in/x.star is not a readable STAR file (bad loop)", "RELION STAR file", 2),
+        (ValueError("--classes must be at least 1, got 0"),
+         "--classes must be at least 1, got 0", "faml run --help", 2),
+        (PermissionError(13, "Permission denied", "out/run.json"),
+         "permission denied: out/run.json", "you can write to (--out out)", 2),
+        (OSError(28, "No space left on device", "out/iterations/003/model.npz"),
+         "no space left on the device writing out/iterations/003/model.npz",
+         "--continue resumes", 1),
+        (FileExistsError("out already holds a simulation"), "out already holds a simulation",
+         "choose another output folder", 2),
+        (RuntimeError("something unforeseen"), "RuntimeError: something unforeseen",
+         "--debug", 1),
+    ],
+)  # fmt: skip
+def test_errors_are_one_line_and_a_hint(monkeypatch, capsys, exc, message, hint, status):
+    import faml.cli
+
+    monkeypatch.setattr(faml.cli, "_cmd_run", _fails_with(exc))
+    assert main(["run", "in/particles.star", "--out", "out"]) == status
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"faml: error: {message}"
+    assert len(err) == 2 and err[1].startswith("hint: ") and hint in err[1], err
+    # --debug: the same lines after the full traceback
+    assert main(["run", "in/particles.star", "--out", "out", "--debug"]) == status
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):")
+    assert f"faml: error: {message}\nhint: " in err
+
+
+def test_a_lost_cluster_exits_3(monkeypatch, capsys):
+    import faml.cli
+    from faml.parallel import ExecutorLost
+
+    lost = ExecutorLost("lost the Dask scheduler at tcp://h:1; iteration 4 is saved: run the "
+                        "same command with --continue to resume")  # fmt: skip
+    monkeypatch.setattr(faml.cli, "_cmd_run", _fails_with(lost))
+    assert main(["-q", "run", "p.star", "--out", "o"]) == 3
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"faml: error: {lost}" and err[1].startswith("hint: ")
+
+
+def test_real_bad_inputs_name_the_file(tmp_path, capsys):
+    (tmp_path / "bad.mrc").write_bytes(b"not an MRC file")
+    assert main(["run", str(tmp_path / "bad.mrc"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"faml: error: {tmp_path / 'bad.mrc'} is not a readable MRC file")
+    assert err[1].startswith("hint: ") and len(err) == 2
+    assert main(["run", str(tmp_path / "missing.star"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"faml: error: no such file or folder: {tmp_path / 'missing.star'}",
+                   "hint: check the path; see 'faml run --help'"]  # fmt: skip

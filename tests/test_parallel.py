@@ -127,10 +127,20 @@ def test_serial_and_dask_map_reduce_build_the_same_tree():
         assert isinstance(executor, DaskExecutor)
         dask = executor.map_reduce(_paren, tasks, _bracket, shared=None)
         assert list(executor.map(_square, [1, 2, 3], shared=2)) == [2, 8, 18]
-        assert executor.map_reduce(_square, [1, 2, 3], _concat, shared=1) == 14
+        seen = []
+        executor.on_progress = lambda *a: seen.append(a)  # the CLI's time estimate
+        assert executor.map_reduce(_square, [1, 2, 3], _concat, shared=1, sizes=[4, 4, 2],
+                                   label="iteration 1") == 14  # fmt: skip
     finally:
         executor.close()
     assert dask == serial
+    assert [a[:3] for a in seen][-1] == ("iteration 1", 10, 10) and len(seen) == 3
+    assert sorted(a[1] for a in seen) == [a[1] for a in seen] and seen[0][3] >= 0
+    serial_seen = []
+    executor = SerialExecutor()
+    executor.on_progress = lambda *a: serial_seen.append(a[:3])
+    list(executor.map(_square, [1, 2], shared=1, sizes=[3, 1], label="start"))
+    assert serial_seen == [("start", 3, 4), ("start", 4, 4)]
 
 
 def _paren(shared, x):

@@ -19,7 +19,17 @@ from faml.cli import main
 from faml.io.mrc import write_volume
 from faml.report import export_relion, select_iterations, write_report
 
-SECTIONS = ("summary", "maps", "fsc", "classes", "noise", "probabilities", "poses", "timing")
+SECTIONS = (
+    "summary",
+    "maps",
+    "fsc",
+    "final",
+    "classes",
+    "noise",
+    "probabilities",
+    "poses",
+    "timing",
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +60,8 @@ def test_the_run_writes_a_self_contained_report(tiny_run):
     for section in SECTIONS:
         assert f'id="{section}"' in page, section
     images = _images(page)
-    # 2 classes x 3 iterations of map strips + 6 figures
-    assert len(images) == 2 * 3 + 6
+    # 2 classes x 3 iterations of map strips + 7 figures (the final FSC of model.star too)
+    assert len(images) == 2 * 3 + 7
     for png in images:
         pixels = imread(io.BytesIO(png), format="png")
         assert pixels.ndim == 3 and min(pixels.shape[:2]) >= 20
@@ -65,6 +75,39 @@ def test_the_run_writes_a_self_contained_report(tiny_run):
     last = info["iterations"][-1]
     assert f"{last['band_shells']} shells ({last['resolution_angstrom']:.1f} Å)" in page
     assert "<td>status</td><td>complete" in page
+    # not --gold-standard: model.star says so, and the page too
+    assert "The half maps were <b>not</b> refined independently" in page
+    assert "(half-sets aligned to the joint average: optimistic)" in page
+
+
+def test_gold_standard_report_shows_model_star(tmp_path):
+    """A tiny --gold-standard run: the mask-corrected FSC of model.star, its 0.143
+    resolution, the independence of the halves and links to the half maps."""
+    from faml.io.particles import from_mrc_files
+    from faml.ml.config import RunConfig
+    from faml.ml.engine import run
+
+    make_dataset(tmp_path / "p", [polnet_map("1bxn", 24)], 8, 1.0, seed=5)
+    table = from_mrc_files(str(tmp_path / "p"), tilt_range=(-60.0, 60.0))
+    out = tmp_path / "gold"
+    config = RunConfig(gold_standard=True, iterations=2, fa_iterations=1, starts=1, seed=1)
+    run(table, out, config)
+    page = (out / "report.html").read_text()
+    assert 'id="final"' in page
+    model = starfile.read(out / "model.star", always_dict=True)
+    res = float(model["model_classes"]["rlnEstimatedResolution"].iloc[0])
+    assert f"<td>class 1</td><td>{res:.1f} Å</td><td>mask-corrected FSC</td>" in page
+    assert f"class 1: {res:.1f} Å (gold standard, mask-corrected)" in page
+    assert "refined independently after the common start (gold standard" in page
+    assert "<b>not</b>" not in page
+    for h in (1, 2):
+        name = f"class_001_half{h}_unfil.mrc"
+        assert f'<a href="{name}">' in page and (out / name).exists()
+    # the final FSC figure follows the map strips of iterations 0-2 and the FSC figure
+    images = _images(page)
+    assert len(images) == 3 + 7
+    final = imread(io.BytesIO(images[4]), format="png")
+    assert np.ptp(final[..., :3]) > 0.1
 
 
 def test_faml_report_rebuilds_with_the_truth(tiny_run, tmp_path, capsys):

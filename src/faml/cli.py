@@ -31,8 +31,10 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
+import traceback
 
 from faml import __version__
 
@@ -51,8 +53,8 @@ def _cmd_align(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.particle} has no voxel size in its header: give --voxel-size")
     average, _ = read_volume(args.average)
     if particle.shape != average.shape:
-        raise SystemExit(
-            f"faml align: particle {args.particle} is {particle.shape} but average "
+        raise ValueError(
+            f"particle {args.particle} is {particle.shape} but average "
             f"{args.average} is {average.shape}; they must be the same cubic box"
         )
     box = particle.shape[0]
@@ -125,16 +127,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
         gold_standard=args.gold_standard,
         symmetry=args.symmetry,
     )
-    logger.info("%d particles, %d^3, %.3g A/voxel", len(table), table.box, table.voxel_size)
     executor = make_executor(
         args.workers,
         scheduler=args.scheduler,
         cluster=args.cluster,
         cluster_config=args.cluster_config,
-        progress=sys.stderr.isatty(),
+        progress=sys.stderr.isatty() and not args.quiet,
     )
     try:
-        logger.info("map step on %s (%d worker(s) now)", _describe(executor), executor.workers)
+        for line in plan_lines(args, table, config, executor):
+            logger.info("%s", line)
+        executor.on_progress = IterationClock(
+            _iterations_in_all(config), max(1, executor.workers), starts_included=config.starts > 1
+        )
         result = run(
             table,
             args.out,
@@ -151,10 +156,120 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(
         f"faml run: particles in {out / 'particles.star'}, log and parameters in {out / 'run.json'}"
     )
+    if (out / "model.star").exists():
+        print(f"faml run: FSC curves and resolution per class in {out / 'model.star'}")
     print(f"faml run: report in {out / 'report.html'}")
     if args.then_export:
         _export(out, args.then_export, None, None)
     return 0
+
+
+def _iterations_in_all(cfg) -> int:
+    """Iterations a run does at most, those of every random start included."""
+    first = min(cfg.start_iterations, cfg.iterations)
+    if cfg.starts > 1 and first >= 2:
+        return cfg.starts * first + cfg.iterations - first
+    return cfg.iterations
+
+
+def _n(count: int, noun: str) -> str:
+    """``1 iteration``, ``2 iterations``."""
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``3.5 min`` or ``2.1 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def plan_lines(args: argparse.Namespace, table, config, executor) -> list[str]:
+    """What ``faml run`` is about to do, one line per item (logged before iteration 1)."""
+    from pathlib import Path
+
+    cfg = config
+    if cfg.method == "fa":
+        method = "fa (alignment only, hard assignments)"
+    elif cfg.fa_iterations:
+        warm_up = _n(min(cfg.fa_iterations, cfg.iterations), "iteration")
+        method = f"faml, FA warm-up for the first {warm_up}"
+    else:
+        method = "faml (maximum likelihood from the first iteration)"
+    if cfg.starts > 1 and min(cfg.start_iterations, cfg.iterations) >= 2:
+        each = _n(cfg.start_iterations, "iteration")
+        starts = f"{cfg.starts} random starts of {each} each, the best continues"
+    else:
+        starts = "1 random start"
+    if args.mask:
+        mask = f"{args.mask}"
+    elif args.particle_diameter:
+        mask = f"soft sphere, diameter {args.particle_diameter:g} A"
+    else:
+        mask = f"soft sphere, radius {cfg.mask_radius:g} of the box (default)"
+    gold = (
+        "yes: halves refined independently after the common start"
+        if cfg.gold_standard
+        else "no: half-sets aligned to the joint average (their FSC is optimistic)"
+    )
+    workers = executor.workers
+    if getattr(executor, "address", None) is None:
+        where = "this process (1 worker)"
+    elif args.cluster:
+        where = f"{args.cluster} jobs via {_describe(executor)}; {workers} worker(s) so far"
+    elif args.scheduler:
+        where = f"{_describe(executor)}; {workers} worker(s) connected"
+    else:
+        where = f"local Dask cluster, {workers} worker processes"
+    out = Path(args.out).resolve()
+    rows = [
+        ("particles", f"{len(table)}, from {args.particles}"),
+        ("box", f"{table.box}^3 voxels, {table.voxel_size:.4g} A/voxel "
+         f"({table.box * table.voxel_size:.4g} A)"),
+        ("classes K", f"{cfg.classes}"),
+        ("method", f"{method}; {starts}; at most {_n(cfg.iterations, 'iteration')}"),
+        ("symmetry", cfg.symmetry),
+        ("gold standard", gold),
+        ("mask", mask),
+        ("map step", f"{where}, {cfg.chunk_size} particles per task"),
+        ("output", f"{out}" + (" (--continue: after its last complete iteration)"
+                               if args.resume else "")),
+    ]  # fmt: skip
+    return ["faml run plan:"] + [f"  {k:<14}{v}" for k, v in rows]
+
+
+class IterationClock:
+    """Progress hook of the executor: logs the expected time per iteration once.
+
+    After the first tasks of the first iteration (one per worker, so that every worker has
+    delivered, or the whole iteration), the particles per second so far give the expected
+    map-step time of an iteration (particles / rate) and of the whole run.
+    """
+
+    def __init__(self, iterations: int, workers: int, starts_included: bool = False):
+        self.iterations, self.workers = iterations, workers
+        self.starts_included = starts_included
+        self.calls, self.done = 0, False
+
+    def __call__(self, label: str, done: int, total: int, seconds: float) -> None:
+        """After each task of the executor (:data:`faml.parallel.executor.ProgressHook`)."""
+        if self.done or not label.startswith("iteration"):
+            return
+        self.calls += 1
+        if (self.calls < self.workers and done < total) or seconds <= 0:
+            return
+        self.done = True
+        rate = done / seconds
+        per_iteration = total / rate
+        logger.info(
+            "%s: %.3g particles/s after %d of %d particles: about %s per iteration "
+            "(map step), up to %s for %s%s",
+            label, rate, done, total, _duration(per_iteration),
+            _duration(per_iteration * self.iterations), _n(self.iterations, "iteration"),
+            " (the random starts' included)" if self.starts_included else "",
+        )  # fmt: skip
 
 
 # --- RELION 5 / Dynamo inputs (faml.io.relion5, faml.io.tiltstacks, faml.io.dynamo) ---
@@ -195,12 +310,14 @@ def _add_interop_options(r: argparse.ArgumentParser) -> None:
     r.add_argument(
         "--tomograms",
         default=None,
+        metavar="STAR",
         help="RELION 5 tomograms STAR file of a 2D tilt-stack particle set (default: from "
         "the optimisation set, or the *tomograms.star beside the particles file)",
     )
     r.add_argument(
         "--dynamo-table",
         default=None,
+        metavar="TBL",
         help="Dynamo .tbl giving each MRC particle's tilt range (columns 14-15), matched by "
         "the tag in the file name",
     )
@@ -224,11 +341,10 @@ def _cmd_prepare_stacks(args: argparse.Namespace) -> int:
 
 
 def _add_prepare_stacks(sub) -> None:
-    ps = sub.add_parser(
+    ps = _command(
+        sub,
         "prepare-stacks",
-        help="reconstruct RELION 5 / WarpTools 2D tilt-stack particles into 3D (faml run "
-        "does it too)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "reconstruct RELION 5 / WarpTools 2D tilt-stack particles into 3D (faml run does it too)",
     )
     ps.add_argument("particles", help="RELION 5 particles STAR (2D stacks) or optimisation set")
     ps.add_argument("--out", required=True, help="output folder (subtomograms/ inside it)")
@@ -269,7 +385,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         for path in args.structure
     ]
     names = [Path(p).name for p in args.structure]
-    with tqdm(total=args.n * len(structures), unit="particle", desc="faml simulate") as bar:
+    # the bar on a terminal only (tqdm's disable=None), never with --quiet
+    with tqdm(total=args.n * len(structures), unit="particle", desc="faml simulate",
+              disable=True if args.quiet else None) as bar:  # fmt: skip
         truth = simulate(
             structures, names, args.n, args.out, settings, mode=args.mode, seed=args.seed,
             workers=args.workers, overwrite=args.overwrite,
@@ -333,11 +451,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _add_report_export(sub) -> None:
     """The ``report`` and ``export`` subcommands."""
-    p = sub.add_parser(
-        "report",
-        help="rebuild a run's HTML report (RUN_DIR/report.html)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = _command(sub, "report", "rebuild a run's HTML report (RUN_DIR/report.html)")
     p.add_argument("run_dir", help="a faml run directory (finished or in progress)")
     p.add_argument(
         "--truth", default=None,
@@ -345,11 +459,7 @@ def _add_report_export(sub) -> None:
     )  # fmt: skip
     p.add_argument("--out", default=None, help="the page (default RUN_DIR/report.html)")
     p.set_defaults(func=_cmd_report)
-    x = sub.add_parser(
-        "export",
-        help="a finished run as the initial model of a refinement (RELION)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    x = _command(sub, "export", "a finished run as the initial model of a refinement (RELION)")
     x.add_argument("run_dir", help="a finished faml run directory")
     x.add_argument("--to", choices=("relion",), default="relion", help="target program")
     x.add_argument(
@@ -395,22 +505,276 @@ def _add_tilt_range(parser, help_text: str) -> None:
     )
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help text as written (examples keep their lines) with each option's default.
+
+    The default is added unless the help already says it, or it is ``None`` / ``False``
+    (unset options and switches); ``-60 60`` rather than ``(-60.0, 60.0)``.
+    """
+
+    def __init__(self, prog: str, **kwargs):
+        kwargs.setdefault("max_help_position", 32)
+        super().__init__(prog, **kwargs)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        """Wrap one-line paragraphs; keep those of several lines (examples) as written."""
+        import textwrap
+
+        paragraphs = []
+        for para in text.split("\n\n"):
+            if "\n" in para.strip():
+                paragraphs.append(textwrap.indent(para, indent))
+            else:
+                paragraphs.append(
+                    textwrap.fill(" ".join(para.split()), width, initial_indent=indent,
+                                  subsequent_indent=indent)
+                )  # fmt: skip
+        return "\n\n".join(paragraphs)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default is None
+            or default is False
+            or default == argparse.SUPPRESS
+            or isinstance(action, (argparse._HelpAction, argparse._VersionAction))
+        ):
+            return text
+        if isinstance(default, (tuple, list)):
+            default = " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default)
+        return text + f" (default: {default})".replace("%", "%%")
+
+
+EXAMPLES = """\
+examples:
+  faml run particles.star --out run1 --classes 2 --workers 8
+  faml run "subtomos/*.mrc" --out run2 --tilt-range -60 60 --gold-standard
+  faml run particles.star --out run1 --continue      # after an interruption
+  faml report run1                                    # rebuild run1/report.html
+  faml demo                                           # a small simulated run, end to end
+
+'faml COMMAND --help' describes each command and its options.
+"""
+
+RUN_EXAMPLES = """\
+examples:
+  faml run particles.star --out run1 --classes 2 --workers 8
+  faml run "subtomos/*.mrc" --out run2 --voxel-size 4.2 --tilt-range -54 60 --method fa
+  faml run particles.star --out run3 --gold-standard --symmetry C6 --particle-diameter 250
+  faml run particles.star --out run1 --continue       # resume after the last saved iteration
+  faml run particles.star --out run4 --scheduler tcp://head:8786
+
+outputs in --out: class_KKK.mrc, particles.star, model.star, run.json, report.html and a
+checkpoint per iteration (iterations/NNN/).
+"""
+
+
+def _output_options() -> argparse.ArgumentParser:
+    """``--quiet``, ``--verbose`` and ``--debug``, accepted before or after the command.
+
+    On the commands their default is ``SUPPRESS``, so that ``faml -q run ...`` is not undone
+    by the command's own (unset) option.
+    """
+    parent = argparse.ArgumentParser(add_help=False)
+    g = parent.add_argument_group("messages")
+    _add_output_flags(g, argparse.SUPPRESS)
+    return parent
+
+
+def _add_output_flags(group, default) -> None:
+    group.add_argument(
+        "-q", "--quiet", action="store_true", default=default,
+        help="only warnings and errors; no plan, no progress bar",
+    )  # fmt: skip
+    group.add_argument(
+        "-v", "--verbose", action="store_true", default=default,
+        help="debug messages, Dask's included",
+    )  # fmt: skip
+    group.add_argument(
+        "--debug", action="store_true", default=default,
+        help="on an error, the full traceback as well",
+    )  # fmt: skip
+
+
+def _command(sub, name: str, help_text: str, description: str = "", epilog: str = ""):
+    """A subcommand with faml's help formatter and the message options."""
+    return sub.add_parser(
+        name,
+        help=help_text,
+        description=description or help_text[0].upper() + help_text[1:] + ".",
+        epilog=epilog or None,
+        formatter_class=HelpFormatter,
+        parents=[_output_options()],
+    )
+
+
+def _add_run(sub) -> None:
+    """The ``run`` subcommand, its options in groups."""
+    r = _command(
+        sub, "run", "average (K = 1) or classify (K > 1) particles",
+        "Reference-free averaging (K = 1) or classification (K > 1) of subtomograms by FAML "
+        "(or FA, alignment only). Prints a short plan, a progress bar per iteration (on a "
+        "terminal) and the expected time per iteration; writes the maps, a RELION particles "
+        "STAR file, model.star and report.html into --out, with a checkpoint per iteration.",
+        RUN_EXAMPLES,
+    )  # fmt: skip
+    r.add_argument("particles", help="RELION particles STAR file, or a folder / glob of MRC files")
+
+    i = r.add_argument_group("input")
+    _add_tilt_range(i, "tilt range (degrees, about Y) of particles without a rlnCtfImage weight")
+    i.add_argument(
+        "--voxel-size", type=float, default=None, metavar="A",
+        help="Angstrom per voxel when the files do not say",
+    )  # fmt: skip
+    _add_interop_options(i)
+
+    o = r.add_argument_group("output")
+    o.add_argument("--out", required=True, metavar="DIR", help="output folder (required)")
+    o.add_argument(
+        "--continue", dest="resume", action="store_true",
+        help="continue after the last complete iteration in --out",
+    )  # fmt: skip
+    o.add_argument(
+        "--then-export", choices=("relion",), default=None,
+        help="at the end, also export the maps and particles for RELION (see faml export)",
+    )  # fmt: skip
+
+    m = r.add_argument_group("model")
+    m.add_argument("--classes", type=int, default=1, metavar="K", help="number of classes K")
+    m.add_argument(
+        "--method", choices=("faml", "fa"), default="faml",
+        help="faml: candidates + maximum likelihood; fa: alignment only",
+    )  # fmt: skip
+    m.add_argument("--iterations", type=int, default=15, metavar="N", help="most iterations")
+    m.add_argument(
+        "--symmetry", default="C1", metavar="GROUP",
+        help="point group of the averages: C1, Cn or Dn (RELION's axes: n-fold about z)",
+    )  # fmt: skip
+    m.add_argument(
+        "--gold-standard", action="store_true",
+        help="refine the two random halves independently after the common start (RELION's "
+        "gold standard): honest half-map FSC, mask-corrected, in model.star",
+    )  # fmt: skip
+    m.add_argument(
+        "--mask", metavar="MRC",
+        help="reference mask, values 0..1, the particles' box (used for alignment, "
+        "likelihood and the maps; default: a soft sphere of radius 0.45 box)",
+    )  # fmt: skip
+    m.add_argument(
+        "--particle-diameter", type=float, default=None, metavar="A",
+        help="soft spherical mask of this diameter in Angstrom instead",
+    )  # fmt: skip
+    m.add_argument("--seed", type=int, default=0, help="the seed of every random choice")
+
+    a = r.add_argument_group("search and likelihood")
+    a.add_argument(
+        "--candidates", type=int, default=20, metavar="N",
+        help="candidates per particle and class",
+    )  # fmt: skip
+    a.add_argument(
+        "--max-shift", type=float, default=None, metavar="VOXELS",
+        help="largest translation (default box/4)",
+    )  # fmt: skip
+    a.add_argument(
+        "--scan-step", type=float, default=15.0, metavar="DEG",
+        help="rotation step of the phase-aware scan that adds candidates",
+    )  # fmt: skip
+    a.add_argument(
+        "--no-scan", action="store_true", help="magnitude-only candidate search (the paper)"
+    )
+    a.add_argument(
+        "--likelihood", choices=("scaled", "plain"), default="scaled",
+        help="scaled: the reference's amplitude fitted per candidate; plain: the paper's",
+    )  # fmt: skip
+    a.add_argument(
+        "--local-candidates", type=int, default=2, metavar="N",
+        help="best candidates per class that get six neighbours per ring (0: none)",
+    )  # fmt: skip
+    a.add_argument(
+        "--local-rings", type=int, default=2, metavar="N",
+        help="rings of neighbours, at 5, 10, ... degrees from the candidate",
+    )  # fmt: skip
+    a.add_argument(
+        "--voronoi", action="store_true",
+        help="weigh candidates by their Voronoi cells (the paper; off: see the docs)",
+    )  # fmt: skip
+
+    par = r.add_argument_group(
+        "parallel", "Where the map step runs; the results do not depend on it."
+    )
+    par.add_argument(
+        "--workers", type=int, default=1, metavar="N",
+        help="local worker processes (more than 1: a Dask LocalCluster)",
+    )  # fmt: skip
+    par.add_argument(
+        "--scheduler", default=None, metavar="ADDRESS",
+        help="run the map step on a running Dask scheduler (tcp://HOST:PORT or a scheduler "
+        "JSON file) and its workers",
+    )  # fmt: skip
+    par.add_argument(
+        "--cluster", choices=("slurm",), default=None,
+        help="start Dask workers as batch jobs (needs faml[cluster] and --cluster-config)",
+    )  # fmt: skip
+    par.add_argument(
+        "--cluster-config", default=None, metavar="FILE",
+        help="YAML: jobs and the SLURM options (see the README's SLURM section)",
+    )  # fmt: skip
+    par.add_argument(
+        "--batch-size", type=int, default=8, metavar="N",
+        help="particles per task of the map step",
+    )  # fmt: skip
+
+    adv = r.add_argument_group(
+        "advanced", "Departures from the published FAML, each measured (see the README)."
+    )
+    adv.add_argument(
+        "--starts", type=int, default=3, metavar="N",
+        help="random starts, each run for --start-iterations iterations; the best-fitting "
+        "one continues (1: a single start)",
+    )  # fmt: skip
+    adv.add_argument(
+        "--start-iterations", type=int, default=3, metavar="N",
+        help="iterations of each start before the choice",
+    )  # fmt: skip
+    adv.add_argument(
+        "--fa-iterations", type=int, default=6, metavar="N",
+        help="FAML: first iterations (the starts' included) run as FA, by the best "
+        "correlation, before the likelihood takes over (0: FAML throughout)",
+    )  # fmt: skip
+    adv.add_argument(
+        "--average-update", choices=("compensated", "paper"), default="compensated",
+        help="M-step average: S / max(W, 0.1 n), or the paper's eq. 10",
+    )  # fmt: skip
+    adv.add_argument(
+        "--paper-exact", action="store_true",
+        help="the published method's choices: --no-scan --likelihood plain --voronoi "
+        "--local-candidates 0 --average-update paper --starts 1 --fa-iterations 0 (the "
+        "random-pose start and FSC filtering stay)",
+    )  # fmt: skip
+    r.set_defaults(func=_cmd_run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``faml`` command."""
     parser = argparse.ArgumentParser(
         prog="faml",
-        description="Reference-free subtomogram averaging and classification (FAML).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Reference-free subtomogram averaging (K = 1) and classification (K > 1) "
+        "for cryo-electron tomography by FAML: fast rotational alignment proposes candidate "
+        "poses, maximum likelihood integrates over them. RELION conventions (STAR, MRC).",
+        epilog=EXAMPLES,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"faml {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    _add_output_flags(parser, False)
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
 
-    p = sub.add_parser(
-        "align",
-        help="candidate transforms of one particle against one average",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = _command(
+        sub, "align", "candidate poses of one particle against one average",
+        "Candidate rigid transforms of one particle (MRC) against one average (MRC), best "
+        "first, in RELION's conventions (ZYZ Euler angles in degrees, origins in Angstrom).",
+    )  # fmt: skip
     p.add_argument("particle", help="particle MRC (cubic)")
     p.add_argument("average", help="average MRC (same box)")
     wedge = p.add_mutually_exclusive_group()
@@ -436,156 +800,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_align)
 
-    r = sub.add_parser(
-        "run",
-        help="average (K = 1) or classify (K > 1) particles",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    r.add_argument("particles", help="RELION particles STAR file, or a folder / glob of MRC files")
-    r.add_argument("--out", required=True, help="output folder")
-    _add_interop_options(r)
-    r.add_argument("--classes", type=int, default=1, help="number of classes K")
-    r.add_argument(
-        "--method",
-        choices=("faml", "fa"),
-        default="faml",
-        help="faml: candidates + maximum likelihood; fa: alignment only",
-    )
-    r.add_argument("--iterations", type=int, default=15, help="most iterations")
-    _add_tilt_range(r, "tilt range (degrees, about Y) of particles without a rlnCtfImage weight")
-    r.add_argument(
-        "--max-shift", type=float, default=None, help="largest translation, voxels (default box/4)"
-    )
-    r.add_argument("--candidates", type=int, default=20, help="candidates per particle and class")
-    r.add_argument(
-        "--scan-step",
-        type=float,
-        default=15.0,
-        help="rotation step (degrees) of the phase-aware scan that adds candidates",
-    )
-    r.add_argument(
-        "--no-scan", action="store_true", help="magnitude-only candidate search (the paper)"
-    )
-    r.add_argument(
-        "--likelihood",
-        choices=("scaled", "plain"),
-        default="scaled",
-        help="scaled: the reference's amplitude fitted per candidate; plain: the paper's",
-    )
-    r.add_argument(
-        "--voronoi",
-        action="store_true",
-        help="weigh candidates by their Voronoi cells (the paper; off by default, see docs)",
-    )
-    r.add_argument(
-        "--local-candidates",
-        type=int,
-        default=2,
-        help="best candidates per class that get six neighbours per ring (0: none)",
-    )
-    r.add_argument(
-        "--local-rings",
-        type=int,
-        default=2,
-        help="rings of neighbours, at 5, 10, ... degrees from the candidate",
-    )
-    r.add_argument(
-        "--average-update",
-        choices=("compensated", "paper"),
-        default="compensated",
-        help="M-step average: S / max(W, 0.1 n), or the paper's eq. 10",
-    )
-    r.add_argument(
-        "--starts",
-        type=int,
-        default=3,
-        help="random starts, each run for --start-iterations iterations; the best-fitting "
-        "one continues (1: a single start)",
-    )
-    r.add_argument(
-        "--start-iterations",
-        type=int,
-        default=3,
-        help="iterations of each start before the choice",
-    )
-    r.add_argument(
-        "--fa-iterations",
-        type=int,
-        default=6,
-        help="FAML: first iterations (the starts' included) run as FA, by the best "
-        "correlation, before the likelihood takes over (0: FAML throughout)",
-    )
-    r.add_argument(
-        "--paper-exact",
-        action="store_true",
-        help="the published method's choices: --no-scan --likelihood plain --voronoi "
-        "--local-candidates 0 --average-update paper --starts 1 --fa-iterations 0 (the "
-        "random-pose start and FSC filtering stay)",
-    )
-    r.add_argument("--seed", type=int, default=0, help="the seed of every random choice")
-    r.add_argument(
-        "--workers", type=int, default=1,
-        help="local worker processes (more than 1: a Dask LocalCluster)",
-    )  # fmt: skip
-    r.add_argument(
-        "--scheduler", default=None, metavar="ADDRESS",
-        help="run the map step on a running Dask scheduler (tcp://HOST:PORT or a scheduler "
-        "JSON file) and its workers",
-    )  # fmt: skip
-    r.add_argument(
-        "--cluster", choices=("slurm",), default=None,
-        help="start Dask workers as batch jobs (needs faml[cluster] and --cluster-config)",
-    )  # fmt: skip
-    r.add_argument(
-        "--cluster-config", default=None, metavar="FILE",
-        help="YAML: jobs and the SLURM options (see the README's SLURM section)",
-    )  # fmt: skip
-    r.add_argument(
-        "--batch-size", type=int, default=8,
-        help="particles per task of the map step (results do not depend on it)",
-    )  # fmt: skip
-    r.add_argument(
-        "--mask",
-        help="reference mask MRC, values 0..1, the particles' box (used for alignment, "
-        "likelihood and the maps; default: a soft sphere of 0.45 box)",
-    )
-    r.add_argument(
-        "--particle-diameter", type=float, default=None, metavar="A",
-        help="soft spherical mask of this diameter in Angstrom instead",
-    )  # fmt: skip
-    r.add_argument(
-        "--gold-standard", action="store_true",
-        help="refine the two random halves independently after the common start (RELION's "
-        "gold standard): honest half-map FSC, mask-corrected, in model.star",
-    )  # fmt: skip
-    r.add_argument(
-        "--symmetry", default="C1", metavar="GROUP",
-        help="point group of the averages: C1, Cn or Dn (RELION's axes: n-fold about z)",
-    )  # fmt: skip
-    r.add_argument(
-        "--voxel-size",
-        type=float,
-        default=None,
-        help="Angstrom per voxel when the files do not say",
-    )
-    r.add_argument(
-        "--continue",
-        dest="resume",
-        action="store_true",
-        help="continue after the last complete iteration in --out",
-    )
-    r.add_argument(
-        "--then-export", choices=("relion",), default=None,
-        help="at the end, also export the maps and particles for RELION (see faml export)",
-    )  # fmt: skip
-    r.set_defaults(func=_cmd_run)
-
+    _add_run(sub)
     _add_prepare_stacks(sub)
 
-    s = sub.add_parser(
-        "simulate",
-        help="simulated subtomograms with known truth (tilt series, CTF, noise)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    s = _command(
+        sub, "simulate", "simulated subtomograms with known truth (tilt series, CTF, noise)"
     )
     s.add_argument(
         "--structure", action="append", required=True, metavar="PATH",
@@ -628,11 +847,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace a simulation in --out")
     s.set_defaults(func=_cmd_simulate)
 
-    e = sub.add_parser(
-        "evaluate",
-        help="score a run (or one map) against the truth of a simulation",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    e = _command(sub, "evaluate", "score a run (or one map) against the truth of a simulation")
     e.add_argument("run_dir", nargs="?", default=None, help="a faml run directory")
     e.add_argument(
         "--truth", required=True,
@@ -652,10 +867,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_report_export(sub)
 
-    d = sub.add_parser(
-        "demo",
-        help="simulate a small data set, run FAML, score the map against the truth",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    d = _command(
+        sub, "demo", "simulate a small data set, run FAML, score the map against the truth"
     )
     d.add_argument("--out", default="demo_out", help="output directory")
     d.add_argument("--particles", type=int, default=100, help="particles to simulate")
@@ -667,28 +880,163 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``faml`` console script."""
-    args = build_parser().parse_args(argv)
-    args.argv = None if argv is None else ["faml", *argv]
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-    )
+class _StderrHandler(logging.Handler):
+    """Log records to the current ``sys.stderr``.
+
+    Through ``tqdm.write``, so that a progress bar on the terminal is redrawn below the
+    message instead of being torn.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+class _Formatter(logging.Formatter):
+    """``12:03:04 message``; warnings and errors say so; ``--verbose`` adds the logger."""
+
+    def __init__(self, verbose: bool):
+        super().__init__(datefmt="%H:%M:%S")
+        self.verbose = verbose
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self.verbose:
+            self._style._fmt = "%(asctime)s %(name)s %(levelname)s: %(message)s"
+        elif record.levelno >= logging.WARNING:
+            self._style._fmt = "%(asctime)s %(levelname)s: %(message)s"
+        else:
+            self._style._fmt = "%(asctime)s %(message)s"
+        return super().format(record)
+
+
+@contextlib.contextmanager
+def _logging(args: argparse.Namespace):
+    """Show faml's messages on stderr for one command; the logger is restored afterwards.
+
+    Only the ``faml`` logger gets a handler (the CLI owns it; the library never configures
+    logging). Records still propagate, so an application's own handlers see them too.
+    """
+    log = logging.getLogger("faml")
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    handler = _StderrHandler(level)
+    handler.setFormatter(_Formatter(args.verbose))
+    saved = log.level
+    log.addHandler(handler)
+    log.setLevel(level)
     if not args.verbose:  # Dask's own start-up and shut-down chatter only with --verbose
         import dask.config  # read by distributed when it is imported (later, if at all)
 
         dask.config.set({"logging.distributed": "warning", "logging.dask_jobqueue": "warning"})
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(saved)
+
+
+def _saved_iteration(out) -> str:
+    """What ``--continue`` would resume from in the run folder ``out``."""
+    from pathlib import Path
+
+    from faml.ml.engine import last_complete_iteration
+
+    out = Path(out)
+    done = last_complete_iteration(out)
+    if done is not None:
+        return f"iteration {int(done.name)} is saved in {out}"
+    starts = sorted(p for p in (out / "starts").glob("[0-9][0-9]") if last_complete_iteration(p))
+    if starts:
+        return f"random starts up to start {int(starts[-1].name)} are saved in {out}"
+    return f"no iteration was complete in {out}"
+
+
+def explain(exc: BaseException, args: argparse.Namespace) -> tuple[str, str | None, int]:
+    """An error as ``(message, hint or None, exit status)`` for a person at the terminal.
+
+    2: bad input or usage (the user can fix the command or the files); 3: the Dask cluster
+    went away; 130: interrupted; 1: anything else.
+    """
+    import errno
+
     from faml.parallel import ExecutorLost
 
-    try:
-        return int(args.func(args))
-    except ExecutorLost as exc:  # the cluster went away: say how to go on
-        print(f"faml {args.command}: {exc}", file=sys.stderr)
-        return 3
-    except (ValueError, OSError) as exc:  # bad input: one clear sentence, no traceback
-        print(f"faml {args.command}: {exc}", file=sys.stderr)
-        return 2
+    command = getattr(args, "command", "")
+    help_hint = f"see 'faml {command} --help'"
+    out = getattr(args, "out", None)
+    if isinstance(exc, KeyboardInterrupt):
+        if command == "run" and out is not None:
+            return (
+                f"interrupted; {_saved_iteration(out)}",
+                "run the same command with --continue to resume from it",
+                130,
+            )
+        return "interrupted", None, 130
+    if isinstance(exc, ExecutorLost):  # the message says what is saved and how to go on
+        return str(exc), "check that the scheduler and its workers are up", 3
+    if isinstance(exc, FileNotFoundError):
+        name = exc.filename or str(exc)
+        return f"no such file or folder: {name}", "check the path; " + help_hint, 2
+    if isinstance(exc, FileExistsError):
+        hint = "choose another output folder" + (
+            " or add --overwrite" if getattr(args, "overwrite", None) is False else ""
+        )
+        return str(exc) if exc.filename is None else f"already exists: {exc.filename}", hint, 2
+    if isinstance(exc, (IsADirectoryError, NotADirectoryError)):
+        return f"{exc.strerror}: {exc.filename}", "check the path; " + help_hint, 2
+    if isinstance(exc, PermissionError):
+        where = f" (--out {out})" if out is not None else ""
+        return (
+            f"permission denied: {exc.filename or exc}",
+            f"choose a file or folder you can write to{where}",
+            2,
+        )
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        hint = "free some space or choose another --out"
+        if command == "run":
+            hint += "; the saved iterations are kept and --continue resumes"
+        return f"no space left on the device writing {exc.filename or out or '?'}", hint, 1
+    if isinstance(exc, OSError):
+        text = exc.strerror or str(exc)
+        return (f"{text}: {exc.filename}" if exc.filename else text), None, 1
+    if isinstance(exc, ValueError):  # faml's own checks: already a sentence for the user
+        text = str(exc)
+        if "not a readable MRC file" in text:
+            hint = "is it a complete MRC volume? (e.g. 'header FILE' in IMOD)"
+        elif "not a readable STAR file" in text:
+            hint = "is it a RELION STAR file? (data_ blocks and loop_ tables)"
+        else:
+            hint = help_hint
+        return text, hint, 2
+    return (
+        f"{type(exc).__name__}: {exc}",
+        "run again with --debug for the full traceback (and please report it)",
+        1,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``faml`` console script.
+
+    Errors are one line ``faml: error: ...`` and a ``hint: ...`` line on stderr (the full
+    traceback too with ``--debug``); the exit status says what kind (:func:`explain`).
+    """
+    args = build_parser().parse_args(argv)
+    args.argv = None if argv is None else ["faml", *argv]
+    with _logging(args):
+        try:
+            return int(args.func(args))
+        except (Exception, KeyboardInterrupt) as exc:
+            message, hint, status = explain(exc, args)
+            if args.debug:
+                traceback.print_exc(file=sys.stderr)
+            print(f"faml: error: {message}", file=sys.stderr)
+            if hint:
+                print(f"hint: {hint}", file=sys.stderr)
+            return status
 
 
 if __name__ == "__main__":  # pragma: no cover

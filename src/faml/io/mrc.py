@@ -41,11 +41,22 @@ def _voxel(m: mrcfile.mrcfile.MrcFile) -> float | None:
 
 
 def read_header(path: str | os.PathLike[str]) -> VolumeHeader:
-    """Read only the header of an MRC file (cheap: no data is loaded)."""
-    with mrcfile.open(path, header_only=True, permissive=False) as m:
-        h = m.header
-        shape = (int(h.nz), int(h.ny), int(h.nx))
-        return VolumeHeader(shape, _voxel(m))
+    """Read only the header of an MRC file (cheap: no data is loaded).
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no such file.
+    ValueError
+        If the file has no valid MRC header (the message names the file).
+    """
+    try:
+        with mrcfile.open(path, header_only=True, permissive=False) as m:
+            h = m.header
+            shape = (int(h.nz), int(h.ny), int(h.nx))
+            return VolumeHeader(shape, _voxel(m))
+    except ValueError as exc:  # mrcfile's messages do not name the file
+        raise ValueError(f"{path} is not a readable MRC file ({exc})") from exc
 
 
 def read_volume(path: str | os.PathLike[str]) -> tuple[np.ndarray, float | None]:
@@ -60,6 +71,8 @@ def read_volume(path: str | os.PathLike[str]) -> tuple[np.ndarray, float | None]
 
     Raises
     ------
+    FileNotFoundError
+        If there is no such file.
     ValueError
         If the file is not a valid MRC file or not a 3D volume.
     """
@@ -67,6 +80,8 @@ def read_volume(path: str | os.PathLike[str]) -> tuple[np.ndarray, float | None]
         with mrcfile.open(path, permissive=False) as m:
             data = np.asarray(m.data)
             voxel = _voxel(m)
+    except FileNotFoundError:
+        raise  # says which path; no other reading can help
     except (ValueError, OSError) as exc:
         # Some writers leave header fields such as the machine stamp empty; mrcfile reads
         # those files in permissive mode (it warns), as long as the data are complete.

@@ -90,6 +90,8 @@ def read_particles_star(
     path = Path(path)
     try:
         blocks = starfile.read(path, always_dict=True)
+    except FileNotFoundError:
+        raise
     except Exception as exc:  # starfile raises a variety of parser errors
         raise ValueError(f"{path} is not a readable STAR file ({exc})") from exc
     if relion5.is_optimisation_set(blocks):

@@ -32,6 +32,7 @@ import logging
 import os
 import re
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
@@ -103,16 +104,42 @@ class Executor(Protocol):
         ...
 
 
-def _bar(progress: bool, label: str, sizes: Sequence[int] | None, n_tasks: int) -> tqdm:
-    total = sum(sizes) if sizes is not None else n_tasks
-    return tqdm(
-        total=total,
-        desc=label or "faml",
-        unit="particle" if sizes is not None else "task",
-        disable=not progress,
-        leave=False,
-        dynamic_ncols=True,
-    )
+ProgressHook = Callable[[str, int, int, float], None]
+"""``hook(label, done, total, seconds)``: after each task of a call, the particles (or
+tasks, without ``sizes``) done so far, their total and the seconds since the call began."""
+
+
+class _Progress:
+    """A call's tqdm bar (shown or not) and the executor's :data:`ProgressHook`, if any."""
+
+    def __init__(self, progress, label, sizes, n_tasks, hook: ProgressHook | None):
+        self.total = sum(sizes) if sizes is not None else n_tasks
+        self.label, self.hook, self.done = label, hook, 0
+        self.started = time.perf_counter()
+        self.bar = tqdm(
+            total=self.total,
+            desc=label or "faml",
+            unit="particle" if sizes is not None else "task",
+            disable=not progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+        self.done += n
+        if self.hook is not None:
+            self.hook(self.label, self.done, self.total, time.perf_counter() - self.started)
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+
+def _bar(progress, label, sizes, n_tasks, hook: ProgressHook | None = None) -> _Progress:
+    return _Progress(progress, label, sizes, n_tasks, hook)
 
 
 class SerialExecutor:
@@ -125,13 +152,15 @@ class SerialExecutor:
     """
 
     workers = 1
+    on_progress: ProgressHook | None = None
+    """Called after each task (:data:`ProgressHook`); the command line sets it."""
 
     def __init__(self, progress: bool = False):
         self.progress = progress
 
     def map(self, fn, tasks, *, shared=None, sizes=None, label=""):
         """Results of ``fn(shared, task)`` over ``tasks``, in order."""
-        with _bar(self.progress, label, sizes, len(tasks)) as bar:
+        with _bar(self.progress, label, sizes, len(tasks), self.on_progress) as bar:
             for i, task in enumerate(tasks):
                 yield fn(shared, task)
                 bar.update(sizes[i] if sizes is not None else 1)
@@ -261,6 +290,9 @@ class DaskExecutor:
         Show a progress bar per call.
     """
 
+    on_progress: ProgressHook | None = None
+    """Called after each task (:data:`ProgressHook`); the command line sets it."""
+
     def __init__(self, client, cluster=None, *, progress: bool = False):
         self.client = client
         self._cluster = cluster
@@ -314,7 +346,7 @@ class DaskExecutor:
             del futures  # a result leaves the cluster's memory once it is here
             done: dict[int, Any] = {}
             following = 0
-            with _bar(self.progress, label, sizes, len(tasks)) as bar:
+            with _bar(self.progress, label, sizes, len(tasks), self.on_progress) as bar:
                 for future in pending:
                     i = index[future.key]
                     done[i] = future.result()
@@ -362,7 +394,7 @@ class DaskExecutor:
             # result in a worker's memory after the combine has used it (O(N) per worker).
             pending = as_completed(futures)
             del futures
-            with _bar(self.progress, label, sizes, len(tasks)) as bar:
+            with _bar(self.progress, label, sizes, len(tasks), self.on_progress) as bar:
                 for future in pending:
                     if future.status == "error":
                         future.result()  # raises the task's own error

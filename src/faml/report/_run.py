@@ -9,7 +9,10 @@ What is read, newest first:
   iteration's ``manifest.json``;
 - ``iterations/NNN/`` with a ``manifest.json`` (complete iterations only): ``model.npz``
   (FSC per class, band, alpha, sigma2, xi; the averages are not loaded), ``particles.npz``
-  (classes, rotations, max probability, n_significant) and ``class_KKK.mrc``.
+  (classes, rotations, max probability, n_significant) and ``class_KKK.mrc``;
+- of a finished run, ``model.star`` (the final FSC curves per class, RELION's layout; its
+  first line says whether the halves were refined independently) and the names of the
+  unfiltered half maps ``class_KKK_halfH_unfil.mrc`` (gold-standard runs).
 """
 
 from __future__ import annotations
@@ -68,6 +71,77 @@ class IterationFiles:
         return self.folder / f"class_{klass + 1:03d}.mrc"
 
 
+MODEL_CURVES = {
+    "gold": "rlnGoldStandardFsc",
+    "corrected": "rlnFourierShellCorrelationCorrected",
+    "masked": "rlnFourierShellCorrelationMaskedMaps",
+    "unmasked": "rlnFourierShellCorrelationUnmaskedMaps",
+    "random": "rlnCorrectedFourierShellCorrelationPhaseRandomizedMaskedMaps",
+}
+"""The FSC curves of ``model.star`` (:func:`faml.io.star.write_model_star`) by short name."""
+
+
+@dataclass(frozen=True)
+class FinalModel:
+    """``model.star`` of a finished run.
+
+    Attributes
+    ----------
+    path
+        The file.
+    independent
+        Whether the half maps were refined independently (gold standard), from the file's
+        first line; ``None`` if it does not say.
+    resolutions
+        `(K,)` Ångström at FSC 0.143 per class (``rlnEstimatedResolution``).
+    curves
+        Per class, the curves it holds: short name (:data:`MODEL_CURVES`) -> `(N//2 + 1,)`.
+    half_maps
+        Per class, the unfiltered half maps that exist (``class_KKK_halfH_unfil.mrc``).
+    """
+
+    path: Path
+    independent: bool | None
+    resolutions: np.ndarray
+    curves: list[dict[str, np.ndarray]]
+    half_maps: list[list[Path]]
+
+
+def read_model_star(folder: Path) -> FinalModel | None:
+    """``folder/model.star`` read for the report, or ``None`` if there is none."""
+    import starfile
+
+    path = folder / "model.star"
+    if not path.exists():
+        return None
+    with path.open() as f:
+        first = f.readline()
+    independent = None
+    if first.startswith("# faml:"):
+        independent = "independently" in first
+    blocks = starfile.read(path, always_dict=True)
+    classes = blocks["model_classes"]
+    resolutions = np.asarray(classes["rlnEstimatedResolution"], dtype=float)
+    curves, half_maps = [], []
+    for k in range(len(classes)):
+        table = blocks[f"model_class_{k + 1}"]
+        curves.append({
+            key: np.asarray(table[label], dtype=float)
+            for key, label in MODEL_CURVES.items()
+            if label in table.columns
+        })  # fmt: skip
+        names = (folder / f"class_{k + 1:03d}_half{h}_unfil.mrc" for h in (1, 2))
+        half_maps.append([p for p in names if p.exists()])
+    return FinalModel(path, independent, resolutions, curves, half_maps)
+
+
+def _final_model(folder: Path) -> FinalModel | None:
+    try:
+        return read_model_star(folder)
+    except (KeyError, ValueError, OSError):  # unreadable: the report goes on without it
+        return None
+
+
 @dataclass(frozen=True)
 class RunFiles:
     """What the report knows about a run directory.
@@ -86,6 +160,7 @@ class RunFiles:
     voxel_size: float
     classes: int
     particles: int
+    model: FinalModel | None = None
 
     @property
     def last(self) -> IterationFiles:
@@ -160,4 +235,6 @@ def read_run_files(folder: str | os.PathLike[str], info: dict | None = None) -> 
         voxel_size=voxel,
         classes=int(iterations[-1].fsc.shape[0]),
         particles=int(info.get("particles") or iterations[-1].classes.size),
+        # written at the end of a run: a run in progress may hold an older one
+        model=_final_model(folder) if complete else None,
     )

@@ -104,6 +104,21 @@ def _fmt_seconds(s: float) -> str:
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
+def _final_summary(model) -> str:
+    per_class = ", ".join(
+        f"class {k + 1}: {r:.1f} Å" for k, r in enumerate(model.resolutions)
+    )  # fmt: skip
+    if model.independent:
+        kind = "gold standard" + (
+            ", mask-corrected" if any("corrected" in c for c in model.curves) else ""
+        )
+    elif model.independent is False:
+        kind = "half-sets aligned to the joint average: optimistic"
+    else:
+        kind = "half-set FSC"
+    return f"{per_class} ({kind})"
+
+
 def _summary(run: RunFiles, scores: dict | None) -> str:
     info, cfg = run.info, run.config
     last = run.history[-1]
@@ -137,6 +152,7 @@ def _summary(run: RunFiles, scores: dict | None) -> str:
         ("method", method),
         ("iterations", f"{done} done" + (f", at most {planned}" if planned else "")),
         ("resolution (half-set FSC 0.143)", per_class),
+        *([("final resolution (model.star)", _final_summary(run.model))] if run.model else []),
         ("band of the last iteration", f"{last.get('band_shells')} shells "
          f"({float(last.get('resolution_angstrom') or 0):.1f} Å)"),
         ("workers", f"{info.get('workers', '?')} ({info.get('executor', '?')})"),
@@ -193,6 +209,60 @@ def _maps_section(run: RunFiles) -> str:
     )
 
 
+def _independence(model) -> str:
+    if model.independent is None:
+        return "model.star does not say whether the half maps were refined independently."
+    if model.independent:
+        return (
+            "The two half maps were refined independently after the common start (gold "
+            "standard, <code>--gold-standard</code>): their FSC is an honest resolution "
+            "estimate."
+        )
+    return (
+        "The half maps were <b>not</b> refined independently: both half-sets were aligned "
+        "to the joint average, so their FSC is optimistic (run with "
+        "<code>--gold-standard</code> for an honest one)."
+    )
+
+
+def _final_section(run: RunFiles) -> str:
+    """The final FSC of ``model.star``: figure, resolution per class, the half maps."""
+    model = run.model
+    rows = []
+    for k, curves in enumerate(model.curves):
+        kind = "mask-corrected FSC" if "corrected" in curves else "half-set FSC"
+        halves = ", ".join(
+            f'<a href="{html.escape(p.name)}"><code>{html.escape(p.name)}</code></a>'
+            for p in model.half_maps[k]
+        )  # fmt: skip
+        rows.append(
+            f"<tr><td>class {k + 1}</td><td>{model.resolutions[k]:.1f} Å</td>"
+            f"<td>{kind}</td><td>{halves or '–'}</td></tr>"
+        )
+    table = (
+        "<table><tr><th>class</th><th>FSC 0.143</th><th>from</th>"
+        f"<th>unfiltered half maps</th></tr>{''.join(rows)}</table>"
+    )
+    corrected = any("corrected" in c for c in model.curves)
+    note = (
+        "FSC of the final half maps (<code>model.star</code>, RELION's layout). "
+        + (
+            "Bold: corrected for the mask by phase randomisation (RELION's "
+            "post-processing), whose 0.143 crossing is the resolution; thin: the FSC of the "
+            "masked and unmasked half maps and of the masked maps with phases randomised "
+            "beyond the shell where the unmasked FSC drops below 0.8. "
+            if corrected
+            else "Bold: the FSC of the half-set averages. "
+        )
+        + _independence(model)
+    )
+    return (
+        f'<p class="note">{note}</p>'
+        + _img(plots.final_fsc_figure(run), "final FSC curves from model.star")
+        + table
+    )
+
+
 def render_html(run: RunFiles, scores: dict | None = None) -> str:
     """The report page of ``run`` (``scores``: from :func:`truth_scores`)."""
     truth_curves = None if not scores else {k: s.fsc for k, s in scores.items()}
@@ -209,6 +279,11 @@ def render_html(run: RunFiles, scores: dict | None = None) -> str:
             "estimate) and 0.5 (dotted)."
             + (" Green dashed: the final map against the true structure (its 0.5 crossing in"
                " the legend)." if truth_curves else ""),
+        ),
+        *(
+            [("final", "Final resolution (model.star)", _final_section(run), "")]
+            if run.model is not None
+            else []
         ),
         (
             "classes", "Classes",

@@ -22,6 +22,7 @@ from faml.report._run import RunFiles
 __all__ = [
     "FSC_THRESHOLDS",
     "class_figure",
+    "final_fsc_figure",
     "fsc_figure",
     "map_strip",
     "noise_figure",
@@ -117,6 +118,54 @@ def fsc_figure(run: RunFiles, truth: dict[int, np.ndarray] | None = None) -> byt
             f = _frequency(box, voxel, len(curve))
             res = fsc_resolution(curve, box, voxel, 0.5)
             ax.plot(f[1:], curve[1:], color="C2", lw=1.5, ls="--", label=f"vs truth ({res:.1f} Å)")
+        ax.set_ylim(-0.1, 1.02)
+        ax.set_xlim(0, f[-1])
+        ax.set_xlabel("spatial frequency (1/Å)")
+        ax.set_ylabel("FSC")
+        ax.set_title(f"class {k + 1}")
+        ax.legend(fontsize=8, loc="upper right")
+    for j in range(K, rows * cols):
+        axes[j // cols, j % cols].set_visible(False)
+    return _png(fig)
+
+
+def final_fsc_figure(run: RunFiles) -> bytes:
+    """The final FSC curves of ``model.star`` per class, the 0.143 crossing marked.
+
+    Gold-standard runs: the mask-corrected curve (bold; its crossing is the resolution), the
+    masked, unmasked and phase-randomised curves (thin); otherwise the half-set FSC alone.
+    """
+    model = run.model
+    if model is None:
+        raise ValueError(f"{run.folder} has no model.star")
+    K = len(model.curves)
+    cols = min(K, 3)
+    rows = -(-K // cols)
+    fig, axes = _figure(rows, cols, 3.2 * rows)
+    box, voxel = run.box, run.voxel_size
+    styles = {
+        "unmasked": ("half maps, unmasked", "0.6", 1.0, ":"),
+        "masked": ("half maps, masked", "C1", 1.0, "-"),
+        "random": ("phase-randomised, masked", "C3", 1.0, "--"),
+        "gold": ("half maps", "C0", 2.0, "-"),
+        "corrected": ("mask-corrected", "C0", 2.0, "-"),
+    }
+    for k, curves in enumerate(model.curves):
+        ax = axes[k // cols, k % cols]
+        final = "corrected" if "corrected" in curves else "gold"
+        for key, (label, color, width, style) in styles.items():
+            if key not in curves or (key == "gold" and "unmasked" in curves):
+                continue  # the half-map curve is the unmasked one
+            c = curves[key]
+            f = _frequency(box, voxel, c.size)
+            ax.plot(f[1:], c[1:], color=color, lw=width, ls=style, label=label)
+        res = fsc_resolution(curves[final], box, voxel, 0.143)
+        ax.axhline(0.143, color="0.5", lw=0.8)
+        ax.axvline(1 / res, color="C3", lw=1)
+        ax.annotate(
+            f"0.143: {res:.1f} Å", (1 / res, 0.143), xytext=(4, 4), textcoords="offset points",
+            color="C3", fontsize=9,
+        )  # fmt: skip
         ax.set_ylim(-0.1, 1.02)
         ax.set_xlim(0, f[-1])
         ax.set_xlabel("spatial frequency (1/Å)")
