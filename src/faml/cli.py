@@ -484,6 +484,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"faml demo: map      {f['map']}")
     print(f"faml demo: STAR     {f['star']}")
     print(f"faml demo: log      {f['log']}  (truth: {f['truth']})")
+    print(f"faml demo: report   {f['report']}")
     print(
         f"faml demo: the map against the true structure: correlation "
         f"{f['correlation_with_truth']:.3f}, FSC 0.5 at {f['fsc05_resolution_angstrom']:.1f} A; "

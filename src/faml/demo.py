@@ -58,6 +58,7 @@ def run_demo(
         "map": str(out / "run" / "class_001.mrc"),
         "star": str(out / "run" / "particles.star"),
         "log": str(out / "run" / "run.json"),
+        "report": str(out / "run" / "report.html"),
         "truth": str(out / "particles" / "truth.json"),
         "correlation_with_truth": score.correlation,
         "fsc05_resolution_angstrom": score.resolution_05,
