@@ -81,6 +81,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--experiments", default="E1,E3")
     parser.add_argument(
+        "--variants", default=None, help="comma-separated variant names to run (default: all)"
+    )
+    parser.add_argument(
         "--render-only", action="store_true", help="rebuild VARIANTS.md from the saved runs"
     )
     args = parser.parse_args()
@@ -103,6 +106,8 @@ def main() -> None:
             simulate_set(exp, folder, exp.box, exp.voxel_size, exp.n_each, args.seed)
         rows = results.setdefault(exp.name, {})
         for name, options in VARIANTS[exp.name].items():
+            if args.variants and name not in args.variants.split(","):
+                continue
             tag = "faml-" + name.replace(" + ", "-").lower()
             row = run_method(folder, "faml", len(exp.structures), args.workers, args.seed,
                              name=tag, **options)  # fmt: skip
