@@ -96,7 +96,7 @@ def _header_problem(path: str, box: int | None, voxel_size: float | None, what: 
     except (ValueError, OSError) as exc:
         return f"not an MRC file ({exc})", None
     if map_id != b"MAP ":
-        return f"not an MRC file (no 'MAP ' tag in its header: {map_id!r})", None
+        return "not an MRC file (no 'MAP ' tag in its header)", None
     if mode not in _FLOAT_MODES:
         name = _MODE_NAMES.get(mode, "unknown")
         return f"mode {mode} ({name}) data: {what}s must be float (MRC mode 2 or 12)", None
