@@ -341,3 +341,17 @@ def test_validate_table_is_cheap_and_reports(tmp_path):
     assert report.ok  # headers only: a constant volume passes
     report = validate_table(from_mrc_files(d), classes=2)
     assert report.bad_indices() == [3] and list(report.good_indices()) == [0, 1, 2, 4, 5]
+
+
+def test_the_star_reader_names_the_file_and_the_particle(tmp_path):
+    from faml.io.star import read_particles_star
+
+    _bad_path(tmp_path)
+    star = tmp_path / "d" / "p.star"
+    with pytest.raises(ValueError, match=r"p\.star: particle 2 \(rlnImageName\): no such file "
+                       r"'elsewhere/p99\.mrc' \(relative to "):  # fmt: skip
+        read_particles_star(star)
+    table = read_particles_star(star, strict=False)  # kept for the checks to report
+    assert validate_table(table).lines() == [
+        f"particle 2 ({tmp_path}/d/elsewhere/p99.mrc): no such file"
+    ]
