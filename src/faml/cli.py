@@ -196,9 +196,10 @@ def _validated(args: argparse.Namespace, table):
 
     check_data = not args.no_data_check
     report = validate_table(table, classes=args.classes, mask=args.mask, check_data=check_data)
-    logger.debug(
-        "input checks of %d particles: headers %.2f s, data %.2f s",
-        len(table), report.seconds_headers, report.seconds_data,
+    logger.info(
+        "input checked: %d particles, headers in %.2f s, %s",
+        len(table), report.seconds_headers,
+        f"data in {report.seconds_data:.2f} s" if check_data else "data not read (--no-data-check)",
     )  # fmt: skip
     if args.skip_bad and report.particles:
         good = report.good_indices()
