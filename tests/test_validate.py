@@ -252,8 +252,8 @@ def _out_holds_other_run(t):
     (t / "o").mkdir()
     (t / "o" / "run.json").write_text("{}")
     return [str(d), "--out", str(t / "o")], (
-        "--out {t}/o holds a run of an unknown run (run.json): add --overwrite to replace it "
-        "or --continue to resume it"
+        "--out {t}/o holds another run (run.json; no inputs.json to compare with): add "
+        "--overwrite to replace it or --continue to resume it"
     )
 
 
@@ -330,7 +330,8 @@ def test_skip_bad_drops_and_lists_them_and_the_run_goes_on(tmp_path, capsys):
     # the same command again is the same run; another one needs --overwrite
     assert main(argv) == 0
     assert main([*argv, "--seed", "3"]) == 2
-    assert "holds a run of other particles or settings" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "holds another run (run.json, iterations; other particles or settings)" in err
     assert main([*argv, "--seed", "3", "--overwrite"]) == 0
 
 

@@ -290,10 +290,10 @@ def _check_out(args: argparse.Namespace, table, config) -> None:
     if before == json.loads(json.dumps(_fingerprint(table, config))):
         return  # the same run again
     if not args.overwrite:
-        what = "other particles or settings" if before else "an unknown run"
+        why = "other particles or settings" if before else f"no {_INPUTS} to compare with"
         raise FileExistsError(
-            f"--out {args.out} holds a run of {what} ({', '.join(held)}): add --overwrite to "
-            "replace it or --continue to resume it"
+            f"--out {args.out} holds another run ({', '.join(held)}; {why}): add --overwrite "
+            "to replace it or --continue to resume it"
         )
     logger.warning("--overwrite: removing %s from %s", ", ".join(held), args.out)
     for name in held:
