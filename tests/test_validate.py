@@ -151,7 +151,9 @@ def _bad_number(t):
     rows = [(f"p{i:02d}.mrc", "12.5") for i in range(N)]
     rows[3] = ("p03.mrc", "twelve")
     _star(d / "p.star", rows, columns=("rlnImageName", "rlnAngleRot"))
-    return [str(d / "p.star")], "{d}/p.star: particle 4: rlnAngleRot 'twelve' is not a number"
+    return [str(d / "p.star")], (
+        "{d}/p.star: particle 4 (line 16): rlnAngleRot 'twelve' is not a number"
+    )
 
 
 def _no_pixel_size(t):

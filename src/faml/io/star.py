@@ -80,7 +80,36 @@ _NUMERIC = ("rlnAngle", "rlnOrigin", "rlnCoordinate", "rlnTomoSubtomogram", "rln
             "rlnAmplitudeContrast", "rlnImageSize")  # fmt: skip
 
 
-def _check_numbers(path: Path, table: pd.DataFrame, what: str) -> None:
+def _row_line(path: Path, block: str, row: int) -> int | None:
+    """1-based line of data row ``row`` (0-based) of the loop in ``data_<block>``, if found.
+
+    ``block`` ``""``: the first data block (RELION 3.0's single block).
+    """
+    try:
+        lines = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    inside, in_loop, seen = False, False, -1
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if line.startswith("data_"):
+            if inside:
+                return None
+            inside = block == "" or line == f"data_{block}"
+            in_loop = False
+            continue
+        if not inside or not line or line.startswith("#"):
+            continue
+        if line.startswith("loop_"):
+            in_loop = True
+        elif in_loop and not line.startswith("_"):
+            seen += 1
+            if seen == row:
+                return number
+    return None
+
+
+def _check_numbers(path: Path, table: pd.DataFrame, what: str, block: str = "") -> None:
     """Raise ValueError naming the first value of a numeric RELION column that is no number."""
     for col in table.columns:
         if col == "rlnOpticsGroupName" or not str(col).startswith(_NUMERIC):
@@ -91,8 +120,10 @@ def _check_numbers(path: Path, table: pd.DataFrame, what: str) -> None:
         bad = np.flatnonzero(parsed.isna().to_numpy())
         if len(bad):
             row = int(bad[0])
+            line = _row_line(path, block, row)
+            at = f" (line {line})" if line else ""
             raise ValueError(
-                f"{path}: {what} {row + 1}: {col} {table[col].iloc[row]!r} is not a number"
+                f"{path}: {what} {row + 1}{at}: {col} {table[col].iloc[row]!r} is not a number"
             )
 
 
@@ -167,10 +198,11 @@ def read_particles_star(
         raise ValueError(f"{path} holds no particles")
     if "rlnImageName" not in particles.columns:
         raise ValueError(f"{path} has no rlnImageName column")
-    _check_numbers(path, particles, "particle")
+    block = "particles" if "particles" in blocks else ""
+    _check_numbers(path, particles, "particle", block)
     optics = blocks.get("optics")
     if isinstance(optics, pd.DataFrame):
-        _check_numbers(path, optics, "optics group row")
+        _check_numbers(path, optics, "optics group row", "optics")
     star_dir = path.resolve().parent
     paths = tuple(_resolve_all(path, star_dir, particles["rlnImageName"], "rlnImageName", strict))
     if "general" in blocks or (
