@@ -353,8 +353,8 @@ def test_the_star_reader_names_the_file_and_the_particle(tmp_path):
 
     _bad_path(tmp_path)
     star = tmp_path / "d" / "p.star"
-    with pytest.raises(ValueError, match=r"p\.star: particle 2 \(rlnImageName\): no such file "
-                       r"'elsewhere/p99\.mrc' \(relative to "):  # fmt: skip
+    message = r"p\.star: particle 2 \(rlnImageName, line 13\): no such file 'elsewhere/p99\.mrc'"
+    with pytest.raises(ValueError, match=message + r" \(relative to "):
         read_particles_star(star)
     table = read_particles_star(star, strict=False)  # kept for the checks to report
     assert validate_table(table).lines() == [

@@ -127,11 +127,20 @@ def _check_numbers(path: Path, table: pd.DataFrame, what: str, block: str = "") 
             )
 
 
-def _resolve_all(path: Path, star_dir: Path, names, column: str, strict: bool) -> list[str]:
-    return [
-        _resolve(str(n), star_dir, f"{path}: particle {i + 1} ({column})", strict)
-        for i, n in enumerate(names)
-    ]
+def _resolve_all(
+    path: Path, particles: pd.DataFrame, column: str, strict: bool, block: str = "particles"
+) -> list[str]:
+    """The files of ``particles[column]`` (:func:`_resolve`), an error naming row and line."""
+    star_dir = path.resolve().parent
+    out = []
+    for i, n in enumerate(particles[column]):
+        try:
+            out.append(_resolve(str(n), star_dir, None, strict))
+        except ValueError as exc:
+            line = _row_line(path, block, i)
+            at = f", line {line}" if line else ""
+            raise ValueError(f"{path}: particle {i + 1} ({column}{at}): {exc}") from None
+    return out
 
 
 def read_particles_star(
@@ -203,14 +212,13 @@ def read_particles_star(
     optics = blocks.get("optics")
     if isinstance(optics, pd.DataFrame):
         _check_numbers(path, optics, "optics group row", "optics")
-    star_dir = path.resolve().parent
-    paths = tuple(_resolve_all(path, star_dir, particles["rlnImageName"], "rlnImageName", strict))
+    paths = tuple(_resolve_all(path, particles, "rlnImageName", strict, block))
     if "general" in blocks or (
         isinstance(optics, pd.DataFrame) and any(c.startswith("rlnTomo") for c in optics.columns)
     ):
         weights5: list[str | None] = [None] * len(particles)
         if "rlnCtfImage" in particles.columns:
-            weights5 = _resolve_all(path, star_dir, particles["rlnCtfImage"], "rlnCtfImage", strict)
+            weights5 = _resolve_all(path, particles, "rlnCtfImage", strict, block)
         return relion5.table_from_blocks(
             path,
             {**blocks, "particles": particles},
@@ -245,9 +253,7 @@ def read_particles_star(
     n = len(particles)
     weights: tuple[str | None, ...] = (None,) * n
     if "rlnCtfImage" in particles.columns:
-        weights = tuple(
-            _resolve_all(path, star_dir, particles["rlnCtfImage"], "rlnCtfImage", strict)
-        )
+        weights = tuple(_resolve_all(path, particles, "rlnCtfImage", strict, block))
     tomo = tuple(str(t) for t in particles["rlnTomoName"]) if "rlnTomoName" in particles else None
     sub_cols = ["rlnTomoSubtomogramRot", "rlnTomoSubtomogramTilt", "rlnTomoSubtomogramPsi"]
     subtomo = None
