@@ -94,7 +94,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from faml.parallel import make_executor
 
     tilt = (float(args.tilt_range[0]), float(args.tilt_range[1]))
+    if not -90.0 < tilt[0] < tilt[1] < 90.0:
+        raise ValueError(
+            f"--tilt-range {tilt[0]:g} {tilt[1]:g}: it must satisfy -90 < MIN < MAX < 90 degrees"
+        )
+    _check_out_writable(Path(args.out))
     table = _particles_table(args, tilt)
+    table, dropped = _validated(args, table)
     mask = reference_mask(
         table.box,
         table.voxel_size,
@@ -127,6 +133,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         gold_standard=args.gold_standard,
         symmetry=args.symmetry,
     )
+    _check_out(args, table, config)
+    _record_inputs(Path(args.out), table, config, dropped)
     executor = make_executor(
         args.workers,
         scheduler=args.scheduler,
@@ -162,6 +170,149 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.then_export:
         _export(out, args.then_export, None, None)
     return 0
+
+
+# --- input checks before any work (faml.io.validate) and the output folder ---
+
+
+class InputProblems(ValueError):
+    """Several problems with the input: ``lines`` (one per problem) and a summary."""
+
+    def __init__(self, summary: str, lines: list[str], droppable: int):
+        super().__init__(summary)
+        self.lines, self.droppable = lines, droppable
+
+
+_MOST_LINES = 20
+
+
+def _validated(args: argparse.Namespace, table):
+    """The table after :func:`faml.io.validate.validate_table`, and the dropped problems.
+
+    Without ``--skip-bad`` any problem stops the run (:class:`InputProblems`); with it the
+    bad particles are dropped (a warning) and listed in ``OUT/dropped_particles.txt``.
+    """
+    from faml.io.validate import validate_table
+
+    check_data = not args.no_data_check
+    report = validate_table(table, classes=args.classes, mask=args.mask, check_data=check_data)
+    logger.info(
+        "input checked: %d particles, headers in %.2f s, %s",
+        len(table), report.seconds_headers,
+        f"data in {report.seconds_data:.2f} s" if check_data else "data not read (--no-data-check)",
+    )  # fmt: skip
+    if args.skip_bad and report.particles:
+        good = report.good_indices()
+        if len(good) == 0:
+            raise ValueError(f"none of the {len(table)} particles passed the input checks")
+        dropped = report.particles
+        logger.warning(
+            "--skip-bad: dropped %d of %d particles that failed the input checks (listed in "
+            "%s/dropped_particles.txt)", len(table) - len(good), len(table), args.out,
+        )  # fmt: skip
+        table = table.subset(good)
+        report.particles = []  # what is left: the global problems (they count good ones)
+    else:
+        dropped = []
+    if report.ok:
+        return table, dropped
+    lines = report.lines()
+    bad = len(report.bad_indices())
+    if len(lines) == 1:
+        raise InputProblems(lines[0], [], bad)
+    shown = [f"  {line}" for line in lines[:_MOST_LINES]]
+    if len(lines) > _MOST_LINES:
+        shown.append(f"  ... and {len(lines) - _MOST_LINES} more")
+    raise InputProblems(f"{len(lines)} problems with the input (listed above)", shown, bad)
+
+
+def _check_out_writable(out) -> None:
+    """``--out`` must be a folder (or not exist yet) that can be written to."""
+    import os
+
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        where = "" if probe == out else f" ({probe} is a file)"
+        raise ValueError(f"--out {out} is not a folder{where}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(13, "Permission denied", str(probe))
+
+
+_INPUTS = "inputs.json"
+
+
+def _fingerprint(table, config) -> dict:
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    for p, w in zip(table.paths, table.weight_paths, strict=True):
+        digest.update(f"{p}\t{w}\n".encode())
+    digest.update(json.dumps(table.tilt_ranges.tolist()).encode())
+    return {
+        "particles": len(table),
+        "particles_sha256": digest.hexdigest(),
+        "box": table.box,
+        "voxel_size": table.voxel_size,
+        "config": config.to_dict(),
+    }
+
+
+def _check_out(args: argparse.Namespace, table, config) -> None:
+    """Refuse an ``--out`` among the inputs, or one that holds another run.
+
+    faml never writes next to its input particles: ``--out`` must not be the folder of a
+    particle or weight file. A folder that holds a run (``run.json``, ``iterations/``,
+    ``starts/``) of other particles or settings is refused unless ``--continue`` (resume
+    it) or ``--overwrite`` (its iterations and ``run.json`` are removed first).
+    """
+    import json
+    import shutil
+    from pathlib import Path
+
+    out = Path(args.out).resolve()
+    inputs = {Path(p).parent for p in table.paths}
+    inputs |= {Path(w).parent for w in table.weight_paths if w is not None}
+    if out in inputs:
+        raise ValueError(
+            f"--out {args.out} is the folder of the input particles: faml writes nothing "
+            "beside its inputs; choose another output folder"
+        )
+    held = [n for n in ("run.json", "iterations", "starts") if (out / n).exists()]
+    if not held or args.resume:
+        return
+    try:
+        before = json.loads((out / _INPUTS).read_text())
+    except (OSError, ValueError):
+        before = None
+    if before == json.loads(json.dumps(_fingerprint(table, config))):
+        return  # the same run again
+    if not args.overwrite:
+        why = "other particles or settings" if before else f"no {_INPUTS} to compare with"
+        raise FileExistsError(
+            f"--out {args.out} holds another run ({', '.join(held)}; {why}): add --overwrite "
+            "to replace it or --continue to resume it"
+        )
+    logger.warning("--overwrite: removing %s from %s", ", ".join(held), args.out)
+    for name in held:
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _record_inputs(out, table, config, dropped) -> None:
+    """``OUT/inputs.json`` (what ``_check_out`` compares) and ``OUT/dropped_particles.txt``."""
+    import json
+
+    from faml.io.atomic import write_text_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / _INPUTS, json.dumps(_fingerprint(table, config), indent=2))
+    if dropped:
+        lines = ["# particle (1-based, as in the input)\tfile\treason"]
+        lines += [f"{p.index + 1}\t{p.path}\t{p.reason}" for p in dropped]
+        write_text_atomic(out / "dropped_particles.txt", "\n".join(lines) + "\n")
 
 
 def _iterations_in_all(cfg) -> int:
@@ -296,8 +447,11 @@ def _particles_table(args: argparse.Namespace, tilt: tuple[float, float]):
             voxel_size=args.voxel_size,
             cache_dir=Path(args.out) / "subtomograms",
             tomograms_star=getattr(args, "tomograms", None),
+            strict=False,
         )
-    table = from_mrc_files(args.particles, tilt_range=tilt, voxel_size=args.voxel_size)
+    table = from_mrc_files(
+        args.particles, tilt_range=tilt, voxel_size=args.voxel_size, strict=False
+    )
     if getattr(args, "dynamo_table", None):
         from faml.io.dynamo import apply_dynamo_table, read_dynamo_table
 
@@ -629,6 +783,16 @@ def _add_run(sub) -> None:
         "--voxel-size", type=float, default=None, metavar="A",
         help="Angstrom per voxel when the files do not say",
     )  # fmt: skip
+    i.add_argument(
+        "--skip-bad", action="store_true",
+        help="drop particles that fail the input checks (listed in OUT/dropped_particles.txt) "
+        "instead of stopping",
+    )  # fmt: skip
+    i.add_argument(
+        "--no-data-check", action="store_true",
+        help="check the particles' headers only, not their voxels (NaN, Inf, constant): "
+        "saves one read of the data set",
+    )  # fmt: skip
     _add_interop_options(i)
 
     o = r.add_argument_group("output")
@@ -636,6 +800,10 @@ def _add_run(sub) -> None:
     o.add_argument(
         "--continue", dest="resume", action="store_true",
         help="continue after the last complete iteration in --out",
+    )  # fmt: skip
+    o.add_argument(
+        "--overwrite", action="store_true",
+        help="replace a run of other particles or settings in --out",
     )  # fmt: skip
     o.add_argument(
         "--then-export", choices=("relion",), default=None,
@@ -1005,7 +1173,10 @@ def explain(exc: BaseException, args: argparse.Namespace) -> tuple[str, str | No
         return (f"{text}: {exc.filename}" if exc.filename else text), None, 1
     if isinstance(exc, ValueError):  # faml's own checks: already a sentence for the user
         text = str(exc)
-        if "not a readable MRC file" in text:
+        if isinstance(exc, InputProblems) and exc.droppable:
+            some = "it" if exc.droppable == 1 else f"the {exc.droppable} bad particles"
+            hint = f"--skip-bad drops {some} and runs on the rest"
+        elif "not a readable MRC file" in text:
             hint = "is it a complete MRC volume? (e.g. 'header FILE' in IMOD)"
         elif "not a readable STAR file" in text:
             hint = "is it a RELION STAR file? (data_ blocks and loop_ tables)"
@@ -1034,6 +1205,8 @@ def main(argv: list[str] | None = None) -> int:
             message, hint, status = explain(exc, args)
             if args.debug:
                 traceback.print_exc(file=sys.stderr)
+            for line in getattr(exc, "lines", None) or ():
+                print(line, file=sys.stderr)
             print(f"faml: error: {message}", file=sys.stderr)
             if hint:
                 print(f"hint: {hint}", file=sys.stderr)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from faml.geometry.wedge import read_weight, wedge_mask
-from faml.io.mrc import read_header, read_volume
+from faml.io.mrc import VolumeHeader, read_header, read_volume
 
 __all__ = ["ParticleTable", "TableRows", "from_mrc_files"]
 
@@ -169,6 +169,25 @@ class TableRows:
         return self._rows.paths[self._position[int(index)]]
 
 
+def first_cubic_header(paths) -> VolumeHeader:
+    """The header of the first of ``paths`` that reads as a cubic 3D volume.
+
+    Raises the first file's error when none does.
+    """
+    error: Exception | None = None
+    for p in paths:
+        try:
+            h = read_header(p)
+        except (ValueError, OSError) as exc:
+            error = error or exc
+            continue
+        if len(set(h.shape)) == 1 and h.shape[0] > 1:
+            return h
+    if error is not None:
+        raise error
+    return read_header(paths[0])
+
+
 def _expand(pattern: str | os.PathLike[str]) -> list[str]:
     p = Path(pattern)
     if p.is_dir():
@@ -182,19 +201,24 @@ def from_mrc_files(
     pattern: str | os.PathLike[str],
     tilt_range: tuple[float, float] = (-60.0, 60.0),
     voxel_size: float | None = None,
+    *,
+    strict: bool = True,
 ) -> ParticleTable:
     """A table of the MRC particles in a directory or matching a glob.
 
     All particles share ``tilt_range``. The voxel size is ``voxel_size`` if given, else the
     first file's header; the headers of all files are checked (cheaply) for a common cubic box.
+    ``strict=False``: box and voxel size come from the first file whose header reads as a
+    cubic volume, and the other files are not checked here (:mod:`faml.io.validate` does,
+    particle by particle).
     """
     files = _expand(pattern)
     if not files:
         raise ValueError(f"no MRC files found at {pattern}")
-    first = read_header(files[0])
+    first = read_header(files[0]) if strict else first_cubic_header(files)
     if len(set(first.shape)) != 1:
         raise ValueError(f"particle {files[0]} is not cubic: {first.shape}")
-    for f in files[1:]:
+    for f in files[1:] if strict else ():
         h = read_header(f)
         if h.shape != first.shape:
             raise ValueError(f"particle {f} is {h.shape}, but {files[0]} is {first.shape}")

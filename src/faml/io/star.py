@@ -32,7 +32,7 @@ import starfile
 from faml.geometry.euler import euler_to_matrix, matrix_to_euler, shift_to_origin_angst
 from faml.io.atomic import atomic_path
 from faml.io.mrc import read_header
-from faml.io.particles import ParticleTable
+from faml.io.particles import ParticleTable, first_cubic_header
 
 __all__ = ["pose_columns", "read_particles_star", "write_particles_star"]
 
@@ -51,13 +51,96 @@ _WRITTEN = (
 )
 
 
-def _resolve(name: str, star_dir: Path) -> str:
+def _resolve(
+    name: str,
+    star_dir: Path,
+    where: str | None = None,
+    strict: bool = True,
+) -> str:
+    """The absolute file of an image name: relative to the STAR file's folder, or the cwd.
+
+    ``where`` (``"x.star: particle 3 (rlnImageName)"``) names the row in the error;
+    ``strict=False`` returns the path beside the STAR file when there is none (the caller's
+    checks then report it).
+    """
     path = name.split("@")[-1]  # "1@stack.mrcs" style: a 3D particle is one whole file
     for base in (star_dir, Path.cwd()):
         candidate = (base / path) if not os.path.isabs(path) else Path(path)
         if candidate.exists():
             return str(candidate.resolve())
-    raise ValueError(f"particle file {path!r} not found (relative to {star_dir} or {Path.cwd()})")
+    if not strict:
+        return str(star_dir / path) if not os.path.isabs(path) else path
+    prefix = f"{where}: " if where else ""
+    raise ValueError(f"{prefix}no such file {path!r} (relative to {star_dir} or {Path.cwd()})")
+
+
+_NUMERIC = ("rlnAngle", "rlnOrigin", "rlnCoordinate", "rlnTomoSubtomogram", "rlnOpticsGroup",
+            "rlnPixelSize", "rlnDetectorPixelSize", "rlnImagePixelSize", "rlnClassNumber",
+            "rlnDefocus", "rlnRandomSubset", "rlnVoltage", "rlnSphericalAberration",
+            "rlnAmplitudeContrast", "rlnImageSize")  # fmt: skip
+
+
+def _row_line(path: Path, block: str, row: int) -> int | None:
+    """1-based line of data row ``row`` (0-based) of the loop in ``data_<block>``, if found.
+
+    ``block`` ``""``: the first data block (RELION 3.0's single block).
+    """
+    try:
+        lines = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    inside, in_loop, seen = False, False, -1
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if line.startswith("data_"):
+            if inside:
+                return None
+            inside = block == "" or line == f"data_{block}"
+            in_loop = False
+            continue
+        if not inside or not line or line.startswith("#"):
+            continue
+        if line.startswith("loop_"):
+            in_loop = True
+        elif in_loop and not line.startswith("_"):
+            seen += 1
+            if seen == row:
+                return number
+    return None
+
+
+def _check_numbers(path: Path, table: pd.DataFrame, what: str, block: str = "") -> None:
+    """Raise ValueError naming the first value of a numeric RELION column that is no number."""
+    for col in table.columns:
+        if col == "rlnOpticsGroupName" or not str(col).startswith(_NUMERIC):
+            continue
+        if pd.api.types.is_numeric_dtype(table[col]):
+            continue
+        parsed = pd.to_numeric(table[col], errors="coerce")
+        bad = np.flatnonzero(parsed.isna().to_numpy())
+        if len(bad):
+            row = int(bad[0])
+            line = _row_line(path, block, row)
+            at = f" (line {line})" if line else ""
+            raise ValueError(
+                f"{path}: {what} {row + 1}{at}: {col} {table[col].iloc[row]!r} is not a number"
+            )
+
+
+def _resolve_all(
+    path: Path, particles: pd.DataFrame, column: str, strict: bool, block: str = "particles"
+) -> list[str]:
+    """The files of ``particles[column]`` (:func:`_resolve`), an error naming row and line."""
+    star_dir = path.resolve().parent
+    out = []
+    for i, n in enumerate(particles[column]):
+        try:
+            out.append(_resolve(str(n), star_dir, None, strict))
+        except ValueError as exc:
+            line = _row_line(path, block, i)
+            at = f", line {line}" if line else ""
+            raise ValueError(f"{path}: particle {i + 1} ({column}{at}): {exc}") from None
+    return out
 
 
 def read_particles_star(
@@ -67,6 +150,7 @@ def read_particles_star(
     *,
     cache_dir: str | os.PathLike[str] | None = None,
     tomograms_star: str | os.PathLike[str] | None = None,
+    strict: bool = True,
 ) -> ParticleTable:
     """Read a RELION particles STAR file (or RELION 5 optimisation set) into a table.
 
@@ -84,6 +168,10 @@ def read_particles_star(
     tomograms_star
         The tomograms STAR file of a 2D-stack set (default: from the optimisation set, or
         found beside the particles file).
+    strict
+        ``False``: a particle or weight file that is not there is kept (beside the STAR
+        file) for :func:`faml.io.validate.validate_table` to report, and the box comes from
+        the first particle whose header reads as a cubic volume.
     """
     from faml.io import relion5
 
@@ -107,6 +195,8 @@ def read_particles_star(
         from faml.io.tiltstacks import prepare_stacks
 
         return prepare_stacks(path, cache_dir, tomograms_star=tomograms_star, blocks=blocks)
+    if not blocks:
+        raise ValueError(f"{path} holds no data blocks (an empty STAR file?)")
     if "particles" in blocks:
         particles = blocks["particles"]
     elif len(blocks) == 1:
@@ -117,15 +207,18 @@ def read_particles_star(
         raise ValueError(f"{path} holds no particles")
     if "rlnImageName" not in particles.columns:
         raise ValueError(f"{path} has no rlnImageName column")
-    star_dir = path.resolve().parent
-    paths = tuple(_resolve(str(n), star_dir) for n in particles["rlnImageName"])
+    block = "particles" if "particles" in blocks else ""
+    _check_numbers(path, particles, "particle", block)
     optics = blocks.get("optics")
+    if isinstance(optics, pd.DataFrame):
+        _check_numbers(path, optics, "optics group row", "optics")
+    paths = tuple(_resolve_all(path, particles, "rlnImageName", strict, block))
     if "general" in blocks or (
         isinstance(optics, pd.DataFrame) and any(c.startswith("rlnTomo") for c in optics.columns)
     ):
         weights5: list[str | None] = [None] * len(particles)
         if "rlnCtfImage" in particles.columns:
-            weights5 = [_resolve(str(w), star_dir) for w in particles["rlnCtfImage"]]
+            weights5 = _resolve_all(path, particles, "rlnCtfImage", strict, block)
         return relion5.table_from_blocks(
             path,
             {**blocks, "particles": particles},
@@ -150,7 +243,7 @@ def read_particles_star(
     for col in ("rlnPixelSize", "rlnDetectorPixelSize"):
         if pixel is None and col in particles.columns:
             pixel = float(particles[col].iloc[0])
-    header = read_header(paths[0])
+    header = read_header(paths[0]) if strict else first_cubic_header(paths)
     if len(set(header.shape)) != 1:
         raise ValueError(f"particle {paths[0]} is not cubic: {header.shape}")
     pixel = pixel or header.voxel_size or voxel_size
@@ -160,7 +253,7 @@ def read_particles_star(
     n = len(particles)
     weights: tuple[str | None, ...] = (None,) * n
     if "rlnCtfImage" in particles.columns:
-        weights = tuple(_resolve(str(w), star_dir) for w in particles["rlnCtfImage"])
+        weights = tuple(_resolve_all(path, particles, "rlnCtfImage", strict, block))
     tomo = tuple(str(t) for t in particles["rlnTomoName"]) if "rlnTomoName" in particles else None
     sub_cols = ["rlnTomoSubtomogramRot", "rlnTomoSubtomogramTilt", "rlnTomoSubtomogramPsi"]
     subtomo = None
