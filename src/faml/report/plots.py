@@ -118,15 +118,8 @@ def fsc_figure(run: RunFiles, truth: dict[int, np.ndarray] | None = None) -> byt
             f = _frequency(box, voxel, len(curve))
             res = fsc_resolution(curve, box, voxel, 0.5)
             ax.plot(f[1:], curve[1:], color="C2", lw=1.5, ls="--", label=f"vs truth ({res:.1f} Å)")
-        ax.set_ylim(-0.1, 1.02)
-        ax.set_xlim(0, f[-1])
-        ax.set_xlabel("spatial frequency (1/Å)")
-        ax.set_ylabel("FSC")
-        ax.set_title(f"class {k + 1}")
-        ax.legend(fontsize=8, loc="upper right")
-    for j in range(K, rows * cols):
-        axes[j // cols, j % cols].set_visible(False)
-    return _png(fig)
+        _fsc_axes(ax, f, k)
+    return _finish_grid(fig, axes, K, rows, cols)
 
 
 def final_fsc_figure(run: RunFiles) -> bytes:
@@ -166,15 +159,8 @@ def final_fsc_figure(run: RunFiles) -> bytes:
             f"0.143: {res:.1f} Å", (1 / res, 0.143), xytext=(4, 4), textcoords="offset points",
             color="C3", fontsize=9,
         )  # fmt: skip
-        ax.set_ylim(-0.1, 1.02)
-        ax.set_xlim(0, f[-1])
-        ax.set_xlabel("spatial frequency (1/Å)")
-        ax.set_ylabel("FSC")
-        ax.set_title(f"class {k + 1}")
-        ax.legend(fontsize=8, loc="upper right")
-    for j in range(K, rows * cols):
-        axes[j // cols, j % cols].set_visible(False)
-    return _png(fig)
+        _fsc_axes(ax, f, k)
+    return _finish_grid(fig, axes, K, rows, cols)
 
 
 def _entries(run: RunFiles, key: str) -> tuple[np.ndarray, list]:
@@ -334,3 +320,20 @@ def timing_figure(run: RunFiles) -> bytes:
 def resolution_per_class(run: RunFiles, threshold: float = 0.143) -> list[float]:
     """Ångström where each class's last half-set FSC drops below ``threshold``."""
     return [fsc_resolution(c, run.box, run.voxel_size, threshold) for c in run.last.fsc]
+
+
+def _fsc_axes(ax, frequencies: np.ndarray, klass: int) -> None:
+    """Limits, labels, title and legend of one class's FSC panel."""
+    ax.set_ylim(-0.1, 1.02)
+    ax.set_xlim(0, frequencies[-1])
+    ax.set_xlabel("spatial frequency (1/Å)")
+    ax.set_ylabel("FSC")
+    ax.set_title(f"class {klass + 1}")
+    ax.legend(fontsize=8, loc="upper right")
+
+
+def _finish_grid(fig, axes, used: int, rows: int, cols: int) -> str:
+    """Hide the grid's unused panels; the figure as a PNG data string."""
+    for j in range(used, rows * cols):
+        axes[j // cols, j % cols].set_visible(False)
+    return _png(fig)
