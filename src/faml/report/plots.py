@@ -332,8 +332,8 @@ def _fsc_axes(ax, frequencies: np.ndarray, klass: int) -> None:
     ax.legend(fontsize=8, loc="upper right")
 
 
-def _finish_grid(fig, axes, used: int, rows: int, cols: int) -> str:
-    """Hide the grid's unused panels; the figure as a PNG data string."""
+def _finish_grid(fig, axes, used: int, rows: int, cols: int) -> bytes:
+    """Hide the grid's unused panels; the figure as PNG bytes."""
     for j in range(used, rows * cols):
         axes[j // cols, j % cols].set_visible(False)
     return _png(fig)
