@@ -136,12 +136,18 @@ def evaluate(maps, rotations, classes, maxp, truth, truths):
     return best
 
 
+OPTIONS: dict = {}
+"""Further :class:`RunConfig` fields of every faml run (``--gold-standard``)."""
+
+
 def run_faml(table, out, method, classes, iterations, truth, truths, seeds):
     """faml with the default configuration, once per seed: the median of each figure, and
     every seed's figures under ``runs`` (a reference-free run depends on its random start)."""
     runs = []
     for seed in seeds:
-        config = RunConfig(method=method, classes=classes, iterations=iterations, seed=seed)
+        config = RunConfig(
+            method=method, classes=classes, iterations=iterations, seed=seed, **OPTIONS
+        )
         t0 = time.perf_counter()
         res = run(table, out / f"seed{seed}", config, workers=2)
         wall = time.perf_counter() - t0
@@ -261,7 +267,17 @@ def main() -> None:
         action="store_true",
         help="keep faml's rows of OUT/results.json, (re)do only RELION's (re-scored if cached)",
     )
+    parser.add_argument(
+        "--gold-standard", action="store_true", help="faml runs with --gold-standard"
+    )
+    parser.add_argument(
+        "--faml-only", action="store_true", help="FAML rows only (no FA, ceiling or RELION)"
+    )
     args = parser.parse_args()
+    if args.gold_standard:
+        OPTIONS["gold_standard"] = True
+    if args.faml_only:
+        args.no_relion = True
     seeds = [int(x) for x in args.seeds.split(",")]
     chosen = SETS if args.sets == "all" else [s for s in SETS if s.name in args.sets.split(",")]
     out = Path(args.out)
@@ -280,14 +296,15 @@ def main() -> None:
         table = from_mrc_files(folder / "particles")
         K = len(truths)
         row = results.get(ds.name, {})
-        for method in () if args.relion_only else ("faml", "fa"):
+        methods = ("faml",) if args.faml_only else ("faml", "fa")
+        for method in () if args.relion_only else methods:
             row[method] = run_faml(
                 table, folder / method, method, K, args.iterations, truth, truths, seeds
             )
             print(ds.name, method, row[method], flush=True)
             if method == "faml":
                 band = row[method]["band"]
-        if not args.relion_only:
+        if not args.relion_only and not args.faml_only:
             row["ceiling"], row["exhaustive"] = ceiling(table, truth, truths, band)
             print(ds.name, "ceiling", row["ceiling"], "exhaustive", row["exhaustive"], flush=True)
         if not args.no_relion:
@@ -324,7 +341,9 @@ def render(results: dict) -> str:
             if method not in row:
                 continue
             r = row[method]
-            ceil = f"{row['ceiling']:.2f} / {row['exhaustive']:.2f}" if method == "faml" else ""
+            ceil = ""
+            if method == "faml" and "ceiling" in row:
+                ceil = f"{row['ceiling']:.2f} / {row['exhaustive']:.2f}"
             share = f"{100 * r['within15']:.0f}%"
             if "runs" in r and len(r["runs"]) > 1:
                 share += " (" + "/".join(f"{100 * x['within15']:.0f}" for x in r["runs"]) + ")"
