@@ -110,7 +110,14 @@ def _row_line(path: Path, block: str, row: int) -> int | None:
 
 
 def _check_numbers(path: Path, table: pd.DataFrame, what: str, block: str = "") -> None:
-    """Raise ValueError naming the first value of a numeric RELION column that is no number."""
+    """Raise ValueError naming the first non-number in a numeric RELION column.
+
+    A column that appears twice in the block is an error too.
+    """
+    twice = sorted({str(c) for c in table.columns[table.columns.duplicated()]})
+    if twice:
+        where = f" data_{block}" if block else ""
+        raise ValueError(f"{path}:{where} column {', '.join(twice)} appears more than once")
     for col in table.columns:
         if col == "rlnOpticsGroupName" or not str(col).startswith(_NUMERIC):
             continue
@@ -234,12 +241,18 @@ def read_particles_star(
     if isinstance(optics, pd.DataFrame) and "rlnImagePixelSize" in optics.columns:
         if "rlnOpticsGroup" in particles.columns and "rlnOpticsGroup" in optics.columns:
             sizes = dict(zip(optics["rlnOpticsGroup"], optics["rlnImagePixelSize"], strict=True))
+            unknown = [g for g in particles["rlnOpticsGroup"] if g not in sizes]
+            if unknown:
+                raise ValueError(
+                    f"{path}: rlnOpticsGroup {unknown[0]!r} of a particle is not in data_optics "
+                    f"(groups: {', '.join(str(g) for g in sizes)})"
+                )
             used = {float(sizes[g]) for g in particles["rlnOpticsGroup"]}
         else:
             used = {float(v) for v in optics["rlnImagePixelSize"]}
         if len(used) > 1:
             raise ValueError(f"{path}: particles have different pixel sizes {sorted(used)}")
-        pixel = used.pop()
+        pixel = used.pop() if used else None
     for col in ("rlnPixelSize", "rlnDetectorPixelSize"):
         if pixel is None and col in particles.columns:
             pixel = float(particles[col].iloc[0])
