@@ -267,3 +267,22 @@ def test_fa_iterations_come_first_then_the_likelihood(k1_data, tmp_path):
     assert result.state.iteration == 3
     with pytest.raises(ValueError, match="fa_iterations"):
         RunConfig(fa_iterations=-1)
+
+
+@pytest.mark.slow
+def test_kill_trials_then_continue_match_the_undisturbed_run(tmp_path):
+    """Three trials of benchmarks/reliability/kill_trials.py: `faml run` SIGKILLed at a seeded
+    random moment, then --continue: no half-written file, no temporary file left, same maps
+    and particles.star as the undisturbed run."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "reliability" / "kill_trials.py"
+    spec = importlib.util.spec_from_file_location("kill_trials", script)
+    kill_trials = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kill_trials)
+    rows = kill_trials.trials(3, seed=1, work=tmp_path, log=lambda line: None)
+    for row in rows:
+        assert row["equal"], row
+        assert not row["half_written"], row
+        assert not row["temp_files_after_continue"], row
