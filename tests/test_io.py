@@ -157,3 +157,28 @@ def test_damaged_inputs_found_by_the_fuzzer_give_clear_errors(tmp_path):
     other.write_text(optics.format("2 10.0") + head + "_rlnAnglePsi\n" + rows)
     with pytest.raises(ValueError, match="other.star: rlnOpticsGroup 1 .* not in data_optics"):
         read_particles_star(other)
+
+
+def test_more_damaged_inputs_from_the_fuzzer(tmp_path):
+    """Negative sizes in an MRC header (mrcfile: OverflowError), a negative pixel size and a
+    RELION 5 optics group missing from data_optics (KeyError): ValueErrors naming the file."""
+    import struct
+
+    vol = tmp_path / "v.mrc"
+    write_volume(vol, np.ones((8, 8, 8), np.float32), 10.0)
+    bad = bytearray(vol.read_bytes())
+    struct.pack_into("<ii", bad, 4, -(2**31), 2**31 - 1)  # ny, nz
+    (tmp_path / "neg.mrc").write_bytes(bytes(bad))
+    with pytest.raises(ValueError, match="neg.mrc.*negative sizes"):
+        read_volume(tmp_path / "neg.mrc")
+    head = "data_particles\n\nloop_\n_rlnImageName\n_rlnOpticsGroup\nv.mrc 1\n"
+    optics = "data_optics\n\nloop_\n_rlnOpticsGroup\n_rlnImagePixelSize\n{}\n\n"
+    neg = tmp_path / "neg.star"
+    neg.write_text(optics.format("1 -1.0") + head)
+    with pytest.raises(ValueError, match="neg.star: the pixel size -1.0 is not positive"):
+        read_particles_star(neg)
+    tomo = optics.format("")[:-3] + "_rlnTomoTiltSeriesPixelSize\n"
+    r5 = tmp_path / "r5.star"
+    r5.write_text(tomo + "2 10.0 5.0\n\n" + head)
+    with pytest.raises(ValueError, match="r5.star: rlnOpticsGroup 1 .* not in data_optics"):
+        read_particles_star(r5)

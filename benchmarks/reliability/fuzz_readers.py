@@ -220,7 +220,7 @@ def classify(fn, path: Path) -> tuple[str, str]:
             fn()
     except CLEAR as exc:
         msg = str(exc)
-        if path.name in msg or str(path) in msg:
+        if path.name in msg or str(path.parent) in msg:  # the file or one it refers to
             return "clear", ""
         if isinstance(exc, FileNotFoundError) and ("/" in msg or exc.filename):
             return "clear", ""  # names the missing file (a path given in the STAR file)

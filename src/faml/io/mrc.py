@@ -75,8 +75,13 @@ def _check_declared_size(path: str | os.PathLike[str]) -> None:
     nx, ny, nz, mode = np.frombuffer(head, f"{order}i4", 4).tolist()
     nsymbt = int(np.frombuffer(head, f"{order}i4", 1, 92)[0])
     itemsize = {0: 1, 1: 2, 2: 4, 3: 4, 4: 8, 6: 2, 12: 2, 101: 1}.get(mode)
-    if itemsize is None or min(nx, ny, nz) < 0 or nsymbt < 0:
-        return  # mrcfile's own message is clear for these
+    if min(nx, ny, nz) < 0 or nsymbt < 0:
+        raise ValueError(
+            f"{path} is not a readable MRC file: negative sizes in its header "
+            f"(nx {nx}, ny {ny}, nz {nz}, nsymbt {nsymbt})"
+        )
+    if itemsize is None:
+        return  # mrcfile's own message is clear for an unknown mode
     declared = 1024 + nsymbt + (nx * ny * nz * itemsize if mode != 101 else nx * ny * nz // 2)
     if declared > size:
         raise ValueError(

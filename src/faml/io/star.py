@@ -259,6 +259,8 @@ def read_particles_star(
     header = read_header(paths[0]) if strict else first_cubic_header(paths)
     if len(set(header.shape)) != 1:
         raise ValueError(f"particle {paths[0]} is not cubic: {header.shape}")
+    if pixel is not None and not pixel > 0:
+        raise ValueError(f"{path}: the pixel size {pixel} is not positive")
     pixel = pixel or header.voxel_size or voxel_size
     if not pixel:
         raise ValueError(f"{path}: no pixel size in the STAR file or MRC header; give --voxel-size")
