@@ -177,7 +177,7 @@ def test_more_damaged_inputs_from_the_fuzzer(tmp_path):
     neg.write_text(optics.format("1 -1.0") + head)
     with pytest.raises(ValueError, match="neg.star: the pixel size -1.0 is not positive"):
         read_particles_star(neg)
-    tomo = optics.format("")[:-3] + "_rlnTomoTiltSeriesPixelSize\n"
+    tomo = optics.format("")[:-2] + "_rlnTomoTiltSeriesPixelSize\n"
     r5 = tmp_path / "r5.star"
     r5.write_text(tomo + "2 10.0 5.0\n\n" + head)
     with pytest.raises(ValueError, match="r5.star: rlnOpticsGroup 1 .* not in data_optics"):
