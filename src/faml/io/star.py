@@ -66,6 +66,9 @@ def _resolve(
     path = name.split("@")[-1]  # "1@stack.mrcs" style: a 3D particle is one whole file
     for base in (star_dir, Path.cwd()):
         candidate = (base / path) if not os.path.isabs(path) else Path(path)
+        if candidate.is_dir():
+            prefix = f"{where}: " if where else ""
+            raise ValueError(f"{prefix}{path!r} is a folder ({candidate.resolve()}), not a file")
         if candidate.exists():
             return str(candidate.resolve())
     if not strict:
