@@ -79,6 +79,41 @@ def test_resume_after_kill_matches_uninterrupted(k1_data, tmp_path):
     np.testing.assert_array_equal(resumed.rotations, full.rotations)
 
 
+def test_resume_skips_a_checkpoint_whose_checksum_fails_and_removes_temporaries(
+    k1_data, tmp_path, caplog
+):
+    """One byte of the last iteration's model.npz changed: its manifest's sha256 no longer
+    matches, so --continue warns, resumes from the iteration before and ends as the
+    undisturbed run; a temporary file left by an interrupted write is removed."""
+    import logging
+
+    from faml.ml.engine import last_complete_iteration
+
+    folder, _ = k1_data
+    table = from_mrc_files(folder).subset(np.arange(16))
+    cfg = RunConfig(classes=1, iterations=3, seed=2, stop_pose_change_deg=0.0, starts=1)
+    full = run(table, tmp_path / "full", cfg)
+    manifest = json.loads((tmp_path / "full" / "iterations" / "003" / "manifest.json").read_text())
+    assert set(manifest["sha256"]) == {"model.npz", "particles.npz", "class_001.mrc"}
+    part = tmp_path / "part"
+    shutil.copytree(tmp_path / "full", part)
+    model = part / "iterations" / "003" / "model.npz"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    stale = part / "iterations" / "003" / ".class_001.mrc.abcd1234.tmp"
+    stale.write_bytes(b"half a map")
+    with caplog.at_level(logging.INFO, logger="faml"):
+        assert last_complete_iteration(part) == part / "iterations" / "002"
+        resumed = run(table, part, cfg, resume=True)
+    assert "does not match its checksum" in caplog.text
+    assert "continuing after iteration 2" in caplog.text
+    assert "interrupted write" in caplog.text and not stale.exists()
+    np.testing.assert_array_equal(resumed.maps, full.maps)
+    np.testing.assert_array_equal(resumed.rotations, full.rotations)
+    assert last_complete_iteration(part) == part / "iterations" / "003"
+
+
 def test_the_best_fitting_start_continues(k1_data, tmp_path):
     """Three random starts: each is checkpointed, they differ, and the run continues from the
     one with the highest log-likelihood at the common band (recorded in run.json)."""
@@ -232,3 +267,22 @@ def test_fa_iterations_come_first_then_the_likelihood(k1_data, tmp_path):
     assert result.state.iteration == 3
     with pytest.raises(ValueError, match="fa_iterations"):
         RunConfig(fa_iterations=-1)
+
+
+@pytest.mark.slow
+def test_kill_trials_then_continue_match_the_undisturbed_run(tmp_path):
+    """Three trials of benchmarks/reliability/kill_trials.py: `faml run` SIGKILLed at a seeded
+    random moment, then --continue: no half-written file, no temporary file left, same maps
+    and particles.star as the undisturbed run."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "reliability" / "kill_trials.py"
+    spec = importlib.util.spec_from_file_location("kill_trials", script)
+    kill_trials = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kill_trials)
+    rows = kill_trials.trials(3, seed=1, work=tmp_path, log=lambda line: None)
+    for row in rows:
+        assert row["equal"], row
+        assert not row["half_written"], row
+        assert not row["temp_files_after_continue"], row

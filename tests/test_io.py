@@ -126,3 +126,59 @@ def test_star_errors_are_one_sentence(tmp_path):
     (tmp_path / "missing.star").write_text("data_particles\nloop_\n_rlnImageName #1\nnothere.mrc\n")
     with pytest.raises(ValueError, match="nothere.mrc"):
         read_particles_star(tmp_path / "missing.star")
+
+
+def test_damaged_inputs_found_by_the_fuzzer_give_clear_errors(tmp_path):
+    """Cases benchmarks/reliability/fuzz_readers.py found crashing (KeyError, TypeError,
+    MemoryError, an empty volume read as fine): each is now a ValueError naming the file."""
+    import struct
+
+    vol = tmp_path / "v.mrc"
+    write_volume(vol, np.ones((8, 8, 8), np.float32), 10.0)
+    good = vol.read_bytes()
+    huge = bytearray(good)
+    struct.pack_into("<i", huge, 92, 2**31 - 1)  # nsymbt: 2 GB of extended header
+    (tmp_path / "huge.mrc").write_bytes(bytes(huge))
+    with pytest.raises(ValueError, match="huge.mrc.*declares"):
+        read_volume(tmp_path / "huge.mrc")
+    empty = bytearray(good[:1024])
+    struct.pack_into("<iii", empty, 0, 0, 6, 0)  # nx = nz = 0
+    (tmp_path / "empty.mrc").write_bytes(bytes(empty))
+    with pytest.raises(ValueError, match="empty.mrc"):
+        read_volume(tmp_path / "empty.mrc")
+    rows = "v.mrc 1 0 0\n"
+    head = "data_particles\n\nloop_\n_rlnImageName\n_rlnOpticsGroup\n_rlnAngleRot\n"
+    optics = "data_optics\n\nloop_\n_rlnOpticsGroup\n_rlnImagePixelSize\n{}\n\n"
+    twice = tmp_path / "twice.star"
+    twice.write_text(optics.format("1 10.0") + head + "_rlnAngleRot\n" + rows)
+    with pytest.raises(ValueError, match="twice.star.*rlnAngleRot appears more than once"):
+        read_particles_star(twice)
+    other = tmp_path / "other.star"
+    other.write_text(optics.format("2 10.0") + head + "_rlnAnglePsi\n" + rows)
+    with pytest.raises(ValueError, match="other.star: rlnOpticsGroup 1 .* not in data_optics"):
+        read_particles_star(other)
+
+
+def test_more_damaged_inputs_from_the_fuzzer(tmp_path):
+    """Negative sizes in an MRC header (mrcfile: OverflowError), a negative pixel size and a
+    RELION 5 optics group missing from data_optics (KeyError): ValueErrors naming the file."""
+    import struct
+
+    vol = tmp_path / "v.mrc"
+    write_volume(vol, np.ones((8, 8, 8), np.float32), 10.0)
+    bad = bytearray(vol.read_bytes())
+    struct.pack_into("<ii", bad, 4, -(2**31), 2**31 - 1)  # ny, nz
+    (tmp_path / "neg.mrc").write_bytes(bytes(bad))
+    with pytest.raises(ValueError, match="neg.mrc.*negative sizes"):
+        read_volume(tmp_path / "neg.mrc")
+    head = "data_particles\n\nloop_\n_rlnImageName\n_rlnOpticsGroup\nv.mrc 1\n"
+    optics = "data_optics\n\nloop_\n_rlnOpticsGroup\n_rlnImagePixelSize\n{}\n\n"
+    neg = tmp_path / "neg.star"
+    neg.write_text(optics.format("1 -1.0") + head)
+    with pytest.raises(ValueError, match="neg.star: the pixel size -1.0 is not positive"):
+        read_particles_star(neg)
+    tomo = optics.format("")[:-2] + "_rlnTomoTiltSeriesPixelSize\n"
+    r5 = tmp_path / "r5.star"
+    r5.write_text(tomo + "2 10.0 5.0\n\n" + head)
+    with pytest.raises(ValueError, match="r5.star: rlnOpticsGroup 1 .* not in data_optics"):
+        read_particles_star(r5)

@@ -59,6 +59,38 @@ def read_header(path: str | os.PathLike[str]) -> VolumeHeader:
         raise ValueError(f"{path} is not a readable MRC file ({exc})") from exc
 
 
+def _check_declared_size(path: str | os.PathLike[str]) -> None:
+    """Raise ValueError if the header declares more bytes than the file holds.
+
+    mrcfile would first allocate them (extended header and data): a damaged header can ask
+    for gigabytes.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(1024)
+        size = os.fstat(fh.fileno()).st_size
+    if len(head) < 1024:
+        raise ValueError(f"{path} is not a readable MRC file ({size} bytes: no full header)")
+    # the machine stamp gives the byte order (0x11: big-endian; anything else: little)
+    order = ">" if head[212] == 0x11 else "<"
+    nx, ny, nz, mode = np.frombuffer(head, f"{order}i4", 4).tolist()
+    nsymbt = int(np.frombuffer(head, f"{order}i4", 1, 92)[0])
+    itemsize = {0: 1, 1: 2, 2: 4, 3: 4, 4: 8, 6: 2, 12: 2, 101: 1}.get(mode)
+    if min(nx, ny, nz) < 0 or nsymbt < 0:
+        raise ValueError(
+            f"{path} is not a readable MRC file: negative sizes in its header "
+            f"(nx {nx}, ny {ny}, nz {nz}, nsymbt {nsymbt})"
+        )
+    if itemsize is None:
+        return  # mrcfile's own message is clear for an unknown mode
+    declared = 1024 + nsymbt + (nx * ny * nz * itemsize if mode != 101 else nx * ny * nz // 2)
+    if declared > size:
+        raise ValueError(
+            f"{path} is not a readable MRC file: its header declares {declared} bytes "
+            f"({nx} x {ny} x {nz} voxels of mode {mode}, {nsymbt} bytes of extended header) "
+            f"but the file holds {size}"
+        )
+
+
 def read_volume(path: str | os.PathLike[str]) -> tuple[np.ndarray, float | None]:
     """Read a 3D MRC volume.
 
@@ -76,6 +108,7 @@ def read_volume(path: str | os.PathLike[str]) -> tuple[np.ndarray, float | None]
     ValueError
         If the file is not a valid MRC file or not a 3D volume.
     """
+    _check_declared_size(path)
     try:
         with mrcfile.open(path, permissive=False) as m:
             data = np.asarray(m.data)
@@ -101,6 +134,8 @@ def read_volume(path: str | os.PathLike[str]) -> tuple[np.ndarray, float | None]
     # (some mark single volumes as image stacks, ispg 0).
     if data.ndim != 3:
         raise ValueError(f"{path} holds an array of shape {data.shape}, not a 3D volume")
+    if data.size == 0:
+        raise ValueError(f"{path} holds an empty volume (shape {data.shape})")
     return np.ascontiguousarray(data, dtype=np.float32), voxel
 
 

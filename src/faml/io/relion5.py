@@ -151,13 +151,22 @@ def _pixel_size(optics: pd.DataFrame | None, particles: pd.DataFrame, where: Pat
     else:
         return None
     if "rlnOpticsGroup" in optics.columns and "rlnOpticsGroup" in particles.columns:
-        by_group = dict(zip(optics["rlnOpticsGroup"].astype(int), sizes, strict=True))
-        used = {round(float(by_group[int(g)]), 6) for g in particles["rlnOpticsGroup"]}
+        by_group = dict(zip(optics["rlnOpticsGroup"], sizes, strict=True))
+        unknown = [g for g in particles["rlnOpticsGroup"] if g not in by_group]
+        if unknown:
+            raise ValueError(
+                f"{where}: rlnOpticsGroup {unknown[0]!r} of a particle is not in data_optics "
+                f"(groups: {', '.join(str(g) for g in by_group)})"
+            )
+        used = {round(float(by_group[g]), 6) for g in particles["rlnOpticsGroup"]}
     else:
         used = {round(float(v), 6) for v in sizes}
     if len(used) > 1:
         raise ValueError(f"{where}: particles have different pixel sizes {sorted(used)}")
-    return used.pop()
+    pixel = used.pop() if used else None
+    if pixel is not None and not pixel > 0:
+        raise ValueError(f"{where}: the pixel size {pixel} is not positive")
+    return pixel
 
 
 def table_from_blocks(
@@ -186,6 +195,9 @@ def table_from_blocks(
     pixel = _pixel_size(optics, particles, star) or header.voxel_size or voxel_size
     if not pixel:
         raise ValueError(f"{star}: no pixel size in the STAR file or MRC header; give --voxel-size")
+    if "rlnOpticsGroup" in particles.columns and particles["rlnOpticsGroup"].isna().any():
+        row = int(np.flatnonzero(particles["rlnOpticsGroup"].isna().to_numpy())[0])
+        raise ValueError(f"{star}: particle {row + 1} has no rlnOpticsGroup (a short row?)")
     groups = (
         sorted({int(g) for g in particles["rlnOpticsGroup"]})
         if "rlnOpticsGroup" in particles.columns

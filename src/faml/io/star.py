@@ -66,6 +66,9 @@ def _resolve(
     path = name.split("@")[-1]  # "1@stack.mrcs" style: a 3D particle is one whole file
     for base in (star_dir, Path.cwd()):
         candidate = (base / path) if not os.path.isabs(path) else Path(path)
+        if candidate.is_dir():
+            prefix = f"{where}: " if where else ""
+            raise ValueError(f"{prefix}{path!r} is a folder ({candidate.resolve()}), not a file")
         if candidate.exists():
             return str(candidate.resolve())
     if not strict:
@@ -110,7 +113,14 @@ def _row_line(path: Path, block: str, row: int) -> int | None:
 
 
 def _check_numbers(path: Path, table: pd.DataFrame, what: str, block: str = "") -> None:
-    """Raise ValueError naming the first value of a numeric RELION column that is no number."""
+    """Raise ValueError naming the first non-number in a numeric RELION column.
+
+    A column that appears twice in the block is an error too.
+    """
+    twice = sorted({str(c) for c in table.columns[table.columns.duplicated()]})
+    if twice:
+        where = f" data_{block}" if block else ""
+        raise ValueError(f"{path}:{where} column {', '.join(twice)} appears more than once")
     for col in table.columns:
         if col == "rlnOpticsGroupName" or not str(col).startswith(_NUMERIC):
             continue
@@ -234,18 +244,26 @@ def read_particles_star(
     if isinstance(optics, pd.DataFrame) and "rlnImagePixelSize" in optics.columns:
         if "rlnOpticsGroup" in particles.columns and "rlnOpticsGroup" in optics.columns:
             sizes = dict(zip(optics["rlnOpticsGroup"], optics["rlnImagePixelSize"], strict=True))
+            unknown = [g for g in particles["rlnOpticsGroup"] if g not in sizes]
+            if unknown:
+                raise ValueError(
+                    f"{path}: rlnOpticsGroup {unknown[0]!r} of a particle is not in data_optics "
+                    f"(groups: {', '.join(str(g) for g in sizes)})"
+                )
             used = {float(sizes[g]) for g in particles["rlnOpticsGroup"]}
         else:
             used = {float(v) for v in optics["rlnImagePixelSize"]}
         if len(used) > 1:
             raise ValueError(f"{path}: particles have different pixel sizes {sorted(used)}")
-        pixel = used.pop()
+        pixel = used.pop() if used else None
     for col in ("rlnPixelSize", "rlnDetectorPixelSize"):
         if pixel is None and col in particles.columns:
             pixel = float(particles[col].iloc[0])
     header = read_header(paths[0]) if strict else first_cubic_header(paths)
     if len(set(header.shape)) != 1:
         raise ValueError(f"particle {paths[0]} is not cubic: {header.shape}")
+    if pixel is not None and not pixel > 0:
+        raise ValueError(f"{path}: the pixel size {pixel} is not positive")
     pixel = pixel or header.voxel_size or voxel_size
     if not pixel:
         raise ValueError(f"{path}: no pixel size in the STAR file or MRC header; give --voxel-size")

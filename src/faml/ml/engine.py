@@ -34,6 +34,7 @@ One run (:func:`run`) on a :class:`~faml.io.particles.ParticleTable`:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -344,10 +345,51 @@ def _save_checkpoint(folder: Path, state: ModelState, results, halves, history, 
             )
     for k, vol in enumerate(maps):
         write_volume(folder / f"class_{k + 1:03d}.mrc", vol, table.voxel_size)
+    names = ["model.npz", "particles.npz"] + [f"class_{k + 1:03d}.mrc" for k in range(len(maps))]
+    checksums = {name: _sha256(folder / name) for name in names}
     write_text_atomic(
         manifest,
-        json.dumps({"iteration": state.iteration, "complete": True, "history": history}),
+        json.dumps(
+            {
+                "iteration": state.iteration,
+                "complete": True,
+                "sha256": checksums,
+                "history": history,
+            }
+        ),
     )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _checkpoint_problem(folder: Path) -> str | None:
+    """Why the checkpoint in ``folder`` cannot be used (``None``: it can).
+
+    A checkpoint is complete when its ``manifest.json`` (written last) is there; a manifest
+    with ``sha256`` checksums (written since checksums were added) must also match every file
+    it lists.
+    """
+    manifest = folder / "manifest.json"
+    if not manifest.exists():
+        return "no manifest.json (the iteration did not finish)"
+    try:
+        info = json.loads(manifest.read_text())
+    except (OSError, ValueError) as exc:
+        return f"manifest.json is unreadable ({exc})"
+    for name, expected in (info.get("sha256") or {}).items():
+        try:
+            actual = _sha256(folder / name)
+        except OSError as exc:
+            return f"{name} is unreadable ({exc})"
+        if actual != expected:
+            return f"{name} does not match its checksum in manifest.json"
+    return None
 
 
 def _load_checkpoint(folder: Path):
@@ -381,12 +423,35 @@ def _load_checkpoint(folder: Path):
 
 
 def last_complete_iteration(out_dir: Path) -> Path | None:
-    """The newest ``iterations/NNN`` folder with a manifest, or ``None``."""
-    folders = sorted((out_dir / "iterations").glob("[0-9][0-9][0-9]"))
+    """The newest ``iterations/NNN`` folder with a manifest whose checksums match, or ``None``.
+
+    A newer folder with a manifest but a file that does not match its checksum is skipped
+    with a warning (the previous iteration is used).
+    """
+    folders = sorted((Path(out_dir) / "iterations").glob("[0-9][0-9][0-9]"))
     for folder in reversed(folders):
-        if (folder / "manifest.json").exists():
+        if not (folder / "manifest.json").exists():
+            continue
+        problem = _checkpoint_problem(folder)
+        if problem is None:
             return folder
+        logger.warning("ignoring checkpoint %s: %s", folder, problem)
     return None
+
+
+def remove_stale_temporaries(out_dir: Path) -> list[Path]:
+    """Delete the temporary files an interrupted atomic write left in ``out_dir``.
+
+    These are ``.NAME.XXXX.tmp`` files (:mod:`faml.io.atomic`), in ``out_dir`` and below;
+    returns them. Only for a folder no other run is writing to.
+    """
+    removed = []
+    for tmp in sorted(Path(out_dir).rglob(".*.tmp")):
+        if tmp.is_file():
+            tmp.unlink()
+            removed.append(tmp)
+            logger.info("removed %s, left by an interrupted write", tmp)
+    return removed
 
 
 def _changes(previous, current):
@@ -454,6 +519,8 @@ def run(
     job = _Job(table, config, executor, halves, batches, mask)
     iteration = 0
     try:
+        if resume:
+            remove_stale_temporaries(out)
         checkpoint = last_complete_iteration(out) if resume else None
         if checkpoint is not None:
             state, results, history = _load_checkpoint(checkpoint)
