@@ -109,6 +109,7 @@ __all__ = [
     "responsibilities",
     "shell_sums",
     "symmetrize_stats",
+    "turned_weights",
     "neighbour_step_deg",
     "with_neighbours",
 ]
@@ -341,11 +342,19 @@ def class_frame(
     inv_r, inv_t = inverse_transform(rotations, shifts)
     y = rotated_points(padded, inv_r, band)
     y *= shift_phases(kzyx, inv_t, padded.box).astype(np.complex64)
-    wedge32 = np.ascontiguousarray(wedge[None], dtype=np.float32)
-    w = np.empty((rotations.shape[0], kzyx.shape[0]), dtype=np.float32)
+    return y, turned_weights(wedge, kzyx, rotations)
+
+
+def turned_weights(weight: np.ndarray, kzyx: np.ndarray, rotations: np.ndarray) -> np.ndarray:
+    """`(B, n)` float32 ``w(R k')`` of a `(N, N, N//2 + 1)` Fourier weight, trilinear.
+
+    ``kzyx``: `(n, 3)` the points ``k'``; ``rotations``: `(B, 3, 3)`.
+    """
+    weight32 = np.ascontiguousarray(weight[None], dtype=np.float32)
+    w = np.empty((len(rotations), kzyx.shape[0]), dtype=np.float32)
     for b, rotation in enumerate(np.asarray(rotations, dtype=np.float64)):
-        gather_half_spectrum(wedge32, kzyx @ matrix_xyz_to_zyx(rotation).T, w[b : b + 1])
-    return y, w
+        gather_half_spectrum(weight32, kzyx @ matrix_xyz_to_zyx(rotation).T, w[b : b + 1])
+    return w
 
 
 def _accumulate(stats, padded, wedge, half, klass, weights, rotations, shifts, shells) -> None:
@@ -657,18 +666,12 @@ def symmetrize_stats(stats: Stats, rotations: np.ndarray) -> Stats:
     S, W = stats.dense()
     s_out = np.empty_like(stats.S)
     w_out = np.empty_like(stats.W)
-    points = np.empty((1, kzyx.shape[0]), dtype=np.float32)
     for h in range(S.shape[0]):
         for k in range(S.shape[1]):
             volume = scipy.fft.irfftn(S[h, k], s=(box,) * 3, workers=1)
             turned = rotated_points(padded_spectrum(volume), rots, band)
             s_out[h, k] = turned.astype(np.complex128).mean(axis=0)
-            w32 = np.ascontiguousarray(W[h, k][None], dtype=np.float32)
-            acc = np.zeros(kzyx.shape[0])
-            for rotation in rots:
-                gather_half_spectrum(w32, kzyx @ matrix_xyz_to_zyx(rotation).T, points)
-                acc += points[0]
-            w_out[h, k] = acc / len(rots)
+            w_out[h, k] = turned_weights(W[h, k], kzyx, rots).astype(np.float64).mean(axis=0)
     return replace(stats, S=s_out, W=w_out)
 
 
