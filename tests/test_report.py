@@ -230,3 +230,25 @@ def test_report_renders_in_chromium(tiny_run, tmp_path):
     gray = pixels[..., :3].mean(axis=2)
     assert (gray < 0.5).mean() > 0.02  # text, plots and maps, not a blank page
     assert len(np.unique(np.round(gray, 2))) > 50
+
+
+def test_the_report_takes_at_most_its_share_of_a_run(monkeypatch):
+    from faml.ml import engine
+
+    now = [0.0]
+    monkeypatch.setattr(engine.time, "perf_counter", lambda: now[0])
+    clock = engine._Throttle(0.1)
+    assert clock.due()  # the first one always
+
+    def costs_two_seconds():
+        now[0] += 2.0
+
+    clock.timed(costs_two_seconds)
+    written = 1
+    for _ in range(100):  # iterations of 1 s each
+        now[0] += 1.0
+        if clock.due():
+            clock.timed(costs_two_seconds)
+            written += 1
+    assert written == 1 + 100 // 20  # one every 20 s of iterations: 2 s / 0.1
+    assert 2.0 * written / now[0] <= 0.1 + 2.0 / now[0]

@@ -1,8 +1,8 @@
 """The run report (``DIR/report.html``) and the export of a run's results to RELION.
 
 :func:`write_report` builds the self-contained HTML page of a run directory (figures from
-:mod:`faml.report.plots`); the engine rewrites it after every iteration and ``faml report
-DIR`` rebuilds it. :func:`export_relion` writes low-passed class maps and a particles STAR
+:mod:`faml.report.plots`); the engine rewrites it during a run (after an iteration, at most
+a tenth of the run's time) and at the end, and ``faml report DIR`` rebuilds it. :func:`export_relion` writes low-passed class maps and a particles STAR
 file ready for ``relion_refine --ref`` (``faml export DIR --to relion``).
 """
 
