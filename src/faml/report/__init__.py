@@ -2,8 +2,9 @@
 
 :func:`write_report` builds the self-contained HTML page of a run directory (figures from
 :mod:`faml.report.plots`); the engine rewrites it during a run (after an iteration, at most
-a tenth of the run's time) and at the end, and ``faml report DIR`` rebuilds it. :func:`export_relion` writes low-passed class maps and a particles STAR
-file ready for ``relion_refine --ref`` (``faml export DIR --to relion``).
+a tenth of the run's time) and at the end, and ``faml report DIR`` rebuilds it.
+:func:`export_relion` writes low-passed class maps and a particles STAR file ready for
+``relion_refine --ref`` (``faml export DIR --to relion``).
 """
 
 from faml.report.export import RelionExport, export_relion, write_relion_map
