@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/lowsnr/run.py [--sets all|snr0.02,...] [--out benchmarks/lowsnr/results]
-                                    [--no-relion] [--iterations 15] [--seeds 1,2,3]
+                                    [--no-relion] [--iterations 15] [--seeds 1,2,3,4,5]
                                     [--relion-seeds 1,2,3]
 
 For each data set (built here with faml's fast simulator: 32^3, 10 A voxels, +-60 degree
@@ -28,7 +28,8 @@ Every map is aligned to the truth first (:func:`faml.evaluate.maps.score_map`); 
 error of a particle is the angle between its rotation composed with that global transform
 and its true rotation. K = 2 sets match classes to structures by the better of the two
 assignments (F1 reported). One table (Markdown) is printed and written to
-``OUT/table.md``; the raw numbers to ``OUT/results.json``.
+``OUT/table.md``; the raw numbers to ``OUT/results.json``. A run of some ``--sets`` only
+replaces their rows; the other sets keep the rows of their last run.
 """
 
 from __future__ import annotations
@@ -290,7 +291,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=15, help="as faml's default")
     parser.add_argument("--no-relion", action="store_true")
     parser.add_argument("--rerun-relion", action="store_true")
-    parser.add_argument("--seeds", default="1,2,3", help="faml seeds (the table: medians)")
+    parser.add_argument("--seeds", default="1,2,3,4,5", help="faml seeds (the table: medians)")
     parser.add_argument(
         "--relion-seeds",
         default="1,2,3",
@@ -320,7 +321,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     store = out / "results.json"
-    results = json.loads(store.read_text()) if args.relion_only and store.exists() else {}
+    # the sets not chosen keep their rows (the table shows every set run so far)
+    results = json.loads(store.read_text()) if store.exists() else {}
     for ds in chosen:
         folder = out / ds.name
         if folder.exists() and not args.relion_only:
@@ -332,7 +334,7 @@ def main() -> None:
         )  # fmt: skip
         table = from_mrc_files(folder / "particles")
         K = len(truths)
-        row = results.get(ds.name, {})
+        row = results.get(ds.name, {}) if args.relion_only else {}
         methods = ("faml",) if args.faml_only else ("faml", "fa")
         for method in () if args.relion_only else methods:
             row[method] = run_faml(
@@ -359,6 +361,7 @@ def main() -> None:
                         run_row = continue_relion(cached.parent, run_row, args.iterations)
                         cached.write_text(json.dumps(run_row))
                     run_row.update(score_relion(cached.parent, K, args.iterations, truth, truths))
+                    cached.write_text(json.dumps(run_row))  # the scores of its last iteration
                 else:
                     run_row = run_relion(
                         truth.paths, cached.parent, K, args.iterations, truth, truths, seed
@@ -393,7 +396,7 @@ def render(results: dict) -> str:
             if "runs" in r and len(r["runs"]) > 1:
                 share += " (" + "/".join(f"{100 * x['within15']:.0f}" for x in r["runs"]) + ")"
             lines.append(
-                f"| {name} | {method.upper()} | {share} | {r['fsc05_A']:.0f} "
+                f"| {name} | {method.upper()} | {share} | {r['fsc05_A']:.1f} "
                 f"| {r['pearson']:.3f} | {r['f1']:.2f} | {r['median_max_p']:.2f} "
                 f"| {r['wall_s']:.0f} | {ceil} |"
             )
