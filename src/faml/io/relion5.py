@@ -47,6 +47,7 @@ __all__ = [
     "STACKS_KEY",
     "find_tomograms_star",
     "is_relion5_table",
+    "optics_pixel_size",
     "read_optimisation_set",
     "relion5_blocks",
     "stack_frame",
@@ -150,6 +151,23 @@ def _pixel_size(optics: pd.DataFrame | None, particles: pd.DataFrame, where: Pat
         sizes = optics["rlnTomoTiltSeriesPixelSize"] * optics["rlnTomoSubtomogramBinning"]
     else:
         return None
+    return optics_pixel_size(optics, particles, [round(float(v), 6) for v in sizes], where)
+
+
+def optics_pixel_size(
+    optics: pd.DataFrame, particles: pd.DataFrame, sizes, where: str | os.PathLike[str]
+) -> float | None:
+    """The one pixel size of the particles, from ``sizes`` (one per row of ``optics``).
+
+    With ``rlnOpticsGroup`` in both blocks only the particles' groups count. ``None`` when
+    ``optics`` has no rows.
+
+    Raises
+    ------
+    ValueError
+        A particle's group that is not in ``optics``, pixel sizes that differ between the
+        particles, or a pixel size that is not positive.
+    """
     if "rlnOpticsGroup" in optics.columns and "rlnOpticsGroup" in particles.columns:
         by_group = dict(zip(optics["rlnOpticsGroup"], sizes, strict=True))
         unknown = [g for g in particles["rlnOpticsGroup"] if g not in by_group]
@@ -158,9 +176,9 @@ def _pixel_size(optics: pd.DataFrame | None, particles: pd.DataFrame, where: Pat
                 f"{where}: rlnOpticsGroup {unknown[0]!r} of a particle is not in data_optics "
                 f"(groups: {', '.join(str(g) for g in by_group)})"
             )
-        used = {round(float(by_group[g]), 6) for g in particles["rlnOpticsGroup"]}
+        used = {float(by_group[g]) for g in particles["rlnOpticsGroup"]}
     else:
-        used = {round(float(v), 6) for v in sizes}
+        used = {float(v) for v in sizes}
     if len(used) > 1:
         raise ValueError(f"{where}: particles have different pixel sizes {sorted(used)}")
     pixel = used.pop() if used else None

@@ -242,20 +242,7 @@ def read_particles_star(
     optics = blocks.get("optics")
     pixel = None
     if isinstance(optics, pd.DataFrame) and "rlnImagePixelSize" in optics.columns:
-        if "rlnOpticsGroup" in particles.columns and "rlnOpticsGroup" in optics.columns:
-            sizes = dict(zip(optics["rlnOpticsGroup"], optics["rlnImagePixelSize"], strict=True))
-            unknown = [g for g in particles["rlnOpticsGroup"] if g not in sizes]
-            if unknown:
-                raise ValueError(
-                    f"{path}: rlnOpticsGroup {unknown[0]!r} of a particle is not in data_optics "
-                    f"(groups: {', '.join(str(g) for g in sizes)})"
-                )
-            used = {float(sizes[g]) for g in particles["rlnOpticsGroup"]}
-        else:
-            used = {float(v) for v in optics["rlnImagePixelSize"]}
-        if len(used) > 1:
-            raise ValueError(f"{path}: particles have different pixel sizes {sorted(used)}")
-        pixel = used.pop() if used else None
+        pixel = relion5.optics_pixel_size(optics, particles, optics["rlnImagePixelSize"], path)
     for col in ("rlnPixelSize", "rlnDetectorPixelSize"):
         if pixel is None and col in particles.columns:
             pixel = float(particles[col].iloc[0])
