@@ -132,6 +132,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         chunk_size=args.batch_size,
         gold_standard=args.gold_standard,
         symmetry=args.symmetry,
+        particle_mask_radius=_particle_mask_radius(args, table),
+        grid_iterations=args.grid_iterations,
+        verify=not args.no_verify,
     )
     _check_out(args, table, config)
     _record_inputs(Path(args.out), table, config, dropped)
@@ -328,6 +331,23 @@ def _n(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
+def _particle_mask_radius(args: argparse.Namespace, table) -> float | None:
+    """``RunConfig.particle_mask_radius`` from the options: ``None`` without
+    ``--particle-mask``; with ``--particle-diameter`` the sphere of that diameter (its soft
+    edge outside, as the reference mask's); else the default reference mask's radius.
+    """
+    from faml.ml.config import RunConfig
+    from faml.ml.em import PARTICLE_MASK_EDGE
+
+    if not args.particle_mask:
+        return None
+    if args.particle_diameter:
+        edge = PARTICLE_MASK_EDGE
+        share = (args.particle_diameter / 2.0 / table.voxel_size + edge) / table.box
+        return float(min(max(share, 0.1), 0.6))
+    return RunConfig.mask_radius
+
+
 def _duration(seconds: float) -> str:
     """``42 s``, ``3.5 min`` or ``2.1 h``."""
     if seconds < 90:
@@ -360,6 +380,13 @@ def plan_lines(args: argparse.Namespace, table, config, executor) -> list[str]:
         mask = f"soft sphere, diameter {args.particle_diameter:g} A"
     else:
         mask = f"soft sphere, radius {cfg.mask_radius:g} of the box (default)"
+    if cfg.particle_mask_radius is None:
+        particles = "as stored (no --particle-mask)"
+    else:
+        particles = (
+            f"background removed, soft sphere of radius {cfg.particle_mask_radius:.2f} of the "
+            "box (neighbours and streaks outside it left out)"
+        )
     gold = (
         "yes: halves refined independently after the common start"
         if cfg.gold_standard
@@ -384,6 +411,7 @@ def plan_lines(args: argparse.Namespace, table, config, executor) -> list[str]:
         ("symmetry", cfg.symmetry),
         ("gold standard", gold),
         ("mask", mask),
+        ("particle mask", particles),
         ("map step", f"{where}, {cfg.chunk_size} particles per task"),
         ("output", f"{out}" + (" (--continue: after its last complete iteration)"
                                if args.resume else "")),
@@ -911,6 +939,23 @@ def _add_run(sub) -> None:
         "--fa-iterations", type=int, default=6, metavar="N",
         help="FAML: first iterations (the starts' included) run as FA, by the best "
         "correlation, before the likelihood takes over (0: FAML throughout)",
+    )  # fmt: skip
+    adv.add_argument(
+        "--grid-iterations", type=int, default=0, metavar="N",
+        help="FAML: first iterations whose candidates are the most probable poses of the "
+        "whole rotation x shift grid of the scan (soft search over all orientations at low "
+        "resolution) instead of the fast alignment's",
+    )  # fmt: skip
+    adv.add_argument(
+        "--no-verify", action="store_true",
+        help="skip the verification (the runner-up start continued to the end and compared "
+        "with the result; the verdict then rests on the other checks only)",
+    )  # fmt: skip
+    adv.add_argument(
+        "--particle-mask", action="store_true",
+        help="remove each particle's background and multiply it by a soft sphere (the "
+        "reference mask's, or --particle-diameter), as RELION's --zero_mask: neighbours and "
+        "streaks stay out of the alignment and the noise estimate",
     )  # fmt: skip
     adv.add_argument(
         "--average-update", choices=("compensated", "paper"), default="compensated",

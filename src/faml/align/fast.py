@@ -557,6 +557,54 @@ def align_to(
     ]
 
 
+def grid_candidates(
+    particle: np.ndarray,
+    wedge: np.ndarray,
+    prepared: PreparedAverage,
+    count: int,
+    weight_power: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``count`` best poses of the whole rotation x shift grid of the scan.
+
+    Every rotation of :func:`~faml.align.scan.rotation_grid` (``settings.scan_step_deg``)
+    and every shift of the scan's grid is scored by the phase-aware correlation with the
+    particle's Fourier weight to the power ``weight_power`` (1: the weight of the
+    likelihood; 2: the constrained correlation's) and the scan's shell weights; no
+    magnitude search, no translation stage, no polishing. At the scan's band the
+    likelihood of a pose (the average's amplitude profiled out) grows with that score, so
+    these are the grid's most probable poses: a reference-free iteration at low
+    resolution draws its candidates from here (coarse-to-fine marginalisation).
+
+    Returns
+    -------
+    tuple of np.ndarray
+        `(m, 3, 3)` rotations, `(m, 3)` shifts (voxels ``(x, y, z)`` of the full box) and
+        `(m,)` scores, best first, ``m <= count``.
+    """
+    st = prepared.settings
+    if st.scan_step_deg is None:
+        raise ValueError("grid_candidates needs settings with a scan_step_deg")
+    particle = _check_volume("particle", particle)
+    tbox = st.resolved_translation_box
+    particle_ft = crop_half_spectrum(scipy.fft.rfftn(particle, workers=1), tbox)
+    weight = np.asarray(wedge, dtype=np.float32) ** weight_power
+    scale = tbox / st.box
+    rotations, shifts, scores = scan(
+        prepared.scan_reference(),
+        particle_ft,
+        crop_half_spectrum(weight, tbox),
+        shift_grid(
+            min(st.resolved_max_shift, st.scan_max_shift or np.inf) * scale,
+            st.scan_shift_step * scale,
+        ),
+        _scan_weights(st),
+        count,
+        0.0,
+        coarse_to_fine=False,
+    )
+    return rotations, shifts / scale, scores
+
+
 def _scan_weights(st: AlignSettings) -> np.ndarray | None:
     """The scan's shell weights at the translation box's shells ``0..resolved_scan_band``."""
     if st.scan_shell_weights is None:

