@@ -332,9 +332,11 @@ def _n(count: int, noun: str) -> str:
 
 
 def _particle_mask_radius(args: argparse.Namespace, table) -> float | None:
-    """``RunConfig.particle_mask_radius`` from the options: ``None`` without
-    ``--particle-mask``; with ``--particle-diameter`` the sphere of that diameter (its soft
-    edge outside, as the reference mask's); else the default reference mask's radius.
+    """``RunConfig.particle_mask_radius`` from the options.
+
+    ``None`` without ``--particle-mask``; with ``--particle-diameter`` the sphere of that
+    diameter (its soft edge outside, as the reference mask's); else the default reference
+    mask's radius.
     """
     from faml.ml.config import RunConfig
     from faml.ml.em import PARTICLE_MASK_EDGE
