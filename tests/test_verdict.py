@@ -115,3 +115,17 @@ def test_a_run_on_pure_noise_is_not_trusted_and_one_on_clear_data_is(easy_and_no
     assert verdicts["easy"].evidence["start_agreement"] > 0.5
     assert not verdicts["noise"].trusted
     assert verdicts["noise"].evidence["start_agreement"] < MIN_START_AGREEMENT
+
+
+def test_the_verification_resumes_to_the_same_verdict(easy_and_noise, tmp_path):
+    table = from_mrc_files(easy_and_noise / "easy")
+    cfg = RunConfig(iterations=4, seed=3, starts=2, start_iterations=2, fa_iterations=2)
+    whole = run(table, tmp_path / "whole", cfg)
+    out = tmp_path / "cut"
+    run(table, out, cfg)
+    verify = out / "verify" / "iterations"
+    assert sorted(p.name for p in verify.iterdir()) == ["003", "004"]
+    (verify / "004" / "manifest.json").unlink()  # as if killed during its last iteration
+    resumed = run(table, out, cfg, resume=True)
+    assert resumed.verdict == whole.verdict
+    np.testing.assert_array_equal(resumed.maps, whole.maps)

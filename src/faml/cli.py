@@ -283,7 +283,7 @@ def _check_out(args: argparse.Namespace, table, config) -> None:
             f"--out {args.out} is the folder of the input particles: faml writes nothing "
             "beside its inputs; choose another output folder"
         )
-    held = [n for n in ("run.json", "iterations", "starts") if (out / n).exists()]
+    held = [n for n in ("run.json", "iterations", "starts", "verify") if (out / n).exists()]
     if not held or args.resume:
         return
     try:

@@ -26,6 +26,11 @@ One run (:func:`run`) on a :class:`~faml.io.particles.ParticleTable`:
   each half-set is aligned and scored against its own half's average only (RELION's
   gold standard), so the FSC between the halves is an honest resolution; the final FSC is
   corrected for the mask by phase randomisation;
+- the verdict (:mod:`faml.ml.verdict`): with several starts and ``config.verify``, the
+  runner-up start is continued to the run's last iteration (``DIR/verify/iterations/NNN``,
+  resumed like the run) and its poses compared with the run's; with the last pose change
+  and the band this decides whether the result can be trusted (``RunResult.verdict``,
+  ``run.json["verdict"]``, a warning in the log when not);
 - ``config.symmetry`` (Cn, Dn): after iteration :func:`symmetry_frame_iteration` each class
   average is turned into the group's frame (:func:`faml.geometry.symmetry.symmetry_frame`)
   and the sums of every later iteration are averaged over the group before the M-step
