@@ -40,8 +40,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 from empiar import VOXEL, _score  # noqa: E402
-from empiar10499 import SET, STEM  # noqa: E402
 
+from empiar10499 import SET, STEM  # noqa: E402
 from faml.geometry.euler import euler_to_matrix  # noqa: E402
 from faml.io.mrc import read_volume, write_volume  # noqa: E402
 from faml.io.relion5 import star_poses  # noqa: E402
