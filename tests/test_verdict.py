@@ -129,3 +129,14 @@ def test_the_verification_resumes_to_the_same_verdict(easy_and_noise, tmp_path):
     resumed = run(table, out, cfg, resume=True)
     assert resumed.verdict == whole.verdict
     np.testing.assert_array_equal(resumed.maps, whole.maps)
+
+
+def test_start_agreement_per_class_pair_with_permuted_labels():
+    rng = np.random.default_rng(6)
+    a = random_rotations(90, rng)
+    classes_a = np.repeat([0, 1, 2], 30)
+    g = random_rotations(3, rng)  # each class's map differs by its own rotation
+    b = np.einsum("nij,njk->nik", a, g[classes_a])
+    classes_b = (classes_a + 1) % 3  # the labels permuted
+    assert start_agreement(a, b) < 0.4  # one rotation for all: a third at most
+    assert start_agreement(a, b, classes_a=classes_a, classes_b=classes_b) == 1.0

@@ -627,6 +627,8 @@ def _verdict(config: RunConfig, history: list[dict], results, check) -> Verdict:
     verdict = judge(
         history, config.min_band, np.stack([r.rotation for r in results]), second,
         None if group.trivial else group.rotations(),
+        np.array([r.klass for r in results]),
+        None if check is None else np.array([r.klass for r in check]),
     )  # fmt: skip
     (logger.info if verdict.trusted else logger.warning)("verdict: %s", verdict.sentence())
     return verdict

@@ -103,8 +103,10 @@ def start_agreement(
     rotations_b: np.ndarray,
     symmetry: np.ndarray | None = None,
     tolerance_deg: float = AGREEMENT_TOLERANCE_DEG,
+    classes_a: np.ndarray | None = None,
+    classes_b: np.ndarray | None = None,
 ) -> float:
-    """Share of particles whose poses in two runs differ by one common rotation.
+    """Share of particles whose poses in two runs differ by one common rotation (per class).
 
     Parameters
     ----------
@@ -116,13 +118,19 @@ def start_agreement(
         ``None``: none.
     tolerance_deg
         Two relative rotations closer than this count as the same.
+    classes_a, classes_b
+        `(n,)` each particle's class in the two runs (``None``: one class). The maps of a
+        class of one run and a class of the other differ by their own rotation, so the
+        particles are grouped by their pair of classes and each group contributes its own
+        largest consistent set (class labels may be permuted between the runs).
 
     Returns
     -------
     float
-        The largest share of particles whose relative rotations ``R_a^T R_b`` all lie
-        within ``tolerance_deg`` of one of them (1: the runs agree on every particle up to a
-        global rotation; about ``1 / n`` for unrelated runs).
+        The share of particles whose relative rotations ``R_a^T R_b`` lie within
+        ``tolerance_deg`` of one of them, summed over the class pairs (1: the runs agree on
+        every particle up to a global rotation per class; for unrelated runs about one
+        particle per pair of classes, ``K^2 / n``).
     """
     ra = np.asarray(rotations_a, dtype=np.float64)
     rb = np.asarray(rotations_b, dtype=np.float64)
@@ -131,11 +139,25 @@ def start_agreement(
     n = ra.shape[0]
     if n == 0:
         raise ValueError("start_agreement needs at least one particle")
+    ka = np.zeros(n, np.int64) if classes_a is None else np.asarray(classes_a, np.int64)
+    kb = np.zeros(n, np.int64) if classes_b is None else np.asarray(classes_b, np.int64)
+    if ka.shape != (n,) or kb.shape != (n,):
+        raise ValueError(f"classes must be ({n},) arrays, got {ka.shape} and {kb.shape}")
+    keep = np.arange(n)
     if n > AGREEMENT_SAMPLE:
         keep = np.linspace(0, n - 1, AGREEMENT_SAMPLE).round().astype(np.int64)
-        ra, rb = ra[keep], rb[keep]
-    q = np.einsum("nji,njk->nik", ra, rb)  # R_a^T R_b, (m, 3, 3)
     ops = np.eye(3)[None] if symmetry is None else np.asarray(symmetry, dtype=np.float64)
+    agreeing = 0
+    pairs = np.stack([ka[keep], kb[keep]], axis=1)
+    for pair in np.unique(pairs, axis=0):
+        members = keep[np.all(pairs == pair, axis=1)]
+        agreeing += _largest_consistent(ra[members], rb[members], ops, tolerance_deg)
+    return float(agreeing / keep.size)
+
+
+def _largest_consistent(ra, rb, ops, tolerance_deg) -> int:
+    """The largest number of particles whose ``R_a^T R_b`` lie within the tolerance of one."""
+    q = np.einsum("nji,njk->nik", ra, rb)  # R_a^T R_b, (m, 3, 3)
     # With symmetry, R_a S_k and R_b S_l are the same poses: S_k^T q S_l are the same pair.
     copies = np.einsum("kji,njl,mlo->nkmio", ops, q, ops).reshape(q.shape[0], -1, 3, 3)
     m, g = copies.shape[:2]
@@ -144,7 +166,7 @@ def start_agreement(
     for s in range(0, m, block):
         angles = rotation_distance(q[s : s + block, None, None], copies[None]).min(axis=2)
         near[s : s + block] = np.sum(angles < tolerance_deg, axis=1)
-    return float(near.max() / m)
+    return int(near.max())
 
 
 def judge(
@@ -153,6 +175,8 @@ def judge(
     rotations: np.ndarray | None = None,
     second_rotations: np.ndarray | None = None,
     symmetry: np.ndarray | None = None,
+    classes: np.ndarray | None = None,
+    second_classes: np.ndarray | None = None,
 ) -> Verdict:
     """The run's verdict from its per-iteration history and two independent starts' poses.
 
@@ -167,12 +191,16 @@ def judge(
         start continued as far (``RunConfig.verify``); ``None``: agreement not assessed.
     symmetry
         `(G, 3, 3)` the point group of the maps, for :func:`start_agreement`.
+    classes, second_classes
+        `(n,)` the particles' classes in the two runs (``None``: one class).
     """
     reasons: list[str] = []
     missing: list[str] = []
     evidence: dict = {"min_band": int(min_band)}
     if rotations is not None and second_rotations is not None:
-        agreement = start_agreement(rotations, second_rotations, symmetry)
+        agreement = start_agreement(
+            rotations, second_rotations, symmetry, classes_a=classes, classes_b=second_classes
+        )
         evidence["start_agreement"] = agreement
         if agreement < MIN_START_AGREEMENT:
             reasons.append(
