@@ -11,7 +11,7 @@ For each tomogram (``N`` the box):
    ``ceil(Lz / 2 tan θmax) + 2`` voxels so that every ray through the tomogram at every tilt
    crosses a full specimen (a lamella is wider than the field of view). Objects are posed
    structures (``x = R x_ref + p`` about the structure's voxel ``n // 2``); each is bounded by a
-   sphere (radius: the farthest voxel above 10 % of the structure's maximum, + 0.5 voxel) and
+   sphere (radius: the farthest voxel above 5 % of the structure's maximum, + 0.5 voxel) and
    spheres do not overlap. First the **targets** (the user's structures, rotation uniform on
    SO(3), centre uniform, such that the box plus three picking-error s.d. fits in the
    tomogram), then **distractors** (the crowd structures, each drawn uniformly, random
@@ -172,11 +172,11 @@ class CrowdedSettings:
 def structure_radius(volume: np.ndarray) -> float:
     """Radius (voxels) of the sphere about voxel ``n // 2`` that bounds a structure.
 
-    The farthest voxel above 10 % of the maximum, plus half a voxel.
+    The farthest voxel above 5 % of the maximum, plus half a voxel.
     """
     vol = np.asarray(volume)
     c = box_center(vol.shape[0])
-    idx = np.argwhere(vol > 0.1 * float(vol.max()))
+    idx = np.argwhere(vol > 0.05 * float(vol.max()))
     if idx.size == 0:
         raise ValueError("a structure has no positive density")
     return float(np.sqrt(np.max(np.sum((idx - c) ** 2, axis=1)))) + 0.5
