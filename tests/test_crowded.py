@@ -96,7 +96,7 @@ def test_neighbours_put_density_outside_the_central_sphere(tmp_path, hsp70):
 
     alone = ratio(tmp_path / "alone", CrowdedSettings(tomograms=6, crowding=0.0))
     crowded = ratio(tmp_path / "crowded", CrowdedSettings(crowding=0.3))
-    assert crowded > 2.0 * alone
+    assert crowded > 5.0 * alone  # measured 0.04 alone, about 0.8 crowded
 
 
 def test_oracle_average_of_crowded_particles_matches_the_truth(tmp_path, hsp70):
