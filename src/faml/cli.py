@@ -13,7 +13,8 @@ Subcommands:
     weights in ``DIR/subtomograms`` (``faml run`` on such a set does it itself).
 ``faml simulate --structure PATH ... --n N --box B --voxel-size A --snr S --out DIR``
     Simulated subtomograms with known truth: tilt series with CTF, MTF and noise, reconstructed
-    (``--mode realistic``), or the 3D wedge-and-noise model (``--mode fast``).
+    (``--mode realistic``), or the 3D wedge-and-noise model (``--mode fast``); ``--crowded``:
+    subtomograms cut from crowded tomograms (neighbours, WBP streaks, dose, picking errors).
 ``faml evaluate RUN_DIR --truth SIM_DIR`` / ``faml evaluate --map MAP --truth TRUTH``
     Scores a run (or one map) against the truth of a simulation: correlation, FSC, pose
     errors, F1, the oracle average.
@@ -549,8 +550,31 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from faml.simulate import SimulationSettings, load_structure, simulate
+    from faml.simulate import (
+        CrowdedSettings,
+        SimulationSettings,
+        load_structure,
+        simulate,
+        simulate_crowded,
+    )
 
+    crowd_only = ("tomograms", "crowd_structure", "write_tomograms")
+    if not args.crowded:
+        given = [o for o in crowd_only if getattr(args, o) not in (None, False)]
+        if given:
+            raise ValueError(f"--{given[0].replace('_', '-')} needs --crowded")
+    elif args.mode != "realistic":
+        raise ValueError("--crowded makes its own tilt series; it does not take --mode fast")
+    crowd = None
+    if args.crowded:  # checked before any structure is read
+        crowd = CrowdedSettings(
+            tomograms=args.tomograms,
+            crowding=args.crowding,
+            pick_error=args.pick_error,
+            dose_per_tilt=args.dose,
+            tomogram_size=tuple(args.tomogram_size),
+            write_tomograms=args.write_tomograms,
+        )
     settings = SimulationSettings(
         voxel_size=args.voxel_size,
         snr=args.snr,
@@ -572,11 +596,25 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     # the bar on a terminal only (tqdm's disable=None), never with --quiet
     with tqdm(total=args.n * len(structures), unit="particle", desc="faml simulate",
               disable=True if args.quiet else None) as bar:  # fmt: skip
-        truth = simulate(
-            structures, names, args.n, args.out, settings, mode=args.mode, seed=args.seed,
-            workers=args.workers, overwrite=args.overwrite,
-            progress=lambda done, total: bar.update(done - bar.n),
-        )  # fmt: skip
+        if crowd is not None:
+            others = None
+            if args.crowd_structure:
+                others = [
+                    load_structure(path, args.voxel_size, args.box, resolution=args.resolution)
+                    for path in args.crowd_structure
+                ]
+            truth = simulate_crowded(
+                structures, names, args.n, args.out, settings, crowd, crowd_structures=others,
+                crowd_names=[Path(p).name for p in args.crowd_structure or ()] or None,
+                seed=args.seed, workers=args.workers, overwrite=args.overwrite,
+                progress=lambda done, total: bar.update(done - bar.n),
+            )  # fmt: skip
+        else:
+            truth = simulate(
+                structures, names, args.n, args.out, settings, mode=args.mode, seed=args.seed,
+                workers=args.workers, overwrite=args.overwrite,
+                progress=lambda done, total: bar.update(done - bar.n),
+            )  # fmt: skip
     print(f"faml simulate: {len(truth.classes)} particles and {truth.star_path}")
     print(f"faml simulate: truth (maps, poses, classes) in {Path(args.out) / 'truth'}")
     return 0
@@ -1057,6 +1095,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode", choices=("realistic", "fast"), default="realistic",
         help="realistic: tilt series + CTF + reconstruction; fast: 3D wedge and noise",
     )  # fmt: skip
+    c = s.add_argument_group(
+        "crowded tomograms",
+        "subtomograms cut from simulated crowded tomograms: targets and other proteins packed "
+        "in a slab, tilt series with CTF, MTF, dose and noise, phase flip and weighted "
+        "back-projection, boxes cut at picks with an error (faml.simulate.crowded)",
+    )
+    c.add_argument(
+        "--crowded", action="store_true",
+        help="simulate crowded tomograms and cut the particles from them",
+    )  # fmt: skip
+    c.add_argument(
+        "--tomograms", type=int, default=None,
+        help="number of tomograms (default: enough for the targets to fill ~10%% of each)",
+    )  # fmt: skip
+    c.add_argument(
+        "--crowding", type=float, default=0.25,
+        help="share of the specimen filled by the proteins' bounding spheres, 0-0.35",
+    )  # fmt: skip
+    c.add_argument(
+        "--crowd-structure", action="append", default=None, metavar="PATH",
+        help="other protein (model or map, fits the box) placed around the targets; repeat; "
+        "default four blob-shaped pseudo-proteins",
+    )  # fmt: skip
+    c.add_argument(
+        "--pick-error", type=float, default=1.0,
+        help="picking error, voxels (s.d. per axis); the true shift includes it",
+    )  # fmt: skip
+    c.add_argument("--dose", type=float, default=3.0, help="exposure per tilt, e/A^2 (0: none)")
+    c.add_argument(
+        "--tomogram-size", nargs=2, type=float, default=(4.5, 2.0), metavar=("XY", "Z"),
+        help="tomogram side in x and y and thickness, in boxes",
+    )  # fmt: skip
+    c.add_argument(
+        "--write-tomograms", action="store_true", help="also write tomograms/tomogram_NNN.mrc"
+    )
     s.add_argument("--seed", type=int, default=0, help="the seed of every random draw")
     s.add_argument("--workers", type=int, default=1, help="local worker processes")
     s.add_argument("--out", required=True, help="simulation directory (created)")

@@ -6,8 +6,11 @@
 - :mod:`faml.simulate.dataset`: :func:`simulate` writes a simulation directory (particles,
   weights, STAR files, truth), :func:`read_truth` reads its truth back.
 - :mod:`faml.simulate.fast`: ``simulate_fast``, the fast mode of the demo and tests.
+- :mod:`faml.simulate.crowded`: :func:`simulate_crowded`, subtomograms cut from crowded
+  tomograms (tilt series with CTF, dose and noise, weighted back-projection, picking errors).
 """
 
+from faml.simulate.crowded import CrowdedSettings, pseudo_proteins, simulate_crowded
 from faml.simulate.ctf import ctf, detector_mtf, electron_wavelength
 from faml.simulate.dataset import MODES, SimulationTruth, particle_rng, read_truth, simulate
 from faml.simulate.density import density_from_map, density_from_model, load_structure
@@ -21,6 +24,7 @@ from faml.simulate.tiltseries import (
 )
 
 __all__ = [
+    "CrowdedSettings",
     "MODES",
     "PreparedStructure",
     "SimulatedParticle",
@@ -35,8 +39,10 @@ __all__ = [
     "load_structure",
     "particle_rng",
     "prepare_structure",
+    "pseudo_proteins",
     "read_truth",
     "simulate",
+    "simulate_crowded",
     "simulate_fast",
     "simulate_particle",
 ]

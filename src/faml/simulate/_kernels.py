@@ -206,3 +206,45 @@ def insert_planes(data, ctf2, basis, acc_data, acc_ctf2, acc_w):  # pragma: no c
                             acc_data[zi, yi, xi] += w * a
                             acc_ctf2[zi, yi, xi] += w * g
                             acc_w[zi, yi, xi] += w
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH, nogil=True)
+def backproject(images_a, images_b, cos_t, sin_t, x_offset, x_axis, z_axis, out_a, out_b):
+    """Real-space back-projection of two tilt series into two volumes (linear interpolation).
+
+    Image ``t`` (tilt θ about +Y) is smeared along its rays: voxel ``(x, y, z)`` of ``out``
+    gets ``image[t, y, u]`` at ``u = (x + x_offset - x_axis) cos θ + (z - z_axis) sin θ +
+    x_axis``, linearly interpolated along ``u`` (0 outside the image). ``images_a``,
+    ``images_b``: `(T, Ly, Lu)` float32 ``(tilt, y, u)``; ``cos_t``, ``sin_t``: `(T,)` float64;
+    ``x_offset``: the specimen ``x`` of the volume's voxel 0; ``x_axis``, ``z_axis``: the tilt
+    axis's ``x`` (specimen, = image ``u``) and ``z``; ``out_a``, ``out_b``: `(Lz, Ly, Lx)`
+    float32 ``(z, y, x)``, accumulated in place.
+    """
+    nz, ny, nx = out_a.shape
+    nu = images_a.shape[2]
+    i0 = np.empty(nx, dtype=np.int64)
+    f1 = np.empty(nx, dtype=np.float32)
+    for t in range(images_a.shape[0]):
+        c = cos_t[t]
+        s = sin_t[t]
+        for z in range(nz):
+            base = (z - z_axis) * s + x_axis
+            for x in range(nx):
+                u = (x + x_offset - x_axis) * c + base
+                uf = math.floor(u)
+                i = int(uf)
+                if i < 0 or i + 1 >= nu:
+                    i0[x] = -1
+                    f1[x] = 0.0
+                else:
+                    i0[x] = i
+                    f1[x] = np.float32(u - uf)
+            for y in range(ny):
+                for x in range(nx):
+                    i = i0[x]
+                    if i < 0:
+                        continue
+                    f = f1[x]
+                    g = np.float32(1.0) - f
+                    out_a[z, y, x] += g * images_a[t, y, i] + f * images_a[t, y, i + 1]
+                    out_b[z, y, x] += g * images_b[t, y, i] + f * images_b[t, y, i + 1]

@@ -394,11 +394,19 @@ def _write_outputs(
     weight_names: tuple[str, ...],
     records: list[dict],
     n_each: int | Sequence[int],
+    *,
+    extra_cols: pd.DataFrame | None = None,
+    extra_truth: dict | None = None,
 ) -> None:
-    """``particles.star``, ``truth/particles.star`` and ``truth/truth.json``."""
+    """``particles.star``, ``truth/particles.star`` and ``truth/truth.json``.
+
+    ``extra_cols`` (columns appended to both STAR files) and ``extra_truth`` (keys added to
+    ``truth.json``) serve the crowded mode (:mod:`faml.simulate.crowded`), whose particles
+    are written like the realistic mode's.
+    """
     s = job.settings
     n = len(image_names)
-    realistic = job.mode == "realistic"
+    realistic = job.mode != "fast"
     box = job.structures[0].shape[0]
     optics = pd.DataFrame(
         {
@@ -426,6 +434,8 @@ def _write_outputs(
                 "rlnDefocusAngle": np.zeros(n),
             }
         )
+    if extra_cols is not None:
+        cols.update({c: extra_cols[c].to_numpy() for c in extra_cols.columns})
     _write_star(out / "particles.star", optics, pd.DataFrame(cols))
 
     truth_cols = dict(cols)
@@ -440,8 +450,12 @@ def _write_outputs(
         "mode": job.mode,
         "snr": s.snr,
         "snr_definition": (
-            "per particle: variance over the box of the noise-free reconstructed subtomogram / "
-            "variance of its noise part"
+            "per tomogram: sum over its particles of the variance over the box of the "
+            "noise-free subtomogram (neighbours included) / sum of the variances of their "
+            "noise parts"
+            if job.mode == "crowded"
+            else "per particle: variance over the box of the noise-free reconstructed "
+            "subtomogram / variance of its noise part"
             if realistic
             else "per particle: variance over the box of the posed structure / variance of the "
             "white noise added before the wedge"
@@ -470,6 +484,8 @@ def _write_outputs(
         "signal_variance": [r["signal_variance"] for r in records],
         "projection_snr": [r["projection_snr"] for r in records] if realistic else None,
     }
+    if extra_truth:
+        truth.update(extra_truth)
     if isinstance(truth["n_each"], np.integer):
         truth["n_each"] = int(truth["n_each"])
     write_text_atomic(out / _TRUTH / "truth.json", json.dumps(truth, indent=1))

@@ -1,0 +1,780 @@
+"""Crowded mode: tomograms packed with proteins, tilt series, WBP, subtomograms cut at picks.
+
+Where the realistic mode (:mod:`faml.simulate.tiltseries`) makes each particle alone in its
+box, this mode makes the subtomograms as they come out of real tomograms: with neighbouring
+density, back-projection streaks and the CTF of the whole tilt series in every box.
+
+For each tomogram (``N`` the box):
+
+1. **Specimen.** A slab of ``Lxy x Lxy x Lz`` voxels (``CrowdedSettings.tomogram_size`` boxes;
+   ``x, y`` even, e.g. ``4.5 N`` and ``2 N``), widened in ``x`` on both sides by
+   ``ceil(Lz / 2 tan θmax) + 2`` voxels so that every ray through the tomogram at every tilt
+   crosses a full specimen (a lamella is wider than the field of view). Objects are posed
+   structures (``x = R x_ref + p`` about the structure's voxel ``n // 2``); each is bounded by a
+   sphere (radius: the farthest voxel above 5 % of the structure's maximum, + 0.5 voxel) and
+   spheres do not overlap. First the **targets** (the user's structures, rotation uniform on
+   SO(3), centre uniform, such that the box plus three picking-error s.d. fits in the
+   tomogram), then **distractors** (the crowd structures, each drawn uniformly, random
+   rotation, centre anywhere in the specimen) by random sequential addition until the spheres
+   fill ``crowding`` of the specimen's volume (or no more fit: a warning). Distractors are
+   scaled to the targets' mean density (the mean over voxels above 20 % of the maximum), i.e.
+   protein of one density. Default crowd: :func:`pseudo_proteins`, four blob-shaped
+   pseudo-proteins of different sizes (no file needed).
+2. **Tilt series.** Tilts ``min, min + step, ...`` about +Y (the convention of
+   :mod:`faml.simulate.tiltseries`: image ``u = x cos θ + z sin θ`` about the tilt axis, the
+   centre of the specimen, ``v = y``), one image of ``Ly x Lsx`` pixels (the widened specimen)
+   per tilt. Each object's projection is its central slice (the realistic mode's kernel, the
+   structure padded to ``2n``, gridding-corrected) with a 2D phase ramp for its sub-pixel
+   position, added at its integer position. Each image's spectrum (zero-padded to ``2 Lsx``
+   in ``u``) is multiplied by the CTF (:func:`faml.simulate.ctf.ctf`, one defocus per tilt
+   series, no defocus gradient, no astigmatism), the detector MTF and the exposure filter
+   ``exp(-D_t / (2 N_e(s)))`` (Grant & Grigorieff critical exposure,
+   :func:`faml.io.tiltstacks.critical_exposure`) with ``D_t`` the tilt's pre-exposure in a
+   dose-symmetric order (0° first, then ``+step, -step, +2 step, ...``; ``D_t`` = tilts taken
+   before it x ``dose_per_tilt``), and cut at the Nyquist circle. White Gaussian noise of one
+   s.d. ``σ`` per tomogram is added to every detector pixel.
+3. **Reconstruction** by **real-space weighted back-projection**: each image is phase-flipped
+   (spectrum times ``sign(CTF)``; ``SimulationSettings.phase_flip``), R-weighted (the discrete
+   Ram-Lak ramp, ``|k_u|`` in cycles/pixel with its exact DC term, times the tilt step in
+   radians, so that amplitudes come out as the structure's inside the wedge) and back-projected
+   along its rays with linear interpolation (:func:`faml.simulate._kernels.backproject`) into
+   the ``(Lz, Lxy, Lxy)`` tomogram. The streaks of WBP (gaps between the tilts' planes, the
+   wedge's edges) are thus those of the real method.
+4. **Subtomograms.** Each target's pick is its true centre plus Gaussian error (s.d.
+   ``pick_error`` voxels per axis), rounded to a voxel (kept inside the tomogram); the box
+   ``N³`` is cut with voxel ``N // 2`` at the pick. The true pose written: the target's
+   rotation, and the shift ``t = true centre - pick`` (``(x, y, z)`` voxels, so ``rlnOrigin``
+   = ``-t`` Å), as in :mod:`faml.simulate.dataset`. No Fourier restriction is applied: the
+   neighbours' and the noise's leakage across the wedge edges stays, as in real data.
+   Weight: per tilt series, the realistic mode's weight with the exposure filter included,
+   ``W(k) = wedge(k) * sum_i w_i(k) |CTF MTF E|(k_i) / sum_i w_i(k)`` (``(CTF MTF E)²``
+   without phase flip), RELION ``rlnCtfImage``, `(N, N, N//2+1)`, values in ``[0, 1]``.
+
+SNR
+---
+``snr = sum_j var(S_j) / sum_j var(E_j)`` over the targets ``j`` of a tomogram, ``S_j`` the
+noise-free subtomogram as cut (the target, its neighbours, the CTF) and ``E_j`` the noise part
+of the same box, variances over the ``N³`` voxels: one ``σ`` per tilt series, chosen from a
+reconstruction of its own unit-variance noise so that the ratio is met exactly. For an isolated
+particle this is the realistic mode's definition; neighbours count as signal.
+
+Randomness
+----------
+Classes (shuffled), target rotations and the tomograms' defocus values come from
+``numpy.random.default_rng(seed)`` in this order; everything of tomogram ``t`` (positions,
+distractors, picking errors, noise) from its own stream
+``SeedSequence([seed, 0x63726f77], spawn_key=(t,))``. Tomograms are made in parallel; the data
+do not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.fft
+
+from faml.geometry.axes import box_center
+from faml.geometry.rotations import random_rotations, rotation_about_axis
+from faml.geometry.wedge import wedge_mask
+from faml.io.mrc import write_volume
+from faml.io.tiltstacks import critical_exposure
+from faml.parallel import make_executor
+from faml.simulate import dataset as _ds
+from faml.simulate._kernels import backproject, extract_slices, insert_planes
+from faml.simulate.ctf import ctf, detector_mtf
+from faml.simulate.fast import Truth
+from faml.simulate.tiltseries import (
+    PreparedStructure,
+    SimulationSettings,
+    _hermitian_planes,
+    _transfer,
+    prepare_structure,
+)
+
+__all__ = ["CrowdedSettings", "pseudo_proteins", "simulate_crowded", "structure_radius"]
+
+logger = logging.getLogger(__name__)
+
+_TOMOGRAMS = "tomograms"
+_TARGET_FILL = 0.1  # default targets per tomogram: their spheres fill this share of it
+_TRIES = 500  # random positions tried per object before it counts as not fitting
+_STREAM = 0x63726F77  # "crow": the tomograms' streams differ from the particles' of dataset
+
+
+@dataclass(frozen=True)
+class CrowdedSettings:
+    """The crowded mode's own parameters (the rest is :class:`SimulationSettings`).
+
+    Attributes
+    ----------
+    tomograms
+        Number of tomograms; ``None``: enough that the targets' spheres fill about 10 % of
+        each tomogram.
+    crowding
+        Share of the specimen's volume filled by the objects' bounding spheres (targets and
+        distractors), ``0 <= crowding <= 0.35`` (random sequential addition of spheres jams
+        near 0.38).
+    pick_error
+        Standard deviation of the picking error, voxels per axis.
+    dose_per_tilt
+        Exposure per tilt image, e/Å² (``0``: no exposure filter).
+    tomogram_size
+        ``(xy, z)``: the tomogram's side in ``x`` and ``y`` and its thickness ``z``, in boxes.
+    write_tomograms
+        Also write each tomogram (``tomograms/tomogram_NNN.mrc``).
+    """
+
+    tomograms: int | None = None
+    crowding: float = 0.25
+    pick_error: float = 1.0
+    dose_per_tilt: float = 3.0
+    tomogram_size: tuple[float, float] = (4.5, 2.0)
+    write_tomograms: bool = False
+
+    def __post_init__(self) -> None:
+        t = self.tomograms
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 1):
+            raise ValueError(f"tomograms must be a positive integer, got {t!r}")
+        if not (0.0 <= self.crowding <= 0.35):
+            raise ValueError(f"crowding must be in [0, 0.35], got {self.crowding!r}")
+        if not (0.0 <= self.pick_error <= 10.0):
+            raise ValueError(f"pick_error must be in [0, 10] voxels, got {self.pick_error!r}")
+        if not (0.0 <= self.dose_per_tilt < 1e3):
+            raise ValueError(f"dose_per_tilt must be >= 0 e/A^2, got {self.dose_per_tilt!r}")
+        try:
+            xy, z = (float(v) for v in self.tomogram_size)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"tomogram_size must be (xy, z) boxes, got {self.tomogram_size!r}"
+            ) from None
+        if not (xy >= 1.5 and 1.0 <= z <= xy):
+            raise ValueError(
+                f"tomogram_size must have xy >= 1.5 and 1 <= z <= xy boxes, got ({xy}, {z})"
+            )
+        object.__setattr__(self, "tomogram_size", (xy, z))
+
+    def as_dict(self) -> dict:
+        """The settings as a JSON-ready dict."""
+        d = asdict(self)
+        d["tomogram_size"] = list(self.tomogram_size)
+        return d
+
+
+def structure_radius(volume: np.ndarray) -> float:
+    """Radius (voxels) of the sphere about voxel ``n // 2`` that bounds a structure.
+
+    The farthest voxel above 5 % of the maximum, plus half a voxel.
+    """
+    vol = np.asarray(volume)
+    c = box_center(vol.shape[0])
+    idx = np.argwhere(vol > 0.05 * float(vol.max()))
+    if idx.size == 0:
+        raise ValueError("a structure has no positive density")
+    return float(np.sqrt(np.max(np.sum((idx - c) ** 2, axis=1)))) + 0.5
+
+
+def _inner_mean(volume: np.ndarray) -> float:
+    vol = np.asarray(volume, dtype=np.float64)
+    return float(vol[vol > 0.2 * vol.max()].mean())
+
+
+def pseudo_proteins(box: int, count: int = 4) -> list[np.ndarray]:
+    """The default crowd: ``count`` blob-shaped pseudo-proteins of different sizes.
+
+    Each is a cluster of 3-8 overlapping balls (density ``1 - exp(-sum of Gaussians)``, so
+    about uniform inside) of overall radius ``0.1 N`` to ``0.28 N``, from a fixed seed (the
+    same shapes for every simulation with this box), centre of mass at voxel ``n // 2`` of its
+    own box (even, just large enough).
+
+    Returns
+    -------
+    list of np.ndarray
+        `(n, n, n)` float32 volumes ``(z, y, x)``, ``n <= box``, maximum 1.
+    """
+    rng = np.random.default_rng(20260619)
+    out = []
+    for j, frac in enumerate(np.linspace(0.1, 0.28, count)):
+        radius = max(2.0, frac * box)
+        n = min(box, 2 * math.ceil(radius + 3))
+        c = box_center(n)
+        balls = 3 + (j * 5) // max(1, count - 1)
+        a = radius / 2.0  # ball radius
+        dirs = rng.standard_normal((balls, 3))
+        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+        centres = dirs * rng.uniform(0.3, 1.0, (balls, 1)) * (radius - a)
+        centres -= centres.mean(axis=0)
+        grid = np.indices((n, n, n), dtype=np.float64)[::-1] - c  # (x, y, z)
+        field = np.zeros((n, n, n))
+        for q in centres:
+            d2 = sum((grid[i] - q[i]) ** 2 for i in range(3))
+            field += 3.0 * np.exp(-d2 / (2.0 * (0.6 * a) ** 2))
+        vol = 1.0 - np.exp(-field)
+        vol[vol < 0.02] = 0.0
+        out.append((vol / vol.max()).astype(np.float32))
+    return out
+
+
+def _tomogram_rng(seed: int, t: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(seed), _STREAM], spawn_key=(t,)))
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """Sizes of one tomogram (all tomograms of a simulation share them)."""
+
+    box: int
+    lxy: int  # tomogram side in x and y
+    lz: int  # tomogram thickness
+    ext: int  # specimen widening in x on each side
+    margin: float  # targets: extra room for the picking error
+
+    @property
+    def lsx(self) -> int:
+        return self.lxy + 2 * self.ext
+
+    @property
+    def axis(self) -> tuple[int, int]:
+        """Tilt axis ``(x in the specimen, z)``."""
+        return self.lsx // 2, self.lz // 2
+
+
+def _geometry(box: int, settings: SimulationSettings, crowd: CrowdedSettings) -> _Geometry:
+    def even(v: float) -> int:
+        return 2 * max(1, int(round(v / 2)))
+
+    xy, z = crowd.tomogram_size
+    lxy, lz = even(xy * box), even(z * box)
+    theta = math.radians(max(abs(a) for a in settings.tilt_range))
+    ext = math.ceil(lz / 2 * math.tan(theta)) + 2
+    margin = 3.0 * crowd.pick_error + 1.0
+    if lxy < box + 2 * margin + 1:
+        raise ValueError(
+            f"tomogram_size {xy:g} boxes is too small for a {box}^3 box and a picking error "
+            f"of {crowd.pick_error:g} voxels"
+        )
+    return _Geometry(box, lxy, lz, ext, margin)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What a worker needs to make tomograms (pickled to worker processes)."""
+
+    token: str
+    settings: SimulationSettings
+    crowd: CrowdedSettings
+    geometry: _Geometry
+    seed: int
+    structures: tuple[np.ndarray, ...]  # targets first, then distractors (scaled)
+    n_targets: int  # structures[:n_targets] are the classes
+    radii: tuple[float, ...]
+    classes: np.ndarray
+    rotations: np.ndarray
+    members: tuple[tuple[int, ...], ...]  # particle indices per tomogram
+    defocus_um: np.ndarray  # per tomogram
+    particle_paths: tuple[str, ...]
+    weight_paths: tuple[str, ...]  # per tomogram
+    tomogram_paths: tuple[str, ...]
+
+
+_PREPARED: dict[tuple[str, int], PreparedStructure] = {}
+
+
+def _prepared(job: _Job, k: int) -> PreparedStructure:
+    key = (job.token, int(k))
+    if key not in _PREPARED:
+        if any(token != job.token for token, _ in _PREPARED):
+            _PREPARED.clear()
+        _PREPARED[key] = prepare_structure(job.structures[k])
+    return _PREPARED[key]
+
+
+def _tilt_order(tilts: np.ndarray) -> np.ndarray:
+    """`(T,)` rank of each tilt in a dose-symmetric acquisition (0° first, then +, -, ...)."""
+    key = np.lexsort((-tilts, np.round(np.abs(tilts), 6)))
+    rank = np.empty(tilts.size, dtype=np.int64)
+    rank[key] = np.arange(tilts.size)
+    return rank
+
+
+def _place(rng, centres, radii, n_placed, radius, lo, hi) -> np.ndarray | None:
+    """A random centre in the box ``[lo, hi]`` (x, y, z) whose sphere meets none placed."""
+    for _ in range(_TRIES):
+        p = rng.uniform(lo, hi)
+        if n_placed == 0:
+            return p
+        d2 = np.sum((centres[:n_placed] - p) ** 2, axis=1)
+        if np.all(d2 >= (radii[:n_placed] + radius) ** 2):
+            return p
+    return None
+
+
+def _layout(job: _Job, t: int, rng: np.random.Generator):
+    """Objects of tomogram ``t``: structure index, rotation, specimen centre (x, y, z)."""
+    g, n = job.geometry, job.geometry.box
+    ids = job.members[t]
+    volume = g.lsx * g.lxy * g.lz
+    cap = len(ids) + int(job.crowd.crowding * volume / (4.0 / 3.0 * math.pi * 8.0)) + 1
+    centres = np.zeros((cap, 3))
+    radii = np.zeros(cap)
+    kinds: list[int] = []
+    rots: list[np.ndarray] = []
+    half = n / 2.0
+    for i in ids:
+        k = int(job.classes[i])
+        r = job.radii[k]
+        lo = np.array([g.ext + half + g.margin, half + g.margin, max(half + g.margin, r)])
+        hi = np.array(
+            [
+                g.ext + g.lxy - half - g.margin,
+                g.lxy - half - g.margin,
+                g.lz - max(half + g.margin, r),
+            ]
+        )
+        p = _place(rng, centres, radii, len(kinds), r, lo, np.maximum(lo, hi))
+        if p is None:
+            raise ValueError(
+                f"{len(ids)} targets do not fit in a tomogram; use more tomograms "
+                f"(now {len(job.members)})"
+            )
+        centres[len(kinds)], radii[len(kinds)] = p, r
+        kinds.append(k)
+        rots.append(job.rotations[i])
+    filled = sum(4.0 / 3.0 * math.pi * r**3 for r in radii[: len(kinds)])
+    goal = job.crowd.crowding * volume
+    # a distractor that no longer fits is not drawn again, nor any as large or larger
+    candidates = list(range(job.n_targets, len(job.structures)))
+    while candidates and filled < goal and len(kinds) < cap:
+        k = candidates[int(rng.integers(len(candidates)))]
+        r = job.radii[k]
+        rot = random_rotations(1, rng)[0]
+        lo = np.array([r, r, r])
+        hi = np.array([g.lsx - r, g.lxy - r, g.lz - r])
+        p = _place(rng, centres, radii, len(kinds), r, lo, np.maximum(lo, hi))
+        if p is None:
+            candidates = [c for c in candidates if job.radii[c] < r]
+            continue
+        centres[len(kinds)], radii[len(kinds)] = p, r
+        kinds.append(k)
+        rots.append(rot)
+        filled += 4.0 / 3.0 * math.pi * r**3
+    if filled < goal and len(job.structures) > job.n_targets:
+        logger.warning(
+            "tomogram %d: no room for more objects at crowding %.3f (asked %.3f)",
+            t + 1,
+            filled / volume,
+            job.crowd.crowding,
+        )
+    return np.asarray(kinds), np.asarray(rots), centres[: len(kinds)].copy(), filled / volume
+
+
+def _render(job, kinds, rots, centres, cos_t, sin_t) -> np.ndarray:
+    """`(T, Ly, Lsx)` float32 noise-free projections of the objects (no CTF)."""
+    g = job.geometry
+    xa, za = g.axis
+    images = np.zeros((cos_t.size, g.lxy, g.lsx), dtype=np.float32)
+    zero = np.zeros(3)
+    for k, rot, p in zip(kinds, rots, centres, strict=True):
+        prep = _prepared(job, k)
+        m = 2 * prep.box
+        h = m // 2
+        nx = h + 1
+        spec = np.empty((cos_t.size, m, nx), dtype=np.complex64)
+        ones = np.ones((m, nx), dtype=np.float32)
+        extract_slices(prep.spectrum, np.ascontiguousarray(rot.T), cos_t, sin_t, zero, ones, spec)
+        u = (p[0] - xa) * cos_t + (p[2] - za) * sin_t + xa
+        u0 = np.floor(u)
+        v0 = math.floor(p[1])
+        ku = np.arange(nx) / m
+        kv = np.fft.fftfreq(m)
+        ramp = np.exp(-2j * np.pi * (u - u0)[:, None, None] * ku[None, None, :])
+        ramp = ramp * np.exp(-2j * np.pi * (p[1] - v0) * kv)[None, :, None]
+        proj = scipy.fft.irfft2(spec * ramp.astype(np.complex64), s=(m, m), workers=1)
+        proj = np.fft.fftshift(proj, axes=(-2, -1)).astype(np.float32)
+        for t in range(cos_t.size):
+            a, b = v0 - h, int(u0[t]) - h
+            ya, yb = max(a, 0), min(a + m, g.lxy)
+            xa_, xb = max(b, 0), min(b + m, g.lsx)
+            if ya < yb and xa_ < xb:
+                images[t, ya:yb, xa_:xb] += proj[t, ya - a : yb - a, xa_ - b : xb - b]
+    return images
+
+
+def _exposure(s: np.ndarray, dose: np.ndarray) -> np.ndarray:
+    """`(T, ...)` exposure filter ``exp(-D_t / (2 N_e(s)))``."""
+    return np.exp(-dose.reshape((-1,) + (1,) * s.ndim) / (2.0 * critical_exposure(s))[None])
+
+
+def _image_transfer(shape, settings: SimulationSettings, defocus_um: float, dose: np.ndarray):
+    """`(T, Ly, Lu//2+1)` CTF x MTF x exposure of `(Ly, Lu)` images; Nyquist circle cut."""
+    ky = np.fft.fftfreq(shape[0])[:, None]
+    ku = np.fft.rfftfreq(shape[1])[None, :]
+    k = np.sqrt(ky**2 + ku**2)  # cycles/pixel
+    out = np.ones_like(k)
+    if settings.ctf:
+        out = out * ctf(
+            k / settings.voxel_size,
+            defocus_um * 1e4,
+            voltage_kv=settings.voltage_kv,
+            cs_mm=settings.cs_mm,
+            amplitude_contrast=settings.amplitude_contrast,
+        )
+    if settings.mtf:
+        out = out * detector_mtf(2.0 * k)
+    out = np.where(k < 0.5, out, 0.0)
+    return out[None] * _exposure(k / settings.voxel_size, dose)
+
+
+def _ram_lak(length: int) -> np.ndarray:
+    """`(length//2+1,)` the discrete Ram-Lak ramp (``|k|`` cycles/pixel, exact DC term)."""
+    n = np.fft.fftfreq(length, d=1.0 / length)
+    h = np.zeros(length)
+    h[0] = 0.25
+    odd = (np.abs(n) % 2) == 1
+    h[odd] = -1.0 / (np.pi * n[odd]) ** 2
+    return np.fft.rfft(h).real
+
+
+def _weight(job: _Job, defocus_um: float, tilts: np.ndarray, dose: np.ndarray) -> np.ndarray:
+    """`(N, N, N//2+1)` the tilt series' 3D weight (module docstring), ``rfftn`` layout."""
+    s = job.settings
+    n = job.geometry.box
+    m = 2 * n
+    nx = m // 2 + 1
+    theta = np.radians(tilts)
+    transfer = _transfer(m, s, defocus_um)[None] * _exposure(
+        np.hypot(np.fft.fftfreq(m)[:, None], np.fft.rfftfreq(m)[None, :]) / s.voxel_size, dose
+    )
+    g2 = (np.abs(transfer) if s.phase_flip else np.square(transfer)).astype(np.float32)
+    basis = np.zeros((tilts.size, 2, 3))
+    basis[:, 0, 0], basis[:, 0, 2], basis[:, 1, 1] = np.cos(theta), np.sin(theta), 1.0
+    acc_d = np.zeros((m, m, nx), dtype=np.complex64)
+    acc_g = np.zeros((m, m, nx), dtype=np.float32)
+    acc_w = np.zeros((m, m, nx), dtype=np.float32)
+    data = np.zeros((tilts.size, m, nx), dtype=np.complex64)
+    insert_planes(data, g2, basis, acc_d, acc_g, acc_w)
+    _hermitian_planes(acc_g, False)
+    _hermitian_planes(acc_w, False)
+    mean = np.divide(acc_g, acc_w, out=np.zeros_like(acc_g), where=acc_w > 0)[::2, ::2, ::2]
+    observed = wedge_mask(n, (tilts[0], tilts[-1]), cutoff_radius=n / 2)
+    return np.clip(mean * observed, 0.0, 1.0).astype(np.float32)
+
+
+def _make_tomogram(job: _Job, t: int) -> dict:
+    """Make tomogram ``t``, write its particles and weight; its figures and truth."""
+    s, g, n = job.settings, job.geometry, job.geometry.box
+    rng = _tomogram_rng(job.seed, t)
+    tilts = s.tilt_angles()
+    theta = np.radians(tilts)
+    cos_t, sin_t = np.cos(theta), np.sin(theta)
+    dose = _tilt_order(tilts) * job.crowd.dose_per_tilt
+    defocus = float(job.defocus_um[t])
+
+    kinds, rots, centres, crowding = _layout(job, t, rng)
+    ids = job.members[t]
+    n_t = len(ids)
+    true_tomo = centres[:n_t] - np.array([g.ext, 0.0, 0.0])  # (x, y, z) in the tomogram
+    error = rng.normal(0.0, job.crowd.pick_error, (n_t, 3)) if job.crowd.pick_error else 0.0
+    size = np.array([g.lxy, g.lxy, g.lz])
+    lo = box_center(n)
+    picks = np.clip(np.round(true_tomo + error), lo, size - n + lo).astype(np.int64)
+
+    images = _render(job, kinds, rots, centres, cos_t, sin_t)
+    noise = rng.standard_normal(images.shape, dtype=np.float32)
+    lu = scipy.fft.next_fast_len(2 * g.lsx)
+    transfer = _image_transfer((g.lxy, lu), s, defocus, dose)
+    flip = np.sign(transfer) if s.phase_flip else np.ones_like(transfer)
+    rweight = (_ram_lak(lu) * math.radians(s.tilt_step))[None, None, :]
+    spec = scipy.fft.rfft2(images, s=(g.lxy, lu), workers=1)
+    filtered = spec * (transfer * flip)
+    images_ctf = scipy.fft.irfft2(filtered, s=(g.lxy, lu), workers=1)[:, :, : g.lsx]
+    sig = scipy.fft.irfft2(filtered * rweight, s=(g.lxy, lu), workers=1).astype(np.float32)
+    spec = scipy.fft.rfft2(noise, s=(g.lxy, lu), workers=1) * (flip * (transfer != 0))
+    noi = scipy.fft.irfft2(spec * rweight, s=(g.lxy, lu), workers=1).astype(np.float32)
+    del spec, filtered
+    rec_s = np.zeros((g.lz, g.lxy, g.lxy), dtype=np.float32)
+    rec_n = np.zeros_like(rec_s)
+    xa, za = g.axis
+    backproject(sig, noi, cos_t, sin_t, float(g.ext), float(xa), float(za), rec_s, rec_n)
+    del sig, noi
+
+    def cut(vol: np.ndarray, pick: np.ndarray) -> np.ndarray:
+        x, y, z = pick - lo
+        return vol[z : z + n, y : y + n, x : x + n]
+
+    boxes_s = [cut(rec_s, p) for p in picks]
+    boxes_n = [cut(rec_n, p) for p in picks]
+    var_s = np.array([np.var(b, dtype=np.float64) for b in boxes_s])
+    var_n = np.array([np.var(b, dtype=np.float64) for b in boxes_n])
+    sigma = math.sqrt(var_s.sum() / (s.snr * var_n.sum())) if var_n.sum() > 0 else 0.0
+    projection_snr = float(np.var(images_ctf, dtype=np.float64)) / sigma**2 if sigma else math.inf
+    for j, i in enumerate(ids):
+        if s.components == "both":
+            vol = boxes_s[j] + np.float32(sigma) * boxes_n[j]
+        elif s.components == "signal":
+            vol = boxes_s[j]
+        else:
+            vol = np.float32(sigma) * boxes_n[j]
+        write_volume(job.particle_paths[i], np.ascontiguousarray(vol), s.voxel_size)
+    write_volume(job.weight_paths[t], _weight(job, defocus, tilts, dose), s.voxel_size)
+    if job.crowd.write_tomograms:
+        tomo = {"both": rec_s + np.float32(sigma) * rec_n, "signal": rec_s}.get(
+            s.components, np.float32(sigma) * rec_n
+        )
+        write_volume(job.tomogram_paths[t], tomo, s.voxel_size)
+    return {
+        "ids": list(ids),
+        "shifts": (true_tomo - picks).tolist(),
+        "positions": true_tomo.tolist(),
+        "picks": picks.tolist(),
+        "signal_variance": var_s.tolist(),
+        "noise_sigma": sigma,
+        "projection_snr": projection_snr,
+        "crowding": crowding,
+        "objects": int(kinds.size),
+        "distractors": int(np.sum(kinds >= job.n_targets)),
+    }
+
+
+def _per_tomogram(n: int, tomograms: int | None, geometry: _Geometry, radius: float) -> int:
+    if tomograms is None:
+        volume = geometry.lxy**2 * geometry.lz
+        per = max(1, int(_TARGET_FILL * volume / (4.0 / 3.0 * math.pi * radius**3)))
+        return math.ceil(n / per)
+    return min(int(tomograms), n)
+
+
+def simulate_crowded(
+    structures: Sequence[np.ndarray],
+    names: Sequence[str],
+    n_each: int | Sequence[int],
+    out_dir: str | os.PathLike[str],
+    settings: SimulationSettings,
+    crowd: CrowdedSettings | None = None,
+    *,
+    crowd_structures: Sequence[np.ndarray] | None = None,
+    crowd_names: Sequence[str] | None = None,
+    seed: int = 0,
+    workers: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+    overwrite: bool = False,
+) -> Truth:
+    """Simulate crowded tomograms and write a simulation directory of their subtomograms.
+
+    The directory is :func:`faml.simulate.simulate`'s (``particles/``, ``weights/``,
+    ``particles.star``, ``truth/``), so ``faml run`` and ``faml evaluate --truth`` read it
+    unchanged; the weights are one per tilt series (``weights/weight_tomogram_NNN.mrc``),
+    ``particles.star`` also has ``rlnTomoName`` and the picks ``rlnCoordinate{X,Y,Z}``
+    (voxels), and ``truth.json`` a ``crowded`` record (per tomogram: defocus, objects,
+    crowding, noise; per particle: tomogram, true centre, pick). The method, the SNR and the
+    random streams are in the module docstring.
+
+    Parameters
+    ----------
+    structures, names, n_each, out_dir, settings, seed, workers, progress, overwrite
+        As :func:`faml.simulate.simulate` (``settings.max_shift`` is not used: the shifts
+        come from the picking error; ``settings.snr``: see the module docstring).
+    crowd
+        The crowded mode's parameters (default :class:`CrowdedSettings`).
+    crowd_structures
+        Distractors, each `(n, n, n)` with ``n <= N`` (any scale: they are rescaled to the
+        targets' density); default :func:`pseudo_proteins`.
+    crowd_names
+        Their names, for ``truth.json``.
+
+    Returns
+    -------
+    Truth
+        Rotations `(n, 3, 3)`, shifts `(n, 3)` (voxels, true centre - pick), 0-based classes,
+        particle and weight paths, ``particles.star``.
+    """
+    crowd = CrowdedSettings() if crowd is None else crowd
+    vols, names = _ds._check_structures(structures, names)
+    counts = _ds._counts(n_each, len(vols))
+    if isinstance(workers, bool) or int(workers) < 1:
+        raise ValueError(f"workers must be at least 1, got {workers!r}")
+    box = vols[0].shape[0]
+    if crowd_structures is None:
+        others = pseudo_proteins(box)
+        crowd_names = [f"pseudo-protein {j + 1}" for j in range(len(others))]
+    else:
+        others = [np.ascontiguousarray(v, dtype=np.float32) for v in crowd_structures]
+        crowd_names = [str(c) for c in (crowd_names or range(1, len(others) + 1))]
+        for v in others:
+            if v.ndim != 3 or len(set(v.shape)) != 1 or v.shape[0] > box:
+                raise ValueError(
+                    f"crowd structures must be cubes of at most {box}^3, got {v.shape}"
+                )
+    density = float(np.mean([_inner_mean(v) for v in vols]))
+    others = [v * np.float32(density / _inner_mean(v)) for v in others]
+    geometry = _geometry(box, settings, crowd)
+    radii = tuple(structure_radius(v) for v in (*vols, *others))
+    out = Path(out_dir)
+    _ds._prepare_folder(out, overwrite)
+    if overwrite and (out / _TOMOGRAMS).is_dir():
+        for f in (out / _TOMOGRAMS).glob("tomogram_*.mrc"):
+            f.unlink()
+
+    rng = np.random.default_rng(seed)
+    classes = np.repeat(np.arange(counts.size), counts)
+    rng.shuffle(classes)
+    n = classes.size
+    if settings.rotation_axis is None:
+        rotations = random_rotations(n, rng)
+    else:
+        angles = rng.uniform(0.0, 360.0, n)
+        rotations = np.stack([rotation_about_axis(settings.rotation_axis, a) for a in angles])
+    n_tomo = _per_tomogram(n, crowd.tomograms, geometry, max(radii[: len(vols)]))
+    defocus = settings.defocus_um + settings.defocus_jitter_um * rng.standard_normal(n_tomo)
+    bounds = np.linspace(0, n, n_tomo + 1).round().astype(int)
+    members = tuple(tuple(range(bounds[t], bounds[t + 1])) for t in range(n_tomo))
+    tomo_of = np.repeat(np.arange(n_tomo), np.diff(bounds))
+
+    image_names = tuple(f"{_ds._PARTICLES}/particle_{i:06d}.mrc" for i in range(n))
+    tomo_weights = tuple(f"{_ds._WEIGHTS}/weight_tomogram_{t + 1:03d}.mrc" for t in range(n_tomo))
+    if crowd.write_tomograms:
+        (out / _TOMOGRAMS).mkdir(exist_ok=True)
+    job = _Job(
+        token=uuid.uuid4().hex,
+        settings=settings,
+        crowd=crowd,
+        geometry=geometry,
+        seed=int(seed),
+        structures=(*vols, *others),
+        n_targets=len(vols),
+        radii=radii,
+        classes=classes,
+        rotations=rotations,
+        members=members,
+        defocus_um=defocus,
+        particle_paths=tuple(str(out / p) for p in image_names),
+        weight_paths=tuple(str(out / w) for w in tomo_weights),
+        tomogram_paths=tuple(
+            str(out / _TOMOGRAMS / f"tomogram_{t + 1:03d}.mrc") for t in range(n_tomo)
+        ),
+    )
+    logger.info(
+        "simulating %d particles of %d structures in %d crowded tomograms (%dx%dx%d, %d^3 "
+        "boxes, SNR %g) in %s",
+        n,
+        len(vols),
+        n_tomo,
+        geometry.lxy,
+        geometry.lxy,
+        geometry.lz,
+        box,
+        settings.snr,
+        out,
+    )
+    for k, vol in enumerate(vols):
+        write_volume(out / _ds._TRUTH / f"class_{k + 1:03d}.mrc", vol, settings.voxel_size)
+
+    start = time.perf_counter()
+    results: list[dict] = []
+    executor = make_executor(int(workers))
+    try:
+        for result in executor.map(
+            _make_tomogram,
+            list(range(n_tomo)),
+            shared=job,
+            sizes=[len(m) for m in members],
+            label="simulate",
+        ):
+            results.append(result)
+            if progress is not None:
+                progress(sum(len(r["ids"]) for r in results), n)
+    finally:
+        executor.close()
+        _PREPARED.clear()
+    logger.info("simulated %d crowded tomograms in %.1f s", n_tomo, time.perf_counter() - start)
+
+    shifts = np.zeros((n, 3))
+    positions = np.zeros((n, 3))
+    picks = np.zeros((n, 3), dtype=np.int64)
+    records: list[dict] = [{} for _ in range(n)]
+    for r in results:
+        for j, i in enumerate(r["ids"]):
+            shifts[i], positions[i], picks[i] = r["shifts"][j], r["positions"][j], r["picks"][j]
+            records[i] = {
+                "noise_sigma": r["noise_sigma"],
+                "signal_variance": r["signal_variance"][j],
+                "projection_snr": r["projection_snr"],
+            }
+    weight_names = tuple(tomo_weights[t] for t in tomo_of)
+    ds_job = _ds._Job(
+        token=job.token,
+        mode="crowded",
+        settings=settings,
+        seed=int(seed),
+        structures=vols,
+        classes=classes,
+        rotations=rotations,
+        shifts=shifts,
+        defocus_um=defocus[tomo_of],
+        particle_paths=job.particle_paths,
+        weight_paths=tuple(str(out / w) for w in weight_names),
+        wedge_path="",
+    )
+    tomo_names = [f"tomogram_{t + 1:03d}" for t in tomo_of]
+    extra_cols = {
+        "rlnTomoName": tomo_names,
+        "rlnCoordinateX": picks[:, 0].astype(np.float64),
+        "rlnCoordinateY": picks[:, 1].astype(np.float64),
+        "rlnCoordinateZ": picks[:, 2].astype(np.float64),
+    }
+    record = {
+        "method": "real-space weighted back-projection of phase-flipped, CTF/MTF/exposure-"
+        "filtered tilt series of crowded slabs (faml.simulate.crowded)",
+        "settings": crowd.as_dict(),
+        "tomogram_shape_zyx": [geometry.lz, geometry.lxy, geometry.lxy],
+        "specimen_width_x": geometry.lsx,
+        "crowd_structures": list(crowd_names),
+        "radii_voxels": list(radii),
+        "tomograms": [
+            {
+                "name": f"tomogram_{t + 1:03d}",
+                "defocus_um": float(defocus[t]),
+                "particles": len(r["ids"]),
+                "objects": r["objects"],
+                "distractors": r["distractors"],
+                "crowding": r["crowding"],
+                "noise_sigma": r["noise_sigma"],
+                "projection_snr": r["projection_snr"],
+                "weight": tomo_weights[t],
+            }
+            for t, r in enumerate(results)
+        ],
+        "tomogram_of_particle": (tomo_of + 1).tolist(),
+        "true_centres_voxels": positions.tolist(),
+        "picks_voxels": picks.tolist(),
+        "dose_per_tilt": crowd.dose_per_tilt,
+        "pre_exposure": (_tilt_order(settings.tilt_angles()) * crowd.dose_per_tilt).tolist(),
+    }
+    _ds._write_outputs(
+        out,
+        ds_job,
+        names,
+        counts,
+        image_names,
+        weight_names,
+        records,
+        n_each,
+        extra_cols=pd.DataFrame(extra_cols),
+        extra_truth={"crowded": record},
+    )
+    return Truth(
+        rotations=rotations,
+        shifts=shifts,
+        classes=classes,
+        paths=job.particle_paths,
+        weight_paths=ds_job.weight_paths,
+        star_path=str(out / "particles.star"),
+    )
