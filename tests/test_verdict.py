@@ -53,8 +53,9 @@ def test_judge_names_each_failed_check_and_what_it_could_not_assess():
     good = [{"band_shells": 8, "median_pose_change_deg": 0.5}]
     v = judge(good, 4, a, a @ random_rotations(1, rng)[0])
     assert v.trusted and v.reasons == () and v.evidence["start_agreement"] == 1.0
-    v = judge(good, 4)
-    assert v.trusted and v.not_assessed and v.evidence["start_agreement"] is None
+    v = judge(good, 4)  # no second start: undetermined, not trusted
+    assert v.trusted is None and v.not_assessed and v.evidence["start_agreement"] is None
+    assert "undetermined" in v.sentence()
 
 
 def test_load_particle_removes_the_background_and_masks(tmp_path):
@@ -111,9 +112,9 @@ def test_a_run_on_pure_noise_is_not_trusted_and_one_on_clear_data_is(easy_and_no
         info = json.loads((out / "run.json").read_text())
         assert info["verdict"] == result.verdict.to_dict()
         verdicts[name] = result.verdict
-    assert verdicts["easy"].trusted, verdicts["easy"].reasons
+    assert verdicts["easy"].trusted is True, verdicts["easy"].reasons
     assert verdicts["easy"].evidence["start_agreement"] > 0.5
-    assert not verdicts["noise"].trusted
+    assert verdicts["noise"].trusted is False
     assert verdicts["noise"].evidence["start_agreement"] < MIN_START_AGREEMENT
 
 

@@ -156,7 +156,7 @@ def table(results: dict) -> str:
             seeds = "/".join(f"{100 * r['within15']:.0f}" for r in m["runs"])
             verdicts = ""
             if "trusted" in m["runs"][0]:
-                verdicts = f"{sum(r['trusted'] for r in m['runs'])} / {len(m['runs'])}"
+                verdicts = f"{sum(r['trusted'] is True for r in m['runs'])} / {len(m['runs'])}"
             lines.append(
                 f"| {name} | {method} | {100 * m['within15']:.0f}% ({seeds}) | "
                 f"{m['fsc05']:.1f} | {m['corr']:.3f} | {verdicts} | {m['wall_s']:.0f} |"

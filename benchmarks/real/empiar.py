@@ -51,6 +51,7 @@ from faml.ml.config import RunConfig  # noqa: E402
 from faml.ml.engine import run  # noqa: E402
 
 VOXEL = 12.0
+VERDICT_WORD = {True: "trusted", False: "NOT trusted", None: "undetermined"}
 
 
 def _value(text: str):
@@ -122,7 +123,7 @@ def main() -> None:
                 print(
                     f"| {name} | {seed} | {row['corr']:.3f} | {row['fsc05']:.1f} | "
                     f"{100 * row['within15']:.0f}% | "
-                    f"{'trusted' if row['trusted'] else 'NOT trusted'} | "
+                    f"{VERDICT_WORD[row['trusted']]} | "
                     f"{'-' if agree is None else f'{100 * agree:.0f}%'} | {wall:.0f} |",
                     flush=True,
                 )

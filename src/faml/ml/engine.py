@@ -630,7 +630,7 @@ def _verdict(config: RunConfig, history: list[dict], results, check) -> Verdict:
         np.array([r.klass for r in results]),
         None if check is None else np.array([r.klass for r in check]),
     )  # fmt: skip
-    (logger.info if verdict.trusted else logger.warning)("verdict: %s", verdict.sentence())
+    (logger.warning if verdict.trusted is False else logger.info)("verdict: %s", verdict.sentence())
     return verdict
 
 
