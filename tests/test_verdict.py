@@ -141,3 +141,19 @@ def test_start_agreement_per_class_pair_with_permuted_labels():
     classes_b = (classes_a + 1) % 3  # the labels permuted
     assert start_agreement(a, b) < 0.4  # one rotation for all: a third at most
     assert start_agreement(a, b, classes_a=classes_a, classes_b=classes_b) == 1.0
+
+
+def test_particle_mask_options_give_the_radius_of_the_particle_diameter():
+    from argparse import Namespace
+    from types import SimpleNamespace
+
+    from faml.cli import _particle_mask_radius
+
+    table = SimpleNamespace(box=32, voxel_size=10.0)
+    off = Namespace(particle_mask=False, particle_diameter=None)
+    assert _particle_mask_radius(off, table) is None
+    default = Namespace(particle_mask=True, particle_diameter=None)
+    assert _particle_mask_radius(default, table) == RunConfig.mask_radius
+    # a 180 A particle at 10 A per voxel: flat to 9 voxels, the 3-voxel edge outside it
+    sized = Namespace(particle_mask=True, particle_diameter=180.0)
+    assert _particle_mask_radius(sized, table) == pytest.approx((9.0 + 3.0) / 32)

@@ -3,7 +3,7 @@
 Usage::
 
     PYTHONPATH=src python benchmarks/real/empiar.py [--seeds 1,2,3,4,5] [--method faml]
-        [--subsets 0] [--workers 2] [--set KEY=VALUE ...] [--json OUT.json]
+        [--subsets 0] [--only all,1,2] [--workers 2] [--set KEY=VALUE ...] [--json OUT.json]
 
 For each particle set (all 40; with ``--subsets S`` also S random subsets of 30, drawn from
 seed 100 + s) and each seed, ``faml.ml.engine.run`` (reference-free, K = 1, defaults plus
@@ -79,6 +79,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="1,2,3,4,5")
     parser.add_argument("--method", default="faml", choices=("faml", "fa"))
     parser.add_argument("--subsets", type=int, default=0, help="random subsets of 30")
+    parser.add_argument(
+        "--only", default=None, help="run only these sets: 'all', subset numbers (e.g. 2,3)"
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json", default=None)
@@ -96,6 +99,13 @@ def main() -> None:
         for s in range(args.subsets):
             pick = np.sort(np.random.default_rng(100 + s).choice(len(full), 30, replace=False))
             sets.append((f"subset {s + 1} (30)", pick))
+        if args.only:
+            wanted = set(args.only.split(","))
+            sets = [
+                (name, pick)
+                for j, (name, pick) in enumerate(sets)
+                if (j == 0 and "all" in wanted) or str(j) in wanted
+            ]
         for name, pick in sets:
             table = full.subset(pick)
             rot, shift = true_rot[pick], true_shift[pick]

@@ -995,7 +995,8 @@ def _add_run(sub) -> None:
         "--particle-mask", action="store_true",
         help="remove each particle's background and multiply it by a soft sphere (the "
         "reference mask's, or --particle-diameter), as RELION's --zero_mask: neighbours and "
-        "streaks stay out of the alignment and the noise estimate",
+        "streaks stay out of the alignment and the noise estimate (crowded data: give "
+        "--particle-diameter just above the particle's size)",
     )  # fmt: skip
     adv.add_argument(
         "--average-update", choices=("compensated", "paper"), default="compensated",

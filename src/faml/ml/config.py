@@ -126,19 +126,26 @@ class RunConfig:
         particle multiplied by a soft sphere of this radius (a share of the box, raised-cosine
         edge of 3 voxels inside it), as RELION's ``--zero_mask``, before alignment,
         likelihood and averaging (:func:`faml.ml.em.load_particle`). ``None``: as stored.
-        Real subtomograms hold neighbours, back-projection streaks and noise in the box's
-        corners that the model's noise estimate otherwise absorbs. Measured on the 40 real
-        EMPIAR-10499 ribosomes at their own refined poses: the FSC between the half-set
-        averages reached 4 shells unmasked, 9-11 masked; one FAML iteration from those
-        poses kept 15% of them within 15 degrees unmasked and 55-58% masked (the poses then
-        stayed within a median 5-13 degrees); the true pose scored above 300 random
-        rotations (band 8) for 72% of the particles unmasked, 90% masked. Not the default:
-        from random starts it did not find the set's poses either (0% within 15 degrees,
-        three seeds; the masked runs settled into sharper wrong maps, masked correlation
-        0.27-0.29 against 0.36-0.49 unmasked), and on the simulated ``benchmarks/lowsnr``
-        set at SNR 0.01 (60 particles, white noise, nothing outside the particle) seeds 1-3
-        put 47/68/87% of poses within 15 degrees masked against 87/73/80% unmasked, with
-        one-hot posteriors (median largest responsibility 1.00 against 0.73).
+        Real and crowded subtomograms hold neighbours, back-projection streaks and noise in
+        the box's corners that the model's noise estimate otherwise absorbs, and that the
+        alignment otherwise fits. Measured:
+
+        - crowded simulation (``faml simulate --crowded``, 100 particles of 1U6G, radius 9.1
+          voxels, 32^3, SNR 0.02): poses within 15 degrees 4 / 1% (seeds 1, 2) unmasked,
+          85 / 63% with radius 0.38 (the sphere just outside the particle), FSC 0.5 with the
+          truth 47.5 / 52.1 A against 27.8 / 28.0 A (the unmasked oracle: 29.9 A). At SNR 0.01
+          with radius 0.45 (neighbours inside) it stayed at 0-1%;
+        - the 40 real EMPIAR-10499 ribosomes at their own refined poses: the FSC between the
+          half-set averages reached 4 shells unmasked, 9-11 masked (radius 0.45); one FAML
+          iteration from those poses kept 15% of them within 15 degrees unmasked and 55-58%
+          masked; from random starts neither found the set's poses (0-3%);
+        - ``benchmarks/lowsnr`` snr0.01 (white noise, nothing outside the particle, whose own
+          mask is 0.40 of the box), radius 0.45: seeds 1-3 put 47 / 68 / 87% of poses within
+          15 degrees against 87 / 73 / 80% unmasked.
+
+        Not the default: the radius must fit the particle (RELION asks for
+        ``--particle_diameter`` for the same reason; ``faml run --particle-mask
+        --particle-diameter D``), and the white-noise benchmarks have not been rerun with it.
     grid_iterations
         FAML: the first iterations (from 1) whose candidates are the ``grid_candidates``
         most probable poses of the scan's whole rotation x shift grid
