@@ -53,6 +53,14 @@ def test_judge_names_each_failed_check_and_what_it_could_not_assess():
     good = [{"band_shells": 8, "median_pose_change_deg": 0.5}]
     v = judge(good, 4, a, a @ random_rotations(1, rng)[0])
     assert v.trusted and v.reasons == () and v.evidence["start_agreement"] == 1.0
+    # disagreeing starts: trusted only when the run out-fits the second by the margin
+    fitted = [{"band_shells": 8, "median_pose_change_deg": 0.5, "log_likelihood": -1000.0}]
+    v = judge(fitted, 4, a, b, second_loglik=-1000.0 - 4.0 * 50)
+    assert v.trusted is False and "4.0 nats per particle" in v.reasons[0]
+    v = judge(fitted, 4, a, b, second_loglik=-1000.0 - 6.0 * 50)
+    assert v.trusted is True and v.evidence["second_start_worse"]
+    assert v.evidence["loglik_margin_per_particle"] == pytest.approx(6.0)
+    assert "worse optimum" in v.sentence()
     v = judge(good, 4)  # no second start: undetermined, not trusted
     assert v.trusted is None and v.not_assessed and v.evidence["start_agreement"] is None
     assert "undetermined" in v.sentence()

@@ -593,7 +593,9 @@ def _verification(job: _Job, out: Path, history: list[dict], final: int, resume:
     ``None`` when there is nothing to continue (one start, ``config.verify`` off, or the run
     ended within the starts). Checkpointed in ``out/verify/iterations/NNN`` (resumed with
     ``resume``); the same iterations as the run's own, so that two independent starts are
-    compared after equal work (:func:`faml.ml.verdict.judge`).
+    compared after equal work (:func:`faml.ml.verdict.judge`), and each iteration's band held
+    at the run's, so that the two last log-likelihoods are taken over the same shells and
+    compare. Returns the particles' results and the last iteration's log-likelihood.
     """
     cfg = job.config
     entry = next((e for e in history if "starts_fit" in e), None)
@@ -610,11 +612,12 @@ def _verification(job: _Job, out: Path, history: list[dict], final: int, resume:
     logger.info(
         "verification: start %d (the runner-up) continued to iteration %d", order[0] + 1, final
     )
+    bands = {e["iteration"]: e["band_shells"] for e in history}
     for iteration in range(state.iteration + 1, final + 1):
-        state, results, step = job.step(state, results, iteration)
+        state, results, step = job.step(state, results, iteration, bands.get(iteration))
         check_history.append(step)
         job.save(folder / "iterations" / f"{iteration:03d}", state, results, check_history)
-    return results
+    return results, check_history[-1].get("log_likelihood")
 
 
 def _verdict(config: RunConfig, history: list[dict], results, check) -> Verdict:
@@ -623,12 +626,14 @@ def _verdict(config: RunConfig, history: list[dict], results, check) -> Verdict:
     Logged as a warning when the result cannot be trusted.
     """
     group = parse_symmetry(config.symmetry)
-    second = None if check is None else np.stack([r.rotation for r in check])
+    check_results, check_loglik = (None, None) if check is None else check
+    second = None if check is None else np.stack([r.rotation for r in check_results])
     verdict = judge(
         history, config.min_band, np.stack([r.rotation for r in results]), second,
         None if group.trivial else group.rotations(),
         np.array([r.klass for r in results]),
-        None if check is None else np.array([r.klass for r in check]),
+        None if check is None else np.array([r.klass for r in check_results]),
+        second_loglik=check_loglik,
     )  # fmt: skip
     (logger.warning if verdict.trusted is False else logger.info)("verdict: %s", verdict.sentence())
     return verdict
