@@ -97,7 +97,6 @@ from faml.simulate.tiltseries import (
     SimulationSettings,
     _hermitian_planes,
     _transfer,
-    prepare_structure,
 )
 
 __all__ = ["CrowdedSettings", "pseudo_proteins", "simulate_crowded", "structure_radius"]
@@ -285,16 +284,12 @@ class _Job:
     tomogram_paths: tuple[str, ...]
 
 
-_PREPARED: dict[tuple[str, int], PreparedStructure] = {}
-
-
 def _prepared(job: _Job, k: int) -> PreparedStructure:
-    key = (job.token, int(k))
-    if key not in _PREPARED:
-        if any(token != job.token for token, _ in _PREPARED):
-            _PREPARED.clear()
-        _PREPARED[key] = prepare_structure(job.structures[k])
-    return _PREPARED[key]
+    """Structure ``k`` of the job, prepared once per process.
+
+    The cache of :mod:`faml.simulate.dataset`, keyed by the job's token.
+    """
+    return _ds._prepared(job, k)
 
 
 def _tilt_order(tilts: np.ndarray) -> np.ndarray:
@@ -693,7 +688,7 @@ def simulate_crowded(
                 progress(sum(len(r["ids"]) for r in results), n)
     finally:
         executor.close()
-        _PREPARED.clear()
+        _ds._PREPARED.clear()
     logger.info("simulated %d crowded tomograms in %.1f s", n_tomo, time.perf_counter() - start)
 
     shifts = np.zeros((n, 3))
