@@ -165,3 +165,25 @@ def test_particle_mask_options_give_the_radius_of_the_particle_diameter():
     # a 180 A particle at 10 A per voxel: flat to 9 voxels, the 3-voxel edge outside it
     sized = Namespace(particle_mask=True, particle_diameter=180.0)
     assert _particle_mask_radius(sized, table) == pytest.approx((9.0 + 3.0) / 32)
+
+
+def test_a_runner_up_that_fits_much_better_is_kept(monkeypatch, easy_and_noise, tmp_path):
+    """When the verification out-fits the run by the margin, its result is the run's."""
+    import faml.ml.engine as engine
+
+    table = from_mrc_files(easy_and_noise / "easy")
+    cfg = RunConfig(iterations=4, seed=3, starts=2, start_iterations=2, fa_iterations=2)
+    real = engine._verification
+
+    def better(job, out, history, final, resume):
+        state, results, loglik = real(job, out, history, final, resume)
+        return state, results, loglik + 1e4 * len(table)  # as if it fitted far better
+
+    monkeypatch.setattr(engine, "_verification", better)
+    result = run(table, tmp_path / "run", cfg)
+    entry = result.history[-1]
+    assert entry["kept_runner_up"] is True
+    assert entry["log_likelihood"] - entry["log_likelihood_chosen_start"] > 5.0 * len(table)
+    assert result.verdict.trusted is True  # the two starts agree here: no margin needed
+    with np.load(tmp_path / "run" / "verify" / "iterations" / "004" / "particles.npz") as z:
+        np.testing.assert_array_equal(result.rotations, z["rotations"])  # the runner-up's

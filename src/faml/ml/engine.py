@@ -28,7 +28,9 @@ One run (:func:`run`) on a :class:`~faml.io.particles.ParticleTable`:
   corrected for the mask by phase randomisation;
 - the verdict (:mod:`faml.ml.verdict`): with several starts and ``config.verify``, the
   runner-up start is continued to the run's last iteration (``DIR/verify/iterations/NNN``,
-  resumed like the run) and its poses compared with the run's; with the last pose change
+  resumed like the run) and its poses compared with the run's (when it fits the data better
+  than the run by ``MIN_LOGLIK_MARGIN`` nats per particle over the same shells, its result
+  is kept instead: the start chosen early ended in a worse optimum); with the last pose change
   and the band this decides whether the result can be trusted (``RunResult.verdict``,
   ``run.json["verdict"]``, a warning in the log when not);
 - ``config.symmetry`` (Cn, Dn): after iteration :func:`symmetry_frame_iteration` each class
@@ -80,7 +82,7 @@ from faml.ml.fourier import (
     mask_corrected_fsc,
     shell_index,
 )
-from faml.ml.verdict import Verdict, judge
+from faml.ml.verdict import MIN_LOGLIK_MARGIN, Verdict, judge
 from faml.parallel import Executor, ExecutorLost, TreeSum, make_executor
 
 __all__ = ["ModelState", "RunResult", "run", "filtered_average"]
@@ -557,6 +559,20 @@ def run(
                 history[-1]["converged"] = True
                 break
         check = _verification(job, out, history, state.iteration, resume)
+        if check is not None and _better(check[2], history[-1].get("log_likelihood"), n):
+            # The runner-up start fits the data better over the same shells: the start chosen
+            # after the starts' first iterations ended in a worse optimum. Its result is kept.
+            logger.warning(
+                "the runner-up start fits the data better than the chosen one (by %.1f nats "
+                "per particle over the same shells): its result is kept",
+                (check[2] - history[-1]["log_likelihood"]) / n,
+            )
+            old = (state, results, history[-1].get("log_likelihood"))
+            state, results = check[0], check[1]
+            history[-1]["kept_runner_up"] = True
+            history[-1]["log_likelihood_chosen_start"] = old[2]
+            history[-1]["log_likelihood"] = check[2]
+            check = old
     except ExecutorLost as exc:
         done = last_complete_iteration(out)
         after = "no iteration" if done is None else f"iteration {int(done.name)}"
@@ -570,7 +586,7 @@ def run(
             executor.close()
     curves = _final_fsc(state, config, mask)
     maps = np.stack([_final_map(state, k, mask, curves[k]) for k in range(K)])
-    verdict = _verdict(config, history, results, check)
+    verdict = _verdict(config, history, results, None if check is None else check[1:])
     result = RunResult(
         state,
         np.array([r.klass for r in results]),
@@ -595,7 +611,8 @@ def _verification(job: _Job, out: Path, history: list[dict], final: int, resume:
     ``resume``); the same iterations as the run's own, so that two independent starts are
     compared after equal work (:func:`faml.ml.verdict.judge`), and each iteration's band held
     at the run's, so that the two last log-likelihoods are taken over the same shells and
-    compare. Returns the particles' results and the last iteration's log-likelihood.
+    compare. Returns its final state, the particles' results and the last iteration's
+    log-likelihood.
     """
     cfg = job.config
     entry = next((e for e in history if "starts_fit" in e), None)
@@ -617,7 +634,14 @@ def _verification(job: _Job, out: Path, history: list[dict], final: int, resume:
         state, results, step = job.step(state, results, iteration, bands.get(iteration))
         check_history.append(step)
         job.save(folder / "iterations" / f"{iteration:03d}", state, results, check_history)
-    return results, check_history[-1].get("log_likelihood")
+    return state, results, check_history[-1].get("log_likelihood")
+
+
+def _better(second: float | None, first: float | None, n: int) -> bool:
+    """Whether log-likelihood ``second`` beats ``first`` by the verdict's margin per particle."""
+    if second is None or first is None:
+        return False
+    return (second - first) / max(n, 1) >= MIN_LOGLIK_MARGIN
 
 
 def _verdict(config: RunConfig, history: list[dict], results, check) -> Verdict:
