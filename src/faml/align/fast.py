@@ -509,15 +509,11 @@ def align_to(
         tbox, st.translation_band_limit
     )
     if st.scan_step_deg is not None:
-        scale = tbox / st.box
         scan_rots, _, _ = scan(
             prepared.scan_reference(),
             particle_ft,
             crop_half_spectrum(wedge * wedge, tbox),
-            shift_grid(
-                min(st.resolved_max_shift, st.scan_max_shift or np.inf) * scale,
-                st.scan_shift_step * scale,
-            ),
+            _scan_shifts(st),
             _scan_weights(st),
             st.scan_candidates,
             1.5 * st.scan_step_deg,
@@ -593,16 +589,24 @@ def grid_candidates(
         prepared.scan_reference(),
         particle_ft,
         crop_half_spectrum(weight, tbox),
-        shift_grid(
-            min(st.resolved_max_shift, st.scan_max_shift or np.inf) * scale,
-            st.scan_shift_step * scale,
-        ),
+        _scan_shifts(st),
         _scan_weights(st),
         count,
         0.0,
         coarse_to_fine=False,
     )
     return rotations, shifts / scale, scores
+
+
+def _scan_shifts(st: AlignSettings) -> np.ndarray:
+    """The scan's shift grid, in voxels of the translation box.
+
+    ``scan_max_shift`` (at most ``max_shift``) and ``scan_shift_step`` are given in voxels of
+    the full box.
+    """
+    scale = st.resolved_translation_box / st.box
+    radius = min(st.resolved_max_shift, st.scan_max_shift or np.inf)
+    return shift_grid(radius * scale, st.scan_shift_step * scale)
 
 
 def _scan_weights(st: AlignSettings) -> np.ndarray | None:

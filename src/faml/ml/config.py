@@ -119,7 +119,9 @@ class RunConfig:
         With several starts, continue the runner-up start to the run's last iteration as
         well and compare its poses with the run's (:mod:`faml.ml.verdict`): two independent
         starts that reach the same structure give each particle the same pose up to one
-        common rotation. The run's verdict (trusted or not) rests on it. Costs the
+        common rotation. The run's verdict (trusted or not) rests on it, and when the runner-up
+        fits the data better by :data:`faml.ml.verdict.MIN_LOGLIK_MARGIN` nats per particle
+        over the same shells, its result is kept instead of the chosen start's. Costs the
         iterations after the starts once more (about +60% at the defaults).
     particle_mask_radius
         Each particle's background (its mean outside the sphere) is subtracted and the

@@ -379,10 +379,13 @@ def _accumulate(stats, padded, wedge, half, klass, weights, rotations, shifts, s
 
 
 @lru_cache(maxsize=8)
-def _particle_mask(box: int, radius: float) -> np.ndarray:
+def _particle_mask(box: int, radius: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """The particle mask `(N, N, N)`, its complement and the complement's sum."""
     mask = soft_sphere(box, max(radius * box - PARTICLE_MASK_EDGE, 1.0), edge=PARTICLE_MASK_EDGE)
-    mask.setflags(write=False)
-    return mask
+    outside = 1.0 - mask
+    for a in (mask, outside):
+        a.setflags(write=False)
+    return mask, outside, max(float(np.sum(outside)), 1.0)
 
 
 PARTICLE_MASK_EDGE = 3.0
@@ -408,9 +411,8 @@ def load_particle(
     vol, wedge = table.load(int(index))
     if mask_radius is None:
         return vol, wedge
-    mask = _particle_mask(vol.shape[0], float(mask_radius))
-    outside = 1.0 - mask
-    background = float(np.sum(vol * outside) / max(float(np.sum(outside)), 1.0))
+    mask, outside, total = _particle_mask(vol.shape[0], float(mask_radius))
+    background = float(np.sum(vol * outside) / total)
     return ((vol - background) * mask).astype(np.float32), wedge
 
 
@@ -629,8 +631,7 @@ def process_particle(
         grid = [grid_candidates(vol, wedge, align[k], cfg.grid_candidates) for k in range(K)]
         rots = [g[0] for g in grid]
         shifts = [g[1] for g in grid]
-        scores = [float(g[2][0]) for g in grid]
-        nus = None
+        scores = nus = None  # FAML only: no FA scores, equal candidate weights
     else:
         align = ctx.for_half(half)[0]
         cands = [align_to(vol, wedge, align[k]) for k in range(K)]

@@ -604,7 +604,7 @@ def run(
 
 
 def _verification(job: _Job, out: Path, history: list[dict], final: int, resume: bool):
-    """The runner-up random start continued to iteration ``final``: its particles' results.
+    """The runner-up random start continued to iteration ``final``.
 
     ``None`` when there is nothing to continue (one start, ``config.verify`` off, or the run
     ended within the starts). Checkpointed in ``out/verify/iterations/NNN`` (resumed with
@@ -619,15 +619,16 @@ def _verification(job: _Job, out: Path, history: list[dict], final: int, resume:
     if not cfg.verify or entry is None or final <= entry["iteration"]:
         return None
     fits = np.asarray(entry["starts_fit"], dtype=np.float64)
-    order = [int(i) for i in np.argsort(-fits, kind="stable") if i != entry["start_chosen"] - 1]
+    fits[entry["start_chosen"] - 1] = -np.inf
+    runner_up = int(np.argmax(fits))  # the first of equal fits, as the choice of the start
     folder = out / "verify"
     checkpoint = last_complete_iteration(folder) if resume else None
     if checkpoint is None:
-        source = out / "starts" / f"{order[0] + 1:02d}" / "iterations"
+        source = out / "starts" / f"{runner_up + 1:02d}" / "iterations"
         checkpoint = source / f"{entry['iteration']:03d}"
     state, results, check_history = _load_checkpoint(checkpoint)
     logger.info(
-        "verification: start %d (the runner-up) continued to iteration %d", order[0] + 1, final
+        "verification: start %d (the runner-up) continued to iteration %d", runner_up + 1, final
     )
     bands = {e["iteration"]: e["band_shells"] for e in history}
     for iteration in range(state.iteration + 1, final + 1):

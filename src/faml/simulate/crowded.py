@@ -83,7 +83,7 @@ import pandas as pd
 import scipy.fft
 
 from faml.geometry.axes import box_center
-from faml.geometry.rotations import random_rotations, rotation_about_axis
+from faml.geometry.rotations import random_rotations
 from faml.geometry.wedge import wedge_mask
 from faml.io.mrc import write_volume
 from faml.io.tiltstacks import critical_exposure
@@ -619,14 +619,8 @@ def simulate_crowded(
             f.unlink()
 
     rng = np.random.default_rng(seed)
-    classes = np.repeat(np.arange(counts.size), counts)
-    rng.shuffle(classes)
+    classes, rotations = _ds.draw_classes_rotations(counts, settings, rng)
     n = classes.size
-    if settings.rotation_axis is None:
-        rotations = random_rotations(n, rng)
-    else:
-        angles = rng.uniform(0.0, 360.0, n)
-        rotations = np.stack([rotation_about_axis(settings.rotation_axis, a) for a in angles])
     n_tomo = _per_tomogram(n, crowd.tomograms, geometry, max(radii[: len(vols)]))
     defocus = settings.defocus_um + settings.defocus_jitter_um * rng.standard_normal(n_tomo)
     bounds = np.linspace(0, n, n_tomo + 1).round().astype(int)

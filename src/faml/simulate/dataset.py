@@ -238,19 +238,30 @@ def _write_star(path: Path, optics: pd.DataFrame, particles: pd.DataFrame) -> No
         tmp.write_text(text.replace("\ndata_", "\n# version 30001\ndata_"))
 
 
+def draw_classes_rotations(
+    counts: np.ndarray, settings: SimulationSettings, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """`(n,)` shuffled classes (``counts[k]`` of class ``k``) and `(n, 3, 3)` rotations.
+
+    Drawn from ``rng`` in this order (the first draws of every simulation mode): uniform on
+    SO(3), or about ``settings.rotation_axis`` at uniform angles.
+    """
+    classes = np.repeat(np.arange(counts.size), counts)
+    rng.shuffle(classes)
+    n = classes.size
+    if settings.rotation_axis is None:
+        return classes, random_rotations(n, rng)
+    angles = rng.uniform(0.0, 360.0, n)
+    return classes, np.stack([rotation_about_axis(settings.rotation_axis, a) for a in angles])
+
+
 def _draw_poses(
     counts: np.ndarray, settings: SimulationSettings, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Classes (shuffled), rotations, shifts, defocus values, in this order from ``seed``."""
     rng = np.random.default_rng(seed)
-    classes = np.repeat(np.arange(counts.size), counts)
-    rng.shuffle(classes)
+    classes, rotations = draw_classes_rotations(counts, settings, rng)
     n = classes.size
-    if settings.rotation_axis is None:
-        rotations = random_rotations(n, rng)
-    else:
-        angles = rng.uniform(0.0, 360.0, n)
-        rotations = np.stack([rotation_about_axis(settings.rotation_axis, a) for a in angles])
     shifts = rng.uniform(-settings.max_shift, settings.max_shift, (n, 3))
     defocus = settings.defocus_um + settings.defocus_jitter_um * rng.standard_normal(n)
     return classes, rotations, shifts, defocus
