@@ -194,7 +194,9 @@ def _weight_range(t):
     d = _weights_star(t, np.full((16, 16, 16), 2.0, np.float32))
     return [str(d / "p.star")], (
         "particle 2 ({d}/p01.mrc): weight {d}/w01.mrc: weight volume values must lie in "
-        "[0, 1], got min=2.0, max=2.0"
+        "[-1, 1] for data that are not CTF-premultiplied, got min=2, max=2: a CTF\u00b2 sum "
+        "(RELION 4/5 pseudo-subtomograms) needs rlnCtfDataAreCtfPremultiplied 1 in the optics "
+        "block or --ctf-form premultiplied"
     )
 
 

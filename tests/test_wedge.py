@@ -369,12 +369,24 @@ def test_weight_wrong_shape():
         weight_from_volume(np.ones((16, 8, 5)), 8)
 
 
-@pytest.mark.parametrize("bad", [1.1, -0.5, 1.0 + 1e-4])
+@pytest.mark.parametrize("bad", [1.1, -1.5, 1.0 + 1e-4])
 def test_weight_out_of_range(bad):
     w = wedge_mask(8)
     w[1, 2, 3] = bad
-    with pytest.raises(ValueError, match=r"\[0, 1\].*min=.*max="):
+    with pytest.raises(ValueError, match=r"\[-1, 1\].*min=.*max=.*rlnCtfDataAreCtfPremultiplied 1"):
         weight_from_volume(w, 8)
+
+
+def test_weight_forms():
+    """A signed CTF passes as multiplied, a CTF² sum of any scale as premultiplied only."""
+    signed = wedge_mask(8) * np.float32(-0.5)
+    np.testing.assert_array_equal(weight_from_volume(signed, 8), signed)
+    ctf2_sum = wedge_mask(8) * np.float32(37.0)
+    np.testing.assert_array_equal(weight_from_volume(ctf2_sum, 8, premultiplied=True), ctf2_sum)
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        weight_from_volume(ctf2_sum, 8)
+    with pytest.raises(ValueError, match=r"CTF\u00b2 sum \(>= 0\).*-0.5.*not premultiplied"):
+        weight_from_volume(signed, 8, premultiplied=True)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
@@ -388,9 +400,11 @@ def test_weight_non_finite(bad):
 def test_weight_slack_is_clipped():
     w = wedge_mask(8).astype(np.float64)
     w[0, 0, 0] = 1.0 + 5e-7
-    w[1, 0, 0] = -5e-7
+    w[1, 0, 0] = -1.0 - 5e-7
+    w[2, 0, 0] = -5e-7
     out = weight_from_volume(w, 8)
-    assert out[0, 0, 0] == 1.0 and out[1, 0, 0] == 0.0
+    assert out[0, 0, 0] == 1.0 and out[1, 0, 0] == -1.0
+    assert weight_from_volume(np.where(w < 0, -5e-7, w), 8, premultiplied=True)[2, 0, 0] == 0.0
 
 
 @pytest.mark.parametrize("layout", ["rfft", "full"])

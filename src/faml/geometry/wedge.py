@@ -61,7 +61,7 @@ __all__ = ["wedge_mask", "weight_from_volume", "read_weight", "full_to_rfft", "r
 
 _LAYOUTS = ("rfft", "full")
 _ANGLE_TOL_DEG = 1e-9  # boundary planes count as observed despite rounding in atan2
-_WEIGHT_SLACK = 1e-6  # tolerated excursion of a weight volume outside [0, 1]
+_WEIGHT_SLACK = 1e-6  # tolerated excursion of a weight volume outside its range
 
 
 def _check_box(box: int) -> int:
@@ -246,7 +246,7 @@ def rfft_to_full(half: np.ndarray, box: int) -> np.ndarray:
     return np.fft.fftshift(full)
 
 
-def weight_from_volume(weight: np.ndarray, box: int) -> np.ndarray:
+def weight_from_volume(weight: np.ndarray, box: int, premultiplied: bool = False) -> np.ndarray:
     """Turn a 3D Fourier weight (RELION ``rlnCtfImage``) into the rfft layout.
 
     Two layouts are accepted, as in RELION (``ml_optimiser.cpp``, 3D CTF reading):
@@ -263,21 +263,29 @@ def weight_from_volume(weight: np.ndarray, box: int) -> np.ndarray:
     Parameters
     ----------
     weight
-        Weight volume in ``(z, y, x)`` axis order, values in ``[0, 1]``.
+        Weight volume in ``(z, y, x)`` axis order. Its values depend on the particle's CTF
+        form (DESIGN.md section 2): for data that are not CTF-premultiplied the weight
+        multiplies the reference (a binary wedge, ``|CTF|`` of phase-flipped data or the
+        signed CTF), values in ``[-1, 1]``; for CTF-premultiplied data
+        (``rlnCtfDataAreCtfPremultiplied 1``) it is a sum of CTF², values ``>= 0`` of any
+        scale.
     box
         Side ``N`` of the particle box.
+    premultiplied
+        The form the values are checked against.
 
     Returns
     -------
     np.ndarray
         `(N, N, N//2+1)` float32 weight in rfft layout (DC at ``[0, 0, 0]``), a new array,
-        clipped to ``[0, 1]``.
+        clipped to its form's range.
 
     Raises
     ------
     ValueError
-        For a shape other than the two accepted, non-finite values, or values outside
-        ``[0, 1]`` by more than ``1e-6``.
+        For a shape other than the two accepted, non-finite values, or values outside the
+        form's range by more than ``1e-6`` (the message names the flag that marks the
+        other form).
     """
     n = _check_box(box)
     w = np.asarray(weight)
@@ -295,12 +303,25 @@ def weight_from_volume(weight: np.ndarray, box: int) -> np.ndarray:
     if not np.all(np.isfinite(w)):
         raise ValueError("weight volume holds non-finite values (NaN or inf)")
     lo, hi = float(w.min()), float(w.max())
-    if lo < -_WEIGHT_SLACK or hi > 1.0 + _WEIGHT_SLACK:
-        raise ValueError(f"weight volume values must lie in [0, 1], got min={lo}, max={hi}")
-    return np.clip(w, 0.0, 1.0, out=w)
+    if premultiplied:
+        if lo < -_WEIGHT_SLACK:
+            raise ValueError(
+                f"the weight of CTF-premultiplied data must be a CTF\u00b2 sum (>= 0), but it "
+                f"goes down to {lo:.4g}: a signed CTF belongs to data that are not "
+                "premultiplied (rlnCtfDataAreCtfPremultiplied 0, --ctf-form multiplied)"
+            )
+        return np.maximum(w, 0.0, out=w)
+    if lo < -1.0 - _WEIGHT_SLACK or hi > 1.0 + _WEIGHT_SLACK:
+        raise ValueError(
+            f"weight volume values must lie in [-1, 1] for data that are not CTF-premultiplied, "
+            f"got min={lo:.4g}, max={hi:.4g}: a CTF\u00b2 sum (RELION 4/5 pseudo-subtomograms) "
+            "needs rlnCtfDataAreCtfPremultiplied 1 in the optics block or --ctf-form "
+            "premultiplied"
+        )
+    return np.clip(w, -1.0, 1.0, out=w)
 
 
-def read_weight(path: str | PathLike[str], box: int) -> np.ndarray:
+def read_weight(path: str | PathLike[str], box: int, premultiplied: bool = False) -> np.ndarray:
     """Read a 3D weight volume from an MRC file; see :func:`weight_from_volume`.
 
     Parameters
@@ -309,6 +330,8 @@ def read_weight(path: str | PathLike[str], box: int) -> np.ndarray:
         MRC file (opened with ``mrcfile``, ``permissive=False``), ``(z, y, x)`` data.
     box
         Side ``N`` of the particle box.
+    premultiplied
+        The particle's CTF form (:func:`weight_from_volume`).
 
     Returns
     -------
@@ -322,4 +345,4 @@ def read_weight(path: str | PathLike[str], box: int) -> np.ndarray:
     """
     with mrcfile.open(path, mode="r", permissive=False) as mrc:
         data = np.array(mrc.data, dtype=np.float32)
-    return weight_from_volume(data, box)
+    return weight_from_volume(data, box, premultiplied)

@@ -66,6 +66,19 @@ class ParticleTable:
     optics
         Optics-group values read from a STAR file (voltage, Cs, amplitude contrast, ...),
         written back into the optics block.
+    ctf_premultiplied
+        The CTF form of every particle (DESIGN.md section 2; RELION's
+        ``rlnCtfDataAreCtfPremultiplied``). ``False``: the weight multiplies the reference,
+        ``X = c * T(A) + noise`` (``c`` a binary wedge, ``|CTF|`` of phase-flipped data or the
+        signed CTF, values in ``[-1, 1]``). ``True``: the data are CTF-premultiplied,
+        ``D = C * T(A) + noise`` with noise variance ``∝ C`` and ``C`` a sum of CTF² (RELION
+        4/5 and WarpTools pseudo-subtomograms, faml's own 2D-stack reconstructions), ``C >= 0``
+        of any scale.
+    weight_scale
+        Premultiplied data: one data-set-wide constant that ``D`` and ``C`` are divided by
+        as they are loaded into the engine (:func:`faml.ml.em.load_particle`), so that the
+        weights sit near ``[0, 1]`` as every other form's do and the M-step's floors mean the
+        same. A constant for the whole set leaves the model as it is (``sigma^2`` absorbs it).
     """
 
     paths: tuple[str, ...]
@@ -81,6 +94,8 @@ class ParticleTable:
     true_classes: np.ndarray | None = None
     extra: dict[str, tuple] = field(default_factory=dict)
     optics: dict[str, object] = field(default_factory=dict)
+    ctf_premultiplied: bool = False
+    weight_scale: float = 1.0
 
     def __post_init__(self) -> None:
         n = len(self.paths)
@@ -92,20 +107,26 @@ class ParticleTable:
             raise ValueError(f"tilt_ranges must be ({n}, 2), got {np.shape(self.tilt_ranges)}")
         if self.voxel_size <= 0:
             raise ValueError(f"voxel size must be positive, got {self.voxel_size}")
+        if not (np.isfinite(self.weight_scale) and self.weight_scale > 0):
+            raise ValueError(f"weight_scale must be positive, got {self.weight_scale}")
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def wedge(self, index: int) -> np.ndarray:
-        """`(N, N, N//2 + 1)` float32 Fourier weight of particle ``index`` (``rfftn`` layout)."""
+        """`(N, N, N//2 + 1)` float32 Fourier weight of particle ``index`` (``rfftn`` layout).
+
+        As stored: in the particle's CTF form (:attr:`ctf_premultiplied`), not yet divided by
+        :attr:`weight_scale`.
+        """
         wp = self.weight_paths[index]
         if wp is not None:
-            return read_weight(wp, self.box)
+            return read_weight(wp, self.box, self.ctf_premultiplied)
         lo, hi = (float(v) for v in self.tilt_ranges[index])
         return _cached_wedge(self.box, lo, hi)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Particle ``index``: its `(N, N, N)` float32 volume and its Fourier weight."""
+        """Particle ``index``: its `(N, N, N)` float32 volume and its Fourier weight, as stored."""
         vol, _ = read_volume(self.paths[index])
         if vol.shape != (self.box,) * 3:
             raise ValueError(
@@ -156,6 +177,8 @@ class TableRows:
         self._position = {int(i): j for j, i in enumerate(idx)}
         self.box = table.box
         self.voxel_size = table.voxel_size
+        self.ctf_premultiplied = table.ctf_premultiplied
+        self.weight_scale = table.weight_scale
 
     def __len__(self) -> int:
         return len(self._position)
