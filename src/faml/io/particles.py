@@ -22,7 +22,10 @@ import numpy as np
 from faml.geometry.wedge import read_weight, wedge_mask
 from faml.io.mrc import VolumeHeader, read_header, read_volume
 
-__all__ = ["ParticleTable", "TableRows", "from_mrc_files"]
+__all__ = ["ParticleTable", "TableRows", "from_mrc_files", "with_weight_scale"]
+
+WEIGHT_SCALE_SAMPLE = 16
+"""How many particles (evenly spaced over the table) set a premultiplied set's weight scale."""
 
 
 @lru_cache(maxsize=8)
@@ -257,3 +260,25 @@ def from_mrc_files(
         tilt_ranges=np.tile(np.asarray(tilt_range, dtype=np.float64), (n, 1)),
         weight_paths=(None,) * n,
     )
+
+
+def with_weight_scale(table: ParticleTable) -> ParticleTable:
+    """``table`` with :attr:`ParticleTable.weight_scale` set for its CTF form.
+
+    Not premultiplied: 1 (weights already in ``[-1, 1]``). Premultiplied: the median, over
+    :data:`WEIGHT_SCALE_SAMPLE` particles evenly spaced over the table, of each one's
+    largest weight, so that the scaled CTF² sums reach about 1, as ``c²`` of the other forms
+    do. The same table always gives the same scale (no randomness, no dependence on workers).
+    """
+    if not table.ctf_premultiplied:
+        return replace(table, weight_scale=1.0)
+    n = len(table)
+    picks = np.unique(np.linspace(0, n - 1, min(n, WEIGHT_SCALE_SAMPLE)).round().astype(int))
+    peaks = [float(np.max(table.wedge(int(i)))) for i in picks]
+    scale = float(np.median(peaks))
+    if not (np.isfinite(scale) and scale > 0):
+        raise ValueError(
+            "the CTF-premultiplied weights of the sampled particles are all zero: "
+            f"{table.weight_paths[int(picks[0])]} and others"
+        )
+    return replace(table, weight_scale=scale)
