@@ -2,11 +2,16 @@
 
 FAML's step 1 (paper section 2.1; DESIGN.md section 3.1):
 
+The particle comes as a volume ``X`` and a Fourier weight ``w`` that multiplies the reference
+(``X = w T(A) + white noise``: a binary wedge, ``|CTF|``, the signed CTF, or whitened
+premultiplied data, :func:`faml.geometry.wedge.whitened`); the correlations use its
+premultiplied form ``D = w X``, ``C = w^2`` (:mod:`faml.align.translate`).
+
 1. Translation-invariant rotational score. On spherical shells of Fourier space (radius
-   ``1..band_limit``), with ``w`` the particle's Fourier weight,
-   ``p0 = w^2 (|X| - mu_s)``, ``p1 = w^2``, ``q0 = |A| - nu_s``, ``q1 = q0^2``, where ``mu_s``
-   is the shell's mean observed particle magnitude and ``nu_s`` the shell's mean average
-   magnitude (zero-mean magnitudes; no ``r^2`` shell weight: both measured to find more true
+   ``1..band_limit``), ``p0 = C (|D| / C - mu_s)``, ``p1 = C``, ``q0 = |A| - nu_s``,
+   ``q1 = q0^2``, where ``mu_s`` is the shell's mean observed particle magnitude ``|D| / C``
+   (for a binary wedge: ``w^2 (|X| - mu_s)``, ``p1 = w^2``) and ``nu_s`` the shell's mean
+   average magnitude (zero-mean magnitudes; no ``r^2`` shell weight: both measured to find more true
    poses at low SNR, DESIGN.md section 3.1). The score is
    ``c~(R) = C0(R) / sqrt(C1(R))`` with ``Ci(R) = sum_s <pi_s, qi_s o R^-1>``.
 2. ``C0`` and ``C1`` for every rotation of a ``(2L + 2) x n x n`` Euler grid at once: spherical
@@ -425,22 +430,22 @@ STAGES = ("spectra+shells", "sht", "so3", "peaks", "scan", "translations", "poli
 """Names of the stages :func:`align_to` reports in its ``timings`` dict."""
 
 
-def _rotational_score(particle_ft, weight_sq, prepared, clock):
+def _rotational_score(data_ft, weight, prepared, clock):
     """``c~`` on the Euler grid: `(n_beta, n_alpha, n_gamma)` float64."""
     st = prepared.settings
     grid, radii, degrees, keep = _shell_setup(st)
-    # Normalised interpolation: the shell value of |X| is interp(w^2 |X|) / interp(w^2), so
-    # nodes next to the wedge's edge read observed neighbours only instead of a mix of signal
-    # and the zeros of the missing region; a node counts as observed where interp(w^2) is at
-    # least half the weight's maximum (fractional weights, e.g. CTF envelopes, keep their
-    # value there).
+    # Normalised interpolation: the shell value of |X| is interp(|D|) / interp(C) (for a
+    # binary wedge interp(w^2 |X|) / interp(w^2)), so nodes next to the wedge's edge read
+    # observed neighbours only instead of a mix of signal and the zeros of the missing
+    # region; a node counts as observed where interp(C) is at least half the weight's
+    # maximum (fractional weights, e.g. CTF envelopes, keep their value there).
     # (Interpolating |X| and w^2 separately moved the maximum 5-20 degrees off the truth on a
     # +-60 degree wedge.)
-    magnitude = np.sqrt(particle_ft.real**2 + particle_ft.imag**2)
-    w2_s, w2mag_s = sample_shells(np.stack([weight_sq, weight_sq * magnitude]), radii, grid).astype(
+    magnitude = np.where(weight > 0, np.sqrt(data_ft.real**2 + data_ft.imag**2), 0.0)
+    w2_s, w2mag_s = sample_shells(np.stack([weight, magnitude]), radii, grid).astype(
         np.float64
     )  # (S, n_theta, n_phi) each
-    w_max = float(weight_sq.max())
+    w_max = float(weight.max())
     mag = w2mag_s / np.maximum(w2_s, 1e-6 * w_max)
     w2 = np.where(w2_s >= 0.5 * w_max, w2_s, 0.0)
     shell_sum_w = np.einsum("j,sjk->s", grid.weights, w2)
@@ -464,6 +469,20 @@ def _rotational_score(particle_ft, weight_sq, prepared, clock):
     return score
 
 
+def _check_weight(weight: np.ndarray, box: int) -> np.ndarray:
+    """``weight`` (``w``, signed allowed) as float32, its layout and values checked."""
+    half = (box, box, box // 2 + 1)
+    weight = np.asarray(weight, dtype=np.float32)
+    if weight.shape != half:
+        raise ValueError(
+            f"wedge must be the particle's Fourier weight in rfftn layout {half}, "
+            f"got {weight.shape}"
+        )
+    if not np.all(np.isfinite(weight)) or not np.abs(weight).max() > 0:
+        raise ValueError("the wedge (Fourier weight) must be finite and not all zero")
+    return weight
+
+
 def align_to(
     particle: np.ndarray,
     wedge: np.ndarray,
@@ -471,8 +490,10 @@ def align_to(
     *,
     timings: dict[str, float] | None = None,
 ) -> list[Candidate]:
-    """Candidate transforms of ``particle`` against a prepared average (see :func:`fast_align`).
+    """Candidate transforms of a particle against a prepared average (see :func:`fast_align`).
 
+    ``particle`` `(N, N, N)` and ``wedge``, its weight ``w`` in rfft layout, as
+    :func:`fast_align`'s (module docstring): what :func:`faml.ml.em.load_particle` gives.
     ``timings``, if given, receives the seconds spent per stage (:data:`STAGES`), added to
     what it holds.
     """
@@ -480,23 +501,16 @@ def align_to(
     st = prepared.settings
     particle = _check_volume("particle", particle)
     box = particle.shape[0]
-    half = (box, box, box // 2 + 1)
     if box != st.box:
         raise ValueError(f"particle is {box}^3 but the average is {st.box}^3")
-    wedge = np.asarray(wedge, dtype=np.float32)
-    if wedge.shape == half and (
-        not np.all(np.isfinite(wedge)) or wedge.min() < 0 or not wedge.max() > 0
-    ):
-        raise ValueError("the wedge (Fourier weight) must be finite, non-negative and not all zero")
-    if wedge.shape != half:
-        raise ValueError(
-            f"wedge must be the particle's Fourier weight in rfftn layout {half}, got {wedge.shape}"
-        )
-    particle_ft = scipy.fft.rfftn(particle, workers=1)
+    wedge = _check_weight(wedge, box)
+    weight = wedge * wedge
+    data_ft = scipy.fft.rfftn(particle, workers=1) * wedge
     # Everything is scored within the band limit: beyond it the average is not trusted
     # (resolution) and the interpolation of rotated volumes is least accurate.
-    weight_sq = wedge * wedge * _band_mask(box, st.resolved_band_limit)
-    score = _rotational_score(particle_ft, weight_sq, prepared, clock)
+    score = _rotational_score(
+        data_ft, weight * _band_mask(box, st.resolved_band_limit), prepared, clock
+    )
     peaks = find_peaks(
         score, euler_grid(st.resolved_degree), st.resolved_proposals, refine=st.refine
     )
@@ -504,15 +518,14 @@ def align_to(
     clock.lap("peaks")
     # Translations and polishing at the translation box (shifts in its voxels until the end).
     tbox = st.resolved_translation_box
-    particle_ft = crop_half_spectrum(particle_ft, tbox)
-    weight_sq = crop_half_spectrum(wedge * wedge, tbox) * _band_mask(
-        tbox, st.translation_band_limit
-    )
+    data_ft = crop_half_spectrum(data_ft, tbox)
+    full_weight = crop_half_spectrum(weight, tbox)
+    weight = full_weight * _band_mask(tbox, st.translation_band_limit)
     if st.scan_step_deg is not None:
         scan_rots, _, _ = scan(
             prepared.scan_reference(),
-            particle_ft,
-            crop_half_spectrum(wedge * wedge, tbox),
+            data_ft,
+            full_weight,
             _scan_shifts(st),
             _scan_weights(st),
             st.scan_candidates,
@@ -523,7 +536,7 @@ def align_to(
     else:
         values = np.array([p.value for p in peaks])
     clock.lap("scan")
-    shifts, scores = _score_rotations(prepared, particle_ft, weight_sq, rotations)
+    shifts, scores = _score_rotations(prepared, data_ft, weight, rotations)
     order = np.argsort(-scores, kind="stable")
     order = order[: st.max_candidates]
     rotations, shifts, scores = rotations[order], shifts[order], scores[order]
@@ -535,7 +548,7 @@ def align_to(
         sel = slice(0, n_polish)
         for _ in range(st.polish_rounds):
             rotations[sel], shifts[sel], scores[sel] = _polish(
-                prepared, particle_ft, weight_sq, rotations[sel], shifts[sel], scores[sel], step
+                prepared, data_ft, weight, rotations[sel], shifts[sel], scores[sel], step
             )
             step /= 2
         order = np.argsort(-scores, kind="stable")
@@ -558,15 +571,13 @@ def grid_candidates(
     wedge: np.ndarray,
     prepared: PreparedAverage,
     count: int,
-    weight_power: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ``count`` best poses of the whole rotation x shift grid of the scan.
 
-    Every rotation of :func:`~faml.align.scan.rotation_grid` (``settings.scan_step_deg``)
-    and every shift of the scan's grid is scored by the phase-aware correlation with the
-    particle's Fourier weight to the power ``weight_power`` (1: the weight of the
-    likelihood; 2: the constrained correlation's) and the scan's shell weights; no
-    magnitude search, no translation stage, no polishing. At the scan's band the
+    ``particle`` and ``wedge`` as for :func:`align_to`. Every rotation of
+    :func:`~faml.align.scan.rotation_grid` (``settings.scan_step_deg``) and every shift of the scan's grid is scored by the
+    phase-aware correlation with the scan's shell weights; no magnitude search, no
+    translation stage, no polishing. At the scan's band the
     likelihood of a pose (the average's amplitude profiled out) grows with that score, so
     these are the grid's most probable poses: a reference-free iteration at low
     resolution draws its candidates from here (coarse-to-fine marginalisation).
@@ -582,13 +593,13 @@ def grid_candidates(
         raise ValueError("grid_candidates needs settings with a scan_step_deg")
     particle = _check_volume("particle", particle)
     tbox = st.resolved_translation_box
-    particle_ft = crop_half_spectrum(scipy.fft.rfftn(particle, workers=1), tbox)
-    weight = np.asarray(wedge, dtype=np.float32) ** weight_power
+    wedge = _check_weight(wedge, particle.shape[0])
+    data_ft = crop_half_spectrum(scipy.fft.rfftn(particle, workers=1) * wedge, tbox)
     scale = tbox / st.box
     rotations, shifts, scores = scan(
         prepared.scan_reference(),
-        particle_ft,
-        crop_half_spectrum(weight, tbox),
+        data_ft,
+        crop_half_spectrum(wedge * wedge, tbox),
         _scan_shifts(st),
         _scan_weights(st),
         count,
@@ -623,18 +634,18 @@ def st_step_deg(settings: AlignSettings) -> float:
     return euler_grid(settings.resolved_degree).step_deg
 
 
-def _cross(prepared: PreparedAverage, particle_ft, weight_sq, rotations) -> CrossSpectra:
+def _cross(prepared: PreparedAverage, data_ft, weight, rotations) -> CrossSpectra:
     """Cross spectra of the (translation-box) particle with the average at ``rotations``."""
     st = prepared.settings
     return rotated_cross_spectra(
-        prepared.padded, rotations, st.translation_band_limit, particle_ft, weight_sq
+        prepared.padded, rotations, st.translation_band_limit, data_ft, weight
     )
 
 
 def _score_rotations(
     prepared: PreparedAverage,
-    particle_ft: np.ndarray,
-    weight_sq: np.ndarray,
+    data_ft: np.ndarray,
+    weight: np.ndarray,
     rotations: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Best shift `(B, 3)` and constrained correlation `(B,)` per rotation `(B, 3, 3)`.
@@ -644,11 +655,11 @@ def _score_rotations(
     """
     st = prepared.settings
     scale = st.resolved_translation_box / st.box
-    cs = _cross(prepared, particle_ft, weight_sq, rotations)
+    cs = _cross(prepared, data_ft, weight, rotations)
     return search_cross(cs, st.resolved_max_shift * scale, subvoxel=st.refine)
 
 
-def _polish(prepared, particle_ft, weight_sq, rotations, shifts, scores, step):
+def _polish(prepared, data_ft, weight, rotations, shifts, scores, step):
     """One round of local rotation refinement on the constrained correlation.
 
     For each of `(B, 3, 3)` ``rotations`` (with their `(B, 3)` ``shifts`` and `(B,)`
@@ -660,7 +671,7 @@ def _polish(prepared, particle_ft, weight_sq, rotations, shifts, scores, step):
     n = rotations.shape[0]
     trial = axis_stencil(rotations, step).reshape(-1, 3, 3)
     s = correlation_at_shifts(
-        _cross(prepared, particle_ft, weight_sq, trial), np.repeat(shifts, 6, axis=0)
+        _cross(prepared, data_ft, weight, trial), np.repeat(shifts, 6, axis=0)
     )
     s = s.reshape(n, 2, 3)
     plus, minus = s[:, 0], s[:, 1]
@@ -671,7 +682,7 @@ def _polish(prepared, particle_ft, weight_sq, rotations, shifts, scores, step):
     moved = Rotation.from_rotvec(move).as_matrix() @ rotations
     st = prepared.settings
     new_shifts, new_scores = refine_shifts(
-        _cross(prepared, particle_ft, weight_sq, moved),
+        _cross(prepared, data_ft, weight, moved),
         shifts,
         iterations=1,
         max_shift=st.resolved_max_shift * st.resolved_translation_box / st.box,
@@ -701,7 +712,8 @@ def fast_align(
     particle
         `(N, N, N)` float32 real-space subtomogram, ``(z, y, x)`` axis order.
     wedge
-        `(N, N, N//2 + 1)` the particle's Fourier weight (missing wedge, 0..1) in numpy
+        `(N, N, N//2 + 1)` the particle's Fourier weight ``w``, which multiplies the average
+        (missing wedge 0 / 1, ``|CTF|`` or the signed CTF, in ``[-1, 1]``), in numpy
         ``rfftn`` layout: DC at ``[0, 0, 0]``, not shifted (RELION's FFTW half layout).
     average
         `(N, N, N)` float32 real-space average, ``(z, y, x)``.

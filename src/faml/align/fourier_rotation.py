@@ -171,13 +171,13 @@ def rotated_cross_spectra(
     padded: PaddedSpectrum,
     rotations: np.ndarray,
     band_limit: int,
-    particle_ft: np.ndarray,
-    weight_sq: np.ndarray,
+    data_ft: np.ndarray,
+    weight: np.ndarray,
 ) -> CrossSpectra:
     """:class:`~faml.align.translate.CrossSpectra` of a particle and rotated copies, in one pass.
 
-    The same as ``cross_spectra(particle_ft, weight_sq, rotated_spectra(...))`` with
-    ``weight_sq`` zero beyond ``band_limit``, without writing the rotated spectra.
+    The same as ``cross_spectra(data_ft, weight, rotated_spectra(...))`` with ``weight``
+    zero beyond ``band_limit``, without writing the rotated spectra.
 
     Parameters
     ----------
@@ -187,36 +187,36 @@ def rotated_cross_spectra(
         `(B, 3, 3)` rotations (RELION's sense).
     band_limit
         Frequencies beyond it (Fourier voxels) are left out.
-    particle_ft
-        `(N, N, N//2 + 1)` the particle's ``rfftn``.
-    weight_sq
-        `(N, N, N//2 + 1)` the particle's Fourier weight squared.
+    data_ft
+        `(N, N, N//2 + 1)` the particle's premultiplied spectrum ``D``
+        (:mod:`faml.align.translate`).
+    weight
+        `(N, N, N//2 + 1)` its weight ``C >= 0``.
     """
     rotations = np.asarray(rotations, dtype=np.float64)
     if rotations.ndim != 3 or rotations.shape[1:] != (3, 3):
         raise ValueError(f"rotations must be (B, 3, 3), got {rotations.shape}")
     box = padded.box
     half = (box, box, box // 2 + 1)
-    if particle_ft.shape != half or weight_sq.shape != half:
+    if data_ft.shape != half or weight.shape != half:
         raise ValueError(
-            f"particle spectrum and weight must be {half}, got {particle_ft.shape} and "
-            f"{weight_sq.shape}"
+            f"particle spectrum and weight must be {half}, got {data_ft.shape} and {weight.shape}"
         )
     kzyx, flat, phase = band_points(box, int(band_limit))
-    w2 = weight_sq.reshape(-1)[flat]
+    w2 = weight.reshape(-1)[flat]
     # Only points the particle observed contribute (and not DC): a +-60 degree wedge
     # leaves a third of the band out of the gather.
     seen = (w2 > 0) & (flat != 0)
     kzyx, flat, w2 = kzyx[seen], flat[seen], w2[seen]
     phase = np.ascontiguousarray(phase[:, seen])
-    px = (w2 * particle_ft.reshape(-1)[flat]).astype(np.complex64)
+    px = data_ft.reshape(-1)[flat].astype(np.complex64)
     w2m = (w2 * half_spectrum_multiplicity(box)[flat % (box // 2 + 1)]).astype(np.float32)
     out, norm_sq = _gather(
         padded, rotations, kzyx, flat, phase, px.real.copy(), px.imag.copy(), w2m
     )
     band_w2 = np.zeros(box * box * (box // 2 + 1), dtype=np.float32)
     band_w2[flat] = w2
-    norm_x = particle_norm(particle_ft, band_w2.reshape(half))
+    norm_x = particle_norm(data_ft, band_w2.reshape(half))
     return CrossSpectra(out.reshape((-1,) + half), np.sqrt(norm_sq), norm_x)
 
 

@@ -7,8 +7,10 @@ low-frequency band where the average is trusted:
 
 .. code-block:: text
 
-    c(R, t) = Re sum_k v_k X_k conj(A_R,k) exp(+2 pi i k.t / N) / sqrt(sum_k v_k |A_R,k|^2)
-    v_k = mult_k w_k^2 s_|k|                           (s: per-shell weight, e.g. 1 / sigma^2)
+    c(R, t) = Re sum_k m_k D_k conj(A_R,k) exp(+2 pi i k.t / N) / sqrt(sum_k v_k |A_R,k|^2)
+    m_k = mult_k s_|k|     v_k = m_k C_k             (s: per-shell weight, e.g. 1 / sigma^2)
+
+for the particle's premultiplied spectrum ``D`` and weight ``C`` (:mod:`faml.align.translate`).
 
 The average's rotated spectra at the band's points are computed once per average
 (:class:`ScanReference`, `(n_rot, n_points)`); per particle the numerator for all rotations
@@ -39,7 +41,7 @@ from faml.align.fourier_rotation import (
     rotated_points,
     shift_phases,
 )
-from faml.align.translate import half_spectrum_multiplicity
+from faml.align.translate import data_power, half_spectrum_multiplicity
 from faml.geometry.rotations import distinct
 
 __all__ = ["ScanReference", "rotation_grid", "scan_reference", "scan", "shift_grid"]
@@ -182,8 +184,8 @@ def scan_reference(
 
 def scan(
     reference: ScanReference,
-    particle_ft: np.ndarray,
-    weight_sq: np.ndarray,
+    data_ft: np.ndarray,
+    weight: np.ndarray,
     shifts: np.ndarray,
     shell_weights: np.ndarray | None,
     count: int,
@@ -196,9 +198,9 @@ def scan(
     ----------
     reference
         The rotated average.
-    particle_ft, weight_sq
-        `(N, N, N//2 + 1)` the particle's ``rfftn`` and squared Fourier weight, at the
-        reference's box.
+    data_ft, weight
+        `(N, N, N//2 + 1)` the particle's premultiplied spectrum ``D`` and its weight ``C``
+        (:mod:`faml.align.translate`), at the reference's box.
     shifts
         `(n_shifts, 3)` shifts ``(x, y, z)`` (voxels of that box) to try.
     shell_weights
@@ -218,13 +220,15 @@ def scan(
     box, band = reference.box, reference.band
     _, flat, _, shell = scan_points(box, band)
     mult = half_spectrum_multiplicity(box)[flat % (box // 2 + 1)]
-    v = mult * weight_sq.reshape(-1)[flat]
+    s = mult
     if shell_weights is not None:
-        v = v * np.asarray(shell_weights, dtype=np.float64)[np.minimum(shell, band)]
-    v = np.where(flat == 0, 0.0, v).astype(np.float32)  # DC carries no pose
-    x_points = particle_ft.reshape(-1)[flat]
+        s = s * np.asarray(shell_weights, dtype=np.float64)[np.minimum(shell, band)]
+    s = np.where(flat == 0, 0.0, s)  # DC carries no pose
+    cw = weight.reshape(-1)[flat]
+    v = (s * cw).astype(np.float32)
+    d_points = np.where(cw > 0, data_ft.reshape(-1)[flat], 0)
     shifts = np.ascontiguousarray(shifts, dtype=np.float64)
-    z = (v * x_points)[:, None] * _unshift(box, band, shifts.tobytes())  # (n_points, n_shifts)
+    z = (s * d_points)[:, None] * _unshift(box, band, shifts.tobytes())  # (n_points, n_shifts)
     zr, zi = z.real.astype(np.float32), z.imag.astype(np.float32)
     n_rot = reference.rotations.shape[0]
     coarse = int(np.searchsorted(shell, COARSE_BAND_SHARE * band, side="right"))
@@ -248,5 +252,5 @@ def scan(
     sel = distinct(
         rotations, suppress_deg, count, order=rows[np.argsort(-score[rows], kind="stable")]
     )
-    norm_x = np.sqrt(max(float(np.sum(v * np.abs(x_points) ** 2)), 1e-30))
+    norm_x = np.sqrt(max(float(np.sum(s * data_power(d_points, cw))), 1e-30))
     return rotations[sel].copy(), shifts[best_shift[sel]], score[sel] / norm_x

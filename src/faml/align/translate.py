@@ -1,12 +1,17 @@
 """Best translation for a candidate rotation: the constrained correlation over all shifts.
 
-For a particle spectrum ``X`` with Fourier weight ``w`` and the average rotated by ``R``,
-``A_R``, the wedge-constrained correlation (DESIGN.md section 3.1, step 4) is
+A particle enters in the premultiplied form of DESIGN.md section 2: its data spectrum
+``D = C X`` (the particle's spectrum times its weight ``C``; zero where ``C = 0``) and the
+weight ``C >= 0``, so that ``D = C A_R + noise`` with noise variance ``∝ C`` for the average
+rotated by ``R``, ``A_R``. (A particle ``X`` with a binary wedge ``w`` is ``D = w X``,
+``C = w``; one whose weight ``c`` multiplies the reference is ``D = c X``, ``C = c²``.)
+The constrained correlation (DESIGN.md section 3.1, step 4) is the matched filter of that
+model, normalised:
 
 .. code-block:: text
 
-    c(t) = Re sum_k w_k^2 X_k conj(A_R,k) exp(2 pi i k.t)
-           / ( sqrt(sum_k w_k^2 |A_R,k|^2) sqrt(sum_k w_k^2 |X_k|^2) )
+    c(t) = Re sum_k D_k conj(A_R,k) exp(2 pi i k.t)
+           / ( sqrt(sum_k C_k |A_R,k|^2) sqrt(sum_{C_k > 0} |D_k|^2 / C_k) )
 
 a Pearson correlation restricted to what the particle observed (DC excluded), for every
 integer ``t`` at once by one inverse FFT. Both norms use the particle's weight and the
@@ -28,6 +33,7 @@ __all__ = [
     "CrossSpectra",
     "correlation_at_shifts",
     "cross_spectra",
+    "data_power",
     "half_spectrum_multiplicity",
     "particle_norm",
     "refine_shifts",
@@ -136,42 +142,50 @@ class CrossSpectra:
         return values / np.maximum(self.norm_a * self.norm_x, np.finfo(np.float64).tiny)
 
 
-def particle_norm(particle_ft: np.ndarray, weight_sq: np.ndarray) -> float:
-    """``sqrt(sum_k w^2 |X_k|^2)`` over the full spectrum, DC excluded."""
-    wm = weight_sq * half_spectrum_multiplicity(particle_ft.shape[0])
-    px = particle_ft.real**2 + particle_ft.imag**2
-    total = float(np.sum(wm * px, dtype=np.float64) - wm[0, 0, 0] * px[0, 0, 0])
+def data_power(data_ft: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """``|D|^2 / C`` where ``C > 0``, else 0: the whitened power of premultiplied data."""
+    power = np.zeros(np.shape(data_ft), dtype=np.float64)
+    np.divide(
+        data_ft.real.astype(np.float64) ** 2 + data_ft.imag.astype(np.float64) ** 2,
+        weight,
+        out=power,
+        where=weight > 0,
+    )
+    return power
+
+
+def particle_norm(data_ft: np.ndarray, weight: np.ndarray) -> float:
+    """``sqrt(sum_{C > 0} |D_k|^2 / C_k)`` over the full spectrum, DC excluded."""
+    pm = data_power(data_ft, weight) * half_spectrum_multiplicity(data_ft.shape[0])
+    total = float(np.sum(pm) - pm[0, 0, 0])
     return float(np.sqrt(max(total, 0.0)))
 
 
-def cross_spectra(
-    particle_ft: np.ndarray, weight_sq: np.ndarray, rotated_ft: np.ndarray
-) -> CrossSpectra:
-    """:class:`CrossSpectra` of a particle spectrum and `(B, N, N, N//2 + 1)` rotated averages.
+def cross_spectra(data_ft: np.ndarray, weight: np.ndarray, rotated_ft: np.ndarray) -> CrossSpectra:
+    """:class:`CrossSpectra` of a particle and `(B, N, N, N//2 + 1)` rotated averages.
 
-    ``particle_ft`` is the particle's ``rfftn`` (DC at ``[0, 0, 0]``), ``weight_sq`` its
-    Fourier weight squared ``w^2`` in the same layout.
+    ``data_ft`` is the particle's premultiplied spectrum ``D`` (``rfftn`` layout, DC at
+    ``[0, 0, 0]``), ``weight`` its weight ``C`` in the same layout (module docstring).
     """
-    if rotated_ft.ndim != 4 or rotated_ft.shape[1:] != particle_ft.shape:
+    if rotated_ft.ndim != 4 or rotated_ft.shape[1:] != data_ft.shape:
         raise ValueError(
-            f"rotated_ft must be (B, {', '.join(map(str, particle_ft.shape))}), "
-            f"got {rotated_ft.shape}"
+            f"rotated_ft must be (B, {', '.join(map(str, data_ft.shape))}), got {rotated_ft.shape}"
         )
-    wm = weight_sq * half_spectrum_multiplicity(particle_ft.shape[0])
-    wx = (weight_sq * particle_ft).astype(np.complex64)
-    wx[0, 0, 0] = 0.0
+    wm = weight * half_spectrum_multiplicity(data_ft.shape[0])
+    d = np.where(weight > 0, data_ft, 0).astype(np.complex64)
+    d[0, 0, 0] = 0.0
     pa = rotated_ft.real**2 + rotated_ft.imag**2
     na = np.einsum("bzyx,zyx->b", pa, wm, dtype=np.float64) - wm[0, 0, 0] * pa[:, 0, 0, 0]
     return CrossSpectra(
-        wx[None] * np.conj(rotated_ft),
+        d[None] * np.conj(rotated_ft),
         np.sqrt(np.maximum(na, 0.0)),
-        particle_norm(particle_ft, weight_sq),
+        particle_norm(data_ft, weight),
     )
 
 
 def translation_search(
-    particle_ft: np.ndarray,
-    weight_sq: np.ndarray,
+    data_ft: np.ndarray,
+    weight: np.ndarray,
     rotated_ft: np.ndarray,
     max_shift: float,
     *,
@@ -182,10 +196,11 @@ def translation_search(
 
     Parameters
     ----------
-    particle_ft
-        `(N, N, N//2 + 1)` complex, ``rfftn`` of the particle (DC at ``[0, 0, 0]``).
-    weight_sq
-        `(N, N, N//2 + 1)` real, the particle's Fourier weight squared, ``w^2``.
+    data_ft
+        `(N, N, N//2 + 1)` complex, the particle's premultiplied spectrum ``D`` (``rfftn``
+        layout, DC at ``[0, 0, 0]``; module docstring).
+    weight
+        `(N, N, N//2 + 1)` real, its weight ``C >= 0``.
     rotated_ft
         `(B, N, N, N//2 + 1)` complex, ``rfftn`` of the average rotated by each candidate.
     max_shift
@@ -204,7 +219,7 @@ def translation_search(
     scores
         `(B,)` float64 constrained correlation at that shift (``-1..1``).
     """
-    cs = cross_spectra(particle_ft, weight_sq, rotated_ft)
+    cs = cross_spectra(data_ft, weight, rotated_ft)
     return search_cross(cs, max_shift, subvoxel=subvoxel, newton=newton)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import scipy.fft
 
 from faml.evaluate.maps import default_mask
-from faml.io.particles import ParticleTable
+from faml.io.particles import ParticleTable, with_weight_scale
 from faml.ml.em import Stats, compensated_mean, hard_chunk
 from faml.ml.fourier import band_from_fsc, fsc, fsc_filter, shell_index
 
@@ -119,6 +119,7 @@ def oracle_average(
     if n and (classes.min() < 0 or classes.max() >= K):
         raise ValueError(f"classes must lie in 0..{K - 1}")
     box = table.box
+    table = with_weight_scale(table)  # as the run scales premultiplied weights
     mask = default_mask(box) if mask is None else np.asarray(mask, dtype=np.float32)
     halves = np.zeros(len(table), dtype=np.int64)
     halves[idx] = _halves(n, seed)

@@ -54,10 +54,18 @@ from os import PathLike
 import mrcfile
 import numpy as np
 import numpy.typing as npt
+import scipy.fft
 
 from faml.geometry.axes import box_center
 
-__all__ = ["wedge_mask", "weight_from_volume", "read_weight", "full_to_rfft", "rfft_to_full"]
+__all__ = [
+    "wedge_mask",
+    "weight_from_volume",
+    "read_weight",
+    "full_to_rfft",
+    "rfft_to_full",
+    "whitened",
+]
 
 _LAYOUTS = ("rfft", "full")
 _ANGLE_TOL_DEG = 1e-9  # boundary planes count as observed despite rounding in atan2
@@ -346,3 +354,51 @@ def read_weight(path: str | PathLike[str], box: int, premultiplied: bool = False
     with mrcfile.open(path, mode="r", permissive=False) as mrc:
         data = np.array(mrc.data, dtype=np.float32)
     return weight_from_volume(data, box, premultiplied)
+
+
+WHITENED_FLOOR = 1e-6
+"""Premultiplied components whose weight ``C`` is below this share of the particle's largest
+are taken as not observed by :func:`whitened` (their whitened data would be rounding error)."""
+
+
+def whitened(
+    volume: np.ndarray, weight: np.ndarray, is_premultiplied: bool = False, scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """A particle in the one form faml's engine uses: ``X = c T(A) + white noise`` (DESIGN.md 2).
+
+    Parameters
+    ----------
+    volume
+        `(N, N, N)` the particle as stored, ``(z, y, x)``.
+    weight
+        `(N, N, N//2+1)` its weight as stored (rfft layout).
+    is_premultiplied
+        ``False``: the weight ``c`` already multiplies the reference (``X = c T(A) + noise``:
+        a binary wedge, ``|CTF|`` or the signed CTF); volume and weight are returned as they
+        are. ``True``: the volume holds premultiplied data ``D = C T(A) + noise`` with noise
+        variance ``∝ C`` and the weight is ``C`` (a CTF² sum); they are whitened,
+        ``X = D / sqrt(C)``, ``c = sqrt(C)``, which is the same likelihood and the same
+        M-step (``sum T^-1(c X) / sum T^-1(c²) = sum T^-1 D / sum T^-1 C``). Components
+        with ``C`` under :data:`WHITENED_FLOOR` of the particle's largest count as not
+        observed.
+    scale
+        Premultiplied data only: ``D`` and ``C`` are divided by this data-set-wide constant
+        first (:attr:`faml.io.particles.ParticleTable.weight_scale`).
+
+    Returns
+    -------
+    tuple of np.ndarray
+        The `(N, N, N)` float32 volume ``X`` and the `(N, N, N//2+1)` float32 weight ``c``.
+    """
+    volume = np.asarray(volume, dtype=np.float32)
+    weight = np.asarray(weight, dtype=np.float32)
+    if not is_premultiplied:
+        return volume, weight
+    box = volume.shape[0]
+    C = weight.astype(np.float64) / scale
+    c = np.sqrt(np.where(C > WHITENED_FLOOR * max(float(C.max()), 0.0), C, 0.0))
+    spectrum = scipy.fft.rfftn(volume, workers=1) / scale
+    x = np.zeros_like(spectrum)
+    np.divide(spectrum, c, out=x, where=c > 0)
+    out = scipy.fft.irfftn(x, s=(box,) * 3, workers=1).astype(np.float32)
+    return out, c.astype(np.float32)

@@ -1,19 +1,30 @@
 """One FAML / FA iteration as map-reduce: per-particle statistics, summed, then the M-step.
 
+Every particle is used in one form, whatever form it was stored in (:func:`load_particle`,
+DESIGN.md section 2): ``X = w T_phi A + noise`` with white noise of variance ``sigma_r^2``
+per shell and the weight ``w`` multiplying the reference (a binary wedge, ``|CTF|`` of
+phase-flipped data, the signed CTF; CTF-premultiplied data ``D, C`` whitened,
+``X = D / sqrt(C)``, ``w = sqrt(C)``). Its likelihood is
+``-sum_k |X_k - w_k A_k|^2 / (2 sigma^2)`` over the observed components (``w != 0``) and
+its M-step ``A = sum T^-1(w X) / sum T^-1(w²)`` (premultiplied: ``sum T^-1 D / sum T^-1 C``).
+With a binary wedge ``w² = w`` and this is the paper's model.
+
 The cross terms of the likelihood and the M-step sums are computed in each class's frame, in
-Fourier space. For a candidate ``phi = (R, t)`` (the particle is ``X = T_phi A``, RELION's
+Fourier space. For a candidate ``phi = (R, t)`` (the particle is ``X = w T_phi A``, RELION's
 sense) the particle seen from the class frame is, at class-frame frequency ``k'``,
 
 .. code-block:: text
 
-    Y_phi(k') = X(R k') exp(+2 pi i (R k').t)      w_phi(k') = w(R k')
+    Y_phi(k') = X(R k') exp(+2 pi i (R k').t)    w_phi(k') = w(R k')    v_phi(k') = w²(R k')
 
 read by one trilinear gather from the particle's padded, gridding-corrected spectrum
-(:mod:`faml.align.fourier_rotation`) and from its Fourier weight ``w``. The terms that do
-not depend on the pose, the particle's power ``XX_r = sum_r w |X|^2`` and its count of
-observed components ``c_r = sum_r w`` per shell, are taken from the particle as it is
-(:func:`particle_shells`): interpolation damps noise by a factor that depends on the
-sub-voxel position, and at SNR 0.01 that bias outweighed the signal. The E-step and the
+(:mod:`faml.align.fourier_rotation`) and from its weight ``w`` and ``w²`` (interpolated
+separately: ``w_phi² <= v_phi``, so the interpolated model never explains more of the data
+than the data hold). The terms that do not depend on the pose, the particle's power
+``XX_r = sum_r |X|^2`` and its count of observed components ``c_r = #{w != 0}`` per shell,
+are taken from the particle as it is (:func:`particle_shells`): interpolation damps noise by
+a factor that depends on the sub-voxel position, and at SNR 0.01 that bias outweighed the
+signal. The E-step and the
 M-step use the same terms, so with the candidates held fixed one iteration is a
 generalised EM step of the approximate likelihood and never lowers it (tested).
 
@@ -32,7 +43,7 @@ Map (per particle ``i``, every class ``k``; :func:`process_chunk`):
        log e = log alpha_k + log nu - |t|^2 / (2 xi^2) - 3/2 log(2 pi xi^2)
                - 1/2 sum_r [d_r(phi) / sigma_r^2 + c_r log(2 pi sigma_r^2)]
        d_r(phi) = XX_r - 2 XA_r(phi) + AA_r(phi)
-       XA_r = sum_{k' in r} w_phi Re(conj(A_k) Y_phi)     AA_r = sum_{k' in r} w_phi |A_k|^2
+       XA_r = sum_{k' in r} w_phi Re(conj(A_k) Y_phi)     AA_r = sum_{k' in r} v_phi |A_k|^2
 
    (sums over the full spectrum: half-layout points weighted by their multiplicity).
    With ``config.likelihood == "scaled"`` (the default) ``A_k`` is ``a A_k`` with the
@@ -47,7 +58,7 @@ Map (per particle ``i``, every class ``k``; :func:`process_chunk`):
 4. sufficient statistics (DESIGN.md 3.4), summed over the candidates that carry weight
    (``g >= config.min_responsibility * max g``, renormalised), up to shell ``band_m`` (twice
    the likelihood's band; the start: the whole sphere ``|k'| < N/2``): per half-set and
-   class ``n = sum g``, ``S = sum g w_phi Y_phi``, ``W = sum g w_phi``; per shell
+   class ``n = sum g``, ``S = sum g w_phi Y_phi``, ``W = sum g v_phi``; per shell
    ``P_r = sum_i XX_r`` and ``C_r = sum_i c_r``; and ``D = sum g |t|^2``.
 
 Reduce: the per-particle :class:`Stats` add up along one binary tree over the particle
@@ -85,6 +96,7 @@ from faml.geometry.axes import matrix_xyz_to_zyx
 from faml.geometry.masks import soft_sphere
 from faml.geometry.rotations import axis_stencil, random_rotations
 from faml.geometry.transform import inverse_transform
+from faml.geometry.wedge import whitened
 from faml.io.particles import ParticleTable, TableRows
 from faml.ml.config import RunConfig
 from faml.ml.fourier import shell_index
@@ -338,26 +350,34 @@ def class_frame(
     Returns
     -------
     tuple of np.ndarray
-        ``Y`` `(B, n)` complex64 (the particle moved back by ``T^-1``) and ``w`` `(B, n)`
-        float32 (its weight, ``w(R k')``).
+        ``Y`` `(B, n)` complex64 (the particle moved back by ``T^-1``) and `(B, 2, n)` float32
+        its weight and squared weight, ``w(R k')`` and ``w²(R k')``.
     """
     kzyx, _, _, _ = _frame_points(padded.box, band)
     inv_r, inv_t = inverse_transform(rotations, shifts)
     y = rotated_points(padded, inv_r, band)
     y *= shift_phases(kzyx, inv_t, padded.box).astype(np.complex64)
-    return y, turned_weights(wedge, kzyx, rotations)
+    return y, turned_weights(_with_square(wedge), kzyx, rotations)
+
+
+def _with_square(wedge: np.ndarray) -> np.ndarray:
+    """`(2, N, N, N//2 + 1)` float32 ``w`` and ``w²``."""
+    w = np.asarray(wedge, dtype=np.float32)
+    return np.stack([w, w * w])
 
 
 def turned_weights(weight: np.ndarray, kzyx: np.ndarray, rotations: np.ndarray) -> np.ndarray:
     """`(B, n)` float32 ``w(R k')`` of a `(N, N, N//2 + 1)` Fourier weight, trilinear.
 
-    ``kzyx``: `(n, 3)` the points ``k'``; ``rotations``: `(B, 3, 3)`.
+    ``kzyx``: `(n, 3)` the points ``k'``; ``rotations``: `(B, 3, 3)`. A `(C, N, N, N//2 + 1)`
+    stack of weights gives `(B, C, n)`.
     """
-    weight32 = np.ascontiguousarray(weight[None], dtype=np.float32)
-    w = np.empty((len(rotations), kzyx.shape[0]), dtype=np.float32)
+    stacked = np.ndim(weight) == 4
+    weight32 = np.ascontiguousarray(weight if stacked else weight[None], dtype=np.float32)
+    w = np.empty((len(rotations), weight32.shape[0], kzyx.shape[0]), dtype=np.float32)
     for b, rotation in enumerate(np.asarray(rotations, dtype=np.float64)):
-        gather_half_spectrum(weight32, kzyx @ matrix_xyz_to_zyx(rotation).T, w[b : b + 1])
-    return w
+        gather_half_spectrum(weight32, kzyx @ matrix_xyz_to_zyx(rotation).T, w[b])
+    return w if stacked else w[:, 0]
 
 
 def _accumulate(stats, padded, wedge, half, klass, weights, rotations, shifts, shells) -> None:
@@ -369,9 +389,8 @@ def _accumulate(stats, padded, wedge, half, klass, weights, rotations, shifts, s
     """
     y, w = class_frame(padded, wedge, rotations, shifts, stats.band)
     g = np.asarray(weights, dtype=np.float64)
-    gw = g[:, None] * w
-    stats.S[half, klass] += np.einsum("bn,bn->n", gw, y)
-    stats.W[half, klass] += gw.sum(axis=0)
+    stats.S[half, klass] += np.einsum("bn,bn->n", g[:, None] * w[:, 0], y)
+    stats.W[half, klass] += np.einsum("b,bn->n", g, w[:, 1])
     stats.n[half, klass] += g.sum()
     stats.power += g.sum() * shells[0]
     stats.count += g.sum() * shells[1]
@@ -395,7 +414,11 @@ PARTICLE_MASK_EDGE = 3.0
 def load_particle(
     table: ParticleTable | TableRows, index: int, mask_radius: float | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Particle ``index``'s `(N, N, N)` volume and Fourier weight, masked as the run uses it.
+    """Particle ``index``'s volume and Fourier weight, masked as the run uses it.
+
+    Returns the `(N, N, N)` float32 volume ``X`` and the `(N, N, N//2 + 1)` weight ``w`` that
+    multiplies the reference (:func:`faml.geometry.wedge.whitened`, from the table's CTF
+    form and weight scale; the mask is applied to the volume as stored).
 
     ``mask_radius`` (a share of the box, :attr:`RunConfig.particle_mask_radius`): the
     volume's background level (its mean outside the sphere) is subtracted and the volume
@@ -408,12 +431,12 @@ def load_particle(
     unmasked and 90% masked, and the FSC between the half-set averages of those poses
     reached 4 shells (96 A) unmasked against 11 masked.
     """
-    vol, wedge = table.load(int(index))
-    if mask_radius is None:
-        return vol, wedge
-    mask, outside, total = _particle_mask(vol.shape[0], float(mask_radius))
-    background = float(np.sum(vol * outside) / total)
-    return ((vol - background) * mask).astype(np.float32), wedge
+    vol, weight = table.load(int(index))
+    if mask_radius is not None:
+        mask, outside, total = _particle_mask(vol.shape[0], float(mask_radius))
+        background = float(np.sum(vol * outside) / total)
+        vol = ((vol - background) * mask).astype(np.float32)
+    return whitened(vol, weight, table.ctf_premultiplied, table.weight_scale)
 
 
 def hard_particle(
@@ -500,7 +523,7 @@ def responsibilities(log_e: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def particle_shells(particle_ft: np.ndarray, wedge: np.ndarray) -> np.ndarray:
-    """`(2, N//2 + 1)` per shell ``XX_r = sum w |X|^2`` and ``c_r = sum w`` (particle frame).
+    """`(2, N//2 + 1)` per shell ``XX_r = sum_{w != 0} |X|^2`` and ``c_r = #{w != 0}``.
 
     Shells ``1..N//2 - 1``, full-spectrum sums. These two terms of the likelihood do not
     depend on the candidate: they are taken from the particle as it is, not from its
@@ -509,7 +532,7 @@ def particle_shells(particle_ft: np.ndarray, wedge: np.ndarray) -> np.ndarray:
     signal at SNR 0.01).
     """
     box = particle_ft.shape[0]
-    wm = wedge * half_spectrum_multiplicity(box)
+    wm = (wedge != 0) * half_spectrum_multiplicity(box)
     vals = np.stack([wm * (particle_ft.real**2 + particle_ft.imag**2), wm])
     return shell_sums(vals, box, box // 2 - 1)
 
@@ -528,14 +551,14 @@ def log_likelihoods(
     _, _, shell, mult = _frame_points(box, ctx.band_e)
     y, w = class_frame(padded, wedge, rotations, shifts, ctx.band_e)
     a = ctx.for_half(half)[1][klass][None]
-    wm = w * mult[None]
+    wm = w[:, 1] * mult[None]
     xx, c = shells
     sigma2 = np.maximum(ctx.sigma2, 1e-300)
     used = np.zeros(n)
     used[1 : ctx.band_e + 1] = 1.0
     inv = used / sigma2
     aa = np.maximum(_binned(wm * (a.real**2 + a.imag**2), shell, n) @ inv, 1e-300)
-    cross = _binned(wm * (a.real * y.real + a.imag * y.imag), shell, n) @ inv
+    cross = _binned(w[:, 0] * mult[None] * (a.real * y.real + a.imag * y.imag), shell, n) @ inv
     if ctx.config.likelihood == "plain":
         data = xx @ inv - 2.0 * cross + aa
     else:  # "scaled": the amplitude a >= 0 of the reference profiled out per candidate

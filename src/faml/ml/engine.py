@@ -59,7 +59,7 @@ from faml.geometry.symmetry import parse_symmetry, symmetry_frame
 from faml.geometry.transform import transform_volume
 from faml.io.atomic import atomic_path, write_text_atomic
 from faml.io.mrc import write_volume
-from faml.io.particles import ParticleTable, TableRows
+from faml.io.particles import ParticleTable, TableRows, with_weight_scale
 from faml.io.star import write_model_star, write_particles_star
 from faml.ml.config import RunConfig
 from faml.ml.em import (
@@ -511,6 +511,7 @@ def run(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    table = with_weight_scale(table)  # premultiplied CTF² sums to about [0, 1]
     box, n, K = table.box, len(table), config.classes
     if K > n:
         raise ValueError(f"--classes {K} is more than the {n} particles")
