@@ -575,9 +575,9 @@ def grid_candidates(
     """The ``count`` best poses of the whole rotation x shift grid of the scan.
 
     ``particle`` and ``wedge`` as for :func:`align_to`. Every rotation of
-    :func:`~faml.align.scan.rotation_grid` (``settings.scan_step_deg``) and every shift of the scan's grid is scored by the
-    phase-aware correlation with the scan's shell weights; no magnitude search, no
-    translation stage, no polishing. At the scan's band the
+    :func:`~faml.align.scan.rotation_grid` (``settings.scan_step_deg``) and every shift of
+    the scan's grid is scored by the phase-aware correlation with the scan's shell weights;
+    no magnitude search, no translation stage, no polishing. At the scan's band the
     likelihood of a pose (the average's amplitude profiled out) grows with that score, so
     these are the grid's most probable poses: a reference-free iteration at low
     resolution draws its candidates from here (coarse-to-fine marginalisation).
