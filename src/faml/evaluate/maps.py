@@ -38,7 +38,7 @@ from faml.geometry.axes import box_center, matrix_xyz_to_zyx, xyz_to_zyx
 from faml.geometry.masks import soft_sphere
 from faml.geometry.rotations import distinct, rotation_distance
 from faml.geometry.transform import transform_volume
-from faml.ml.fourier import fsc, fsc_resolution
+from faml.ml.fourier import fsc, fsc_resolution, shell_power
 
 __all__ = [
     "MapAlignment",
@@ -352,6 +352,33 @@ def align_map(
         refined, placer.calls, best[2],
     )  # fmt: skip
     return MapAlignment(best[0], best[1], best[2], refined, placer.calls)
+
+
+def amplitude_ratio(
+    volume: np.ndarray,
+    truth: np.ndarray,
+    alignment: MapAlignment,
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """`(N//2 + 1,)` per Fourier shell ``sqrt(sum |F_map|^2 / sum |F_truth|^2)``, both masked.
+
+    The truth is placed on the map by ``alignment`` (:func:`align_map`); each map's mean
+    inside the mask is removed before the transform. A map whose
+    amplitudes follow the truth's (up to one scale) gives a flat curve; a CTF-filtered map
+    gives a curve that falls towards low frequencies. Shell 0 is DC (not meaningful).
+    """
+    volume = _check_cube("volume", volume)
+    truth = _check_cube("truth", truth)
+    box = volume.shape[0]
+    mask = default_mask(box) if mask is None else np.asarray(mask, dtype=np.float32)
+    placed = transform_volume(truth, alignment.rotation, alignment.shift, order=3)
+    # each map's mean inside the mask removed first: a map's DC (the solvent level, lost
+    # in tomograms) would otherwise leak into the lowest shells through the mask
+    power = [
+        shell_power(scipy.fft.rfftn((v - np.sum(v * mask) / np.sum(mask)) * mask))
+        for v in (volume, placed)
+    ]
+    return np.sqrt(power[0] / np.maximum(power[1], np.finfo(np.float64).tiny))
 
 
 def score_map(

@@ -133,14 +133,14 @@ def oracle_average(
     (S, W), counts = total.dense(), total.n
     curves = np.zeros((K, box // 2 + 1))
     for k in range(K):
-        a = compensated_mean(S[0, k], W[0, k], counts[0, k])
-        b = compensated_mean(S[1, k], W[1, k], counts[1, k])
+        a = compensated_mean(S[0, k], W[0, k], total.level[0, k])
+        b = compensated_mean(S[1, k], W[1, k], total.level[1, k])
         curves[k] = fsc(a, b)
     band = int(np.clip(max(band_from_fsc(c) for c in curves), min_band, box // 2 - 1))
     shells = np.minimum(shell_index(box), box // 2)
     maps = np.zeros((K, box, box, box), dtype=np.float32)
     for k in range(K):
-        spec = compensated_mean(S[0, k] + S[1, k], W[0, k] + W[1, k], counts[:, k].sum())
+        spec = compensated_mean(S[0, k] + S[1, k], W[0, k] + W[1, k], total.level[:, k].sum(0))
         if filtered:
             spec = spec * fsc_filter(curves[k], band)[shells]
         maps[k] = scipy.fft.irfftn(spec, s=(box,) * 3) * mask

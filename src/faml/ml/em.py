@@ -210,7 +210,11 @@ class Stats:
 
     ``S`` and ``W`` are kept only at the class-frame points of ``band_points(N, band)``
     (the rest of the spectrum gets nothing): `(2, K, P)` complex128 and float64, per
-    half-set and class; ``n`` `(2, K)`; ``power`` and ``count`` `(N//2 + 1,)` per shell.
+    half-set and class; ``n`` `(2, K)`; ``power`` and ``count`` `(N//2 + 1,)` per shell;
+    ``level`` `(2, K, N//2 + 1)` per half-set, class and shell ``sum g m_r``, with ``m_r``
+    a particle's mean squared weight over its observed components of shell ``r`` (1 for a
+    binary wedge: then ``level = n``), the scale of the M-step's floor
+    (:func:`compensated_mean`).
     :meth:`dense` gives the `(2, K, N, N, N//2 + 1)` arrays. ``a + b`` is a new object
     (the inputs are left alone), so sums can be formed in any tree
     (:class:`faml.parallel.reduce.TreeSum`).
@@ -223,6 +227,7 @@ class Stats:
     n: np.ndarray
     power: np.ndarray
     count: np.ndarray
+    level: np.ndarray
     shift2: float = 0.0
     loglik: float = 0.0
     particles: int = 0
@@ -242,6 +247,7 @@ class Stats:
             n=np.zeros((2, classes)),
             power=np.zeros(half),
             count=np.zeros(half),
+            level=np.zeros((2, classes, half)),
         )
 
     def _check(self, other: Stats) -> None:
@@ -264,6 +270,7 @@ class Stats:
             n=self.n + other.n,
             power=self.power + other.power,
             count=self.count + other.count,
+            level=self.level + other.level,
             shift2=self.shift2 + other.shift2,
             loglik=self.loglik + other.loglik,
             particles=self.particles + other.particles,
@@ -277,6 +284,7 @@ class Stats:
         self.n += other.n
         self.power += other.power
         self.count += other.count
+        self.level += other.level
         self.shift2 += other.shift2
         self.loglik += other.loglik
         self.particles += other.particles
@@ -394,6 +402,7 @@ def _accumulate(stats, padded, wedge, half, klass, weights, rotations, shifts, s
     stats.n[half, klass] += g.sum()
     stats.power += g.sum() * shells[0]
     stats.count += g.sum() * shells[1]
+    stats.level[half, klass] += g.sum() * shells[2]
     stats.shift2 += float(g @ np.sum(np.asarray(shifts) ** 2, axis=1))
 
 
@@ -523,7 +532,10 @@ def responsibilities(log_e: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def particle_shells(particle_ft: np.ndarray, wedge: np.ndarray) -> np.ndarray:
-    """`(2, N//2 + 1)` per shell ``XX_r = sum_{w != 0} |X|^2`` and ``c_r = #{w != 0}``.
+    """`(3, N//2 + 1)` per shell ``XX_r = sum_{w != 0} |X|^2``, ``c_r = #{w != 0}`` and ``m_r``.
+
+    ``m_r``: the mean of ``w²`` over the observed components of the shell (1 where none is
+    observed, and for a binary wedge), the particle's share of :attr:`Stats.level`.
 
     Shells ``1..N//2 - 1``, full-spectrum sums. These two terms of the likelihood do not
     depend on the candidate: they are taken from the particle as it is, not from its
@@ -533,8 +545,11 @@ def particle_shells(particle_ft: np.ndarray, wedge: np.ndarray) -> np.ndarray:
     """
     box = particle_ft.shape[0]
     wm = (wedge != 0) * half_spectrum_multiplicity(box)
-    vals = np.stack([wm * (particle_ft.real**2 + particle_ft.imag**2), wm])
-    return shell_sums(vals, box, box // 2 - 1)
+    vals = np.stack([wm * (particle_ft.real**2 + particle_ft.imag**2), wm, wm * wedge * wedge])
+    xx, count, squares = shell_sums(vals, box, box // 2 - 1)
+    level = np.ones_like(count)
+    np.divide(squares, count, out=level, where=count > 0)
+    return np.stack([xx, count, level])
 
 
 def log_likelihoods(
@@ -552,7 +567,7 @@ def log_likelihoods(
     y, w = class_frame(padded, wedge, rotations, shifts, ctx.band_e)
     a = ctx.for_half(half)[1][klass][None]
     wm = w[:, 1] * mult[None]
-    xx, c = shells
+    xx, c = shells[0], shells[1]
     sigma2 = np.maximum(ctx.sigma2, 1e-300)
     used = np.zeros(n)
     used[1 : ctx.band_e + 1] = 1.0
@@ -749,12 +764,22 @@ def symmetrize_stats(stats: Stats, rotations: np.ndarray) -> Stats:
     return replace(stats, S=s_out, W=w_out)
 
 
-def compensated_mean(s: np.ndarray, w: np.ndarray, n: float) -> np.ndarray:
-    """Wedge-compensated average ``S / max(W, 0.1 n)`` of `n` particles' sums ``S`` and ``W``.
+def compensated_mean(s: np.ndarray, w: np.ndarray, level: float | np.ndarray) -> np.ndarray:
+    """Wedge-compensated average ``S / max(W, 0.1 L)`` of `(N, N, N//2 + 1)` sums ``S``, ``W``.
 
-    Components observed by fewer than a tenth of the weight are damped instead of blown up.
+    ``level`` ``L``: the particles' count ``n`` (binary wedges), or per shell `(N//2 + 1,)`
+    their summed mean squared weight (:attr:`Stats.level`). Components observed by fewer
+    than a tenth of what the particles observe at that frequency are damped instead of
+    blown up. With CTF weights a shell's level follows ``c²``: the low shells, where
+    ``|CTF|`` is near the amplitude contrast for every particle, are CTF-corrected, not
+    floored (with the floor at ``0.1 n`` their amplitudes came out at 0.05-0.4 of the
+    truth's).
     """
-    return s / np.maximum(w, 0.1 * max(n, 1e-12))
+    level = np.asarray(level, dtype=np.float64)
+    if level.ndim == 1:
+        shells = np.minimum(shell_index(s.shape[0]), level.size - 1)
+        level = np.where(level > 0, level, level.max(initial=0.0))[shells]
+    return s / np.maximum(w, 0.1 * np.maximum(level, 1e-12))
 
 
 @dataclass(frozen=True)
@@ -797,13 +822,14 @@ def m_step(
             # Half maps for the FSC must be independent: eq. 10 would give both halves the
             # same old values where they observed little, and inflate the FSC. They are
             # wedge-compensated means of their own particles only.
-            halves[h, k] = compensated_mean(S[h, k], W[h, k], n[h, k])
+            halves[h, k] = compensated_mean(S[h, k], W[h, k], stats.level[h, k])
         s, w, cnt = S[0, k] + S[1, k], W[0, k] + W[1, k], n[0, k] + n[1, k]
+        level = stats.level[0, k] + stats.level[1, k]
         old = None if previous is None else previous[k]
         if cnt <= 0:
             combined[k] = old if old is not None else 0.0
         elif method == "fa" or old is None or average_update == "compensated":
-            combined[k] = compensated_mean(s, w, cnt)
+            combined[k] = compensated_mean(s, w, level)
         else:
             combined[k] = (s + (cnt - w) * old) / cnt
         # sum g w |A - Y|^2 = P - 2 Re(conj(A) S) + |A|^2 W, per shell

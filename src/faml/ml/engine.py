@@ -943,8 +943,8 @@ def _reseed(executor, table, state, results, config, halves):
         S, W = total.dense()
         s = S[:, k]  # (2, ...)
         w = W[:, k]
-        averages[k] = compensated_mean(s.sum(axis=0), w.sum(axis=0), len(moved))
-        halves_k = [compensated_mean(s[h], w[h], total.n[h, k]) for h in (0, 1)]
+        averages[k] = compensated_mean(s.sum(axis=0), w.sum(axis=0), total.level[:, k].sum(0))
+        halves_k = [compensated_mean(s[h], w[h], total.level[h, k]) for h in (0, 1)]
         curves[k] = fsc(halves_k[0], halves_k[1])
         if half_averages is not None:
             half_averages[:, k] = halves_k

@@ -11,6 +11,7 @@ from faml.align.translate import half_spectrum_multiplicity
 __all__ = [
     "shell_index",
     "fsc",
+    "shell_power",
     "fsc_filter",
     "band_from_fsc",
     "fsc_resolution",
@@ -47,6 +48,16 @@ def fsc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         out = num / np.sqrt(pa * pb)
     return np.nan_to_num(out, nan=0.0)
+
+
+def shell_power(a: np.ndarray) -> np.ndarray:
+    """`(N//2 + 1,)` full-spectrum ``sum |a|^2`` per shell of an ``rfftn`` spectrum."""
+    box = a.shape[0]
+    idx = shell_index(box)
+    n = box // 2 + 1
+    keep = idx < n
+    w = np.broadcast_to(half_spectrum_multiplicity(box), a.shape)[keep]
+    return np.bincount(idx[keep], weights=w * np.abs(a[keep]) ** 2, minlength=n)
 
 
 def band_from_fsc(curve: np.ndarray, threshold: float = 0.143) -> int:
