@@ -357,12 +357,14 @@ def align_map(
 def amplitude_ratio(
     volume: np.ndarray,
     truth: np.ndarray,
-    alignment: MapAlignment,
+    rotation: np.ndarray,
+    shift: np.ndarray,
     mask: np.ndarray | None = None,
 ) -> np.ndarray:
     """`(N//2 + 1,)` per Fourier shell ``sqrt(sum |F_map|^2 / sum |F_truth|^2)``, both masked.
 
-    The truth is placed on the map by ``alignment`` (:func:`align_map`); each map's mean
+    The truth is placed on the map by ``rotation``, ``shift`` (:func:`align_map`'s, or a
+    :class:`MapScore`'s ``global_rotation``, ``global_shift``); each map's mean
     inside the mask is removed before the transform. A map whose
     amplitudes follow the truth's (up to one scale) gives a flat curve; a CTF-filtered map
     gives a curve that falls towards low frequencies. Shell 0 is DC (not meaningful).
@@ -371,7 +373,7 @@ def amplitude_ratio(
     truth = _check_cube("truth", truth)
     box = volume.shape[0]
     mask = default_mask(box) if mask is None else np.asarray(mask, dtype=np.float32)
-    placed = transform_volume(truth, alignment.rotation, alignment.shift, order=3)
+    placed = transform_volume(truth, rotation, shift, order=3)
     # each map's mean inside the mask removed first: a map's DC (the solvent level, lost
     # in tomograms) would otherwise leak into the lowest shells through the mask
     power = [
