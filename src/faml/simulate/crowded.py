@@ -34,21 +34,43 @@ For each tomogram (``N`` the box):
    before it x ``dose_per_tilt``), and cut at the Nyquist circle. White Gaussian noise of one
    s.d. ``σ`` per tomogram is added to every detector pixel.
 3. **Reconstruction** by **real-space weighted back-projection**: each image is phase-flipped
-   (spectrum times ``sign(CTF)``; ``SimulationSettings.phase_flip``), R-weighted (the discrete
-   Ram-Lak ramp, ``|k_u|`` in cycles/pixel with its exact DC term, times the tilt step in
-   radians, so that amplitudes come out as the structure's inside the wedge) and back-projected
-   along its rays with linear interpolation (:func:`faml.simulate._kernels.backproject`) into
-   the ``(Lz, Lxy, Lxy)`` tomogram. The streaks of WBP (gaps between the tilts' planes, the
-   wedge's edges) are thus those of the real method.
+   (spectrum times ``sign(CTF)``; ``SimulationSettings.ctf_form`` ``"flipped"``, the default),
+   R-weighted (the discrete Ram-Lak ramp, ``|k_u|`` in cycles/pixel with its exact DC term,
+   times the tilt step in radians, so that amplitudes come out as the structure's inside the
+   wedge) and back-projected along its rays with linear interpolation
+   (:func:`faml.simulate._kernels.backproject`) into the ``(Lz, Lxy, Lxy)`` tomogram. The
+   streaks of WBP (gaps between the tilts' planes, the wedge's edges) are thus those of the
+   real method. ``"signed"``: not flipped. ``"premultiplied"``: each image's spectrum (noise
+   included) is multiplied once more by its ``CTF x MTF x exposure`` instead, not R-weighted
+   (the unweighted back-projection of CTF-premultiplied images, whose sampling density the
+   weight carries, as RELION's pseudo-subtomograms) and divided by ``2N``.
 4. **Subtomograms.** Each target's pick is its true centre plus Gaussian error (s.d.
    ``pick_error`` voxels per axis), rounded to a voxel (kept inside the tomogram); the box
    ``N³`` is cut with voxel ``N // 2`` at the pick. The true pose written: the target's
    rotation, and the shift ``t = true centre - pick`` (``(x, y, z)`` voxels, so ``rlnOrigin``
    = ``-t`` Å), as in :mod:`faml.simulate.dataset`. No Fourier restriction is applied: the
    neighbours' and the noise's leakage across the wedge edges stays, as in real data.
-   Weight: per tilt series, the realistic mode's weight with the exposure filter included,
-   ``W(k) = wedge(k) * sum_i w_i(k) |CTF MTF E|(k_i) / sum_i w_i(k)`` (``(CTF MTF E)²``
-   without phase flip), RELION ``rlnCtfImage``, `(N, N, N//2+1)`, values in ``[0, 1]``.
+   Weight: per tilt series (``g = CTF x MTF x E``), in the particles' CTF form:
+
+   * flipped: the realistic mode's weight with the exposure filter included,
+     ``W(k) = wedge(k) * sum_i w_i(k) |g|(k_i) / sum_i w_i(k)``, values in ``[0, 1]``;
+   * signed: the same mean of the signed ``g``, values in ``[-1, 1]``;
+   * premultiplied: ``C``, the weight of a point at the box centre: imaged, filtered by
+     ``g²``, back-projected (unweighted, linear interpolation) into the ``N³`` box about it
+     and divided by ``2N`` exactly as the particles are, ``rfftn`` (real part: the
+     point-spread function is even), clipped at 0, times the wedge mask. Then
+     ``rfftn(D) ≈ C ⊙ rfftn(T(A))`` at the same scale (noise-free isolated target:
+     correlation 0.9998, ``D / C`` 0.99; the realistic mode's cropped sum of trilinear
+     weights instead gave 0.76 and a scale that changes with frequency). ``2N`` makes ``C`` the sum
+     of ``g²`` over the tilt planes that reach a voxel in the realistic mode's units (in the
+     dense low-frequency region the back-projection through an ``N`` box is ``2N`` times the
+     trilinear sum on the ``2N`` grid that the realistic mode samples); values reach about
+     half the number of tilts.
+
+   RELION ``rlnCtfImage``, `(N, N, N//2+1)`. Flipped and signed: one file per tilt series
+   (``weights/weight_tomogram_NNN.mrc``) that all its particles name; premultiplied: a copy
+   per particle, RELION 4/5's ``Subtomograms/tomogram_NNN/<k>_weights.mrc`` beside
+   ``<k>_data.mrc`` (``k`` 1-based within the tilt series).
 
 SNR
 ---
@@ -56,7 +78,9 @@ SNR
 noise-free subtomogram as cut (the target, its neighbours, the CTF) and ``E_j`` the noise part
 of the same box, variances over the ``N³`` voxels: one ``σ`` per tilt series, chosen from a
 reconstruction of its own unit-variance noise so that the ratio is met exactly. For an isolated
-particle this is the realistic mode's definition; neighbours count as signal.
+particle this is the realistic mode's definition; neighbours count as signal. ``σ`` is always
+calibrated on the flipped form (reconstructed for it when another form is asked for): the
+three forms of one seed share poses, picks, neighbours, noise images and noise level.
 
 Randomness
 ----------
@@ -626,7 +650,8 @@ def simulate_crowded(
 
     The directory is :func:`faml.simulate.simulate`'s (``particles/``, ``weights/``,
     ``particles.star``, ``truth/``), so ``faml run`` and ``faml evaluate --truth`` read it
-    unchanged; the weights are one per tilt series (``weights/weight_tomogram_NNN.mrc``),
+    unchanged; the weights are one per tilt series (``weights/weight_tomogram_NNN.mrc``; a
+    copy per particle beside it in ``Subtomograms/`` when premultiplied, see the module),
     ``particles.star`` also has ``rlnTomoName`` and the picks ``rlnCoordinate{X,Y,Z}``
     (voxels), and ``truth.json`` a ``crowded`` record (per tomogram: defocus, objects,
     crowding, noise; per particle: tomogram, true centre, pick). The method, the SNR and the

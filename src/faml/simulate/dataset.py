@@ -13,8 +13,23 @@ wedge, as :func:`faml.simulate.fast.simulate_fast`), in parallel over particles,
       truth/particles.star                the true poses and classes, RELION's convention
       truth/truth.json                    everything else (settings, poses, per-particle noise)
 
+CTF-premultiplied particles (``SimulationSettings.ctf_form = "premultiplied"``, realistic and
+crowded modes) are written with RELION 4/5's names instead of ``particles/`` and ``weights/``::
+
+      Subtomograms/tomogram_001/1_data.mrc ...     the particles (k 1-based per tilt series)
+      Subtomograms/tomogram_001/1_weights.mrc ...  each particle's weight (its CTF² sum)
+
+with ``rlnTomoName`` and ``rlnTomoParticleName`` (``tomogram_001/1``) in both STAR files, and
+both STAR files in RELION 5's layout: ``data_general`` (``rlnTomoSubTomosAre2DStacks 0``)
+before ``data_optics`` and ``data_particles``, ``# version 50001``. The realistic mode files
+all its particles under ``tomogram_001`` (each has its own tilt series and defocus).
+
 Weights are RELION ``rlnCtfImage`` volumes in the FFTW half layout (numpy ``rfftn`` of a
-``(z, y, x)`` volume: `(N, N, N//2+1)`, DC at ``[0, 0, 0]``, not shifted), values in ``[0, 1]``.
+``(z, y, x)`` volume: `(N, N, N//2+1)`, DC at ``[0, 0, 0]``, not shifted), in the particles'
+CTF form (:mod:`faml.simulate.tiltseries`, "Weight volume"): values in ``[0, 1]`` (flipped,
+the default, and the fast mode's wedge), ``[-1, 1]`` (signed) or ``>= 0`` up to about the
+number of tilts (premultiplied). ``data_optics`` says which: ``rlnCtfDataAreCtfPremultiplied``
+1 for premultiplied, else 0; ``truth.json`` records ``ctf_form``.
 Paths in both STAR files (``rlnImageName``, ``rlnCtfImage``) are relative to the simulation
 directory (the folder of ``particles.star``), identical in both files, so a result's
 ``rlnImageName`` matches its truth row by name.
@@ -338,7 +353,8 @@ def simulate(
         noise variance; realistic mode: per particle, on the final subtomogram
         (:mod:`faml.simulate.tiltseries`); fast mode: per particle, the posed structure's
         variance over the box against the variance of the white noise added before the wedge
-        (as ``simulate_fast``). Tilt step and optics apply to the realistic mode only.
+        (as ``simulate_fast``). Tilt step and optics apply to the realistic mode only, and so
+        does a ``ctf_form`` other than ``"flipped"`` (an error in the fast mode).
     mode
         ``"realistic"`` (tilt series, CTF, MTF, reconstruction) or ``"fast"`` (3D wedge and
         noise).

@@ -43,7 +43,9 @@ SNR
 noise-free reconstruction (steps 1-3 and 5 without step 4) and ``E`` the reconstruction of the
 noise alone, both variances taken over all ``N³`` voxels of the box. Reconstruction is linear,
 so the particle is ``S + E``; ``σ`` (step 4) is chosen from one reconstruction of the particle's
-own unit-variance noise images so that the ratio is met exactly for that noise realisation. The
+own unit-variance noise images so that the ratio is met exactly for that noise realisation,
+always on the phase-flipped form: the signed and premultiplied forms reuse its ``σ`` (their own
+ratio differs; "Weight volume" below). The
 projection-level ratio ``var(noise-free images over the whole tilt series) / σ²`` differs (it is
 recorded as ``projection_snr``). This is the SNR an analysis of aligned subtomograms measures
 (the paper's experimental SNRs, section 3.2.2), comparable to the fast mode's.
@@ -51,20 +53,39 @@ recorded as ``projection_snr``). This is the SNR an analysis of aligned subtomog
 Weight volume
 -------------
 Per particle, RELION's ``rlnCtfImage`` in FFTW half layout (numpy ``rfftn`` of a ``(z, y, x)``
-volume: `(N, N, N//2+1)`, DC at ``[0, 0, 0]``, not shifted)::
+volume: `(N, N, N//2+1)`, DC at ``[0, 0, 0]``, not shifted), in the particle's CTF form
+(``SimulationSettings.ctf_form``; DESIGN.md section 2). ``g = CTF · MTF`` of a tilt sample;
+all forms share step 4's noise images and ``σ``.
 
-    W(k) = wedge(k) * sum_i w_i(k) (CTF MTF)²(k_i) / sum_i w_i(k)
+* ``"flipped"`` (default): the images are phase-flipped (spectrum times ``sign(CTF)``, as
+  IMOD's ctfphaseflip does before a tomogram is reconstructed; white noise stays white, so the
+  noise images are used as drawn), the particle carries ``|g|`` and::
 
-the insertion-weighted mean of ``(CTF · MTF)²`` over the tilt samples that reach voxel ``k``
-(``w_i`` their trilinear weights; the sampling of the tilts), 0 where no tilt reaches ``k``,
-times the exact missing-wedge mask of the tilts used (:func:`faml.geometry.wedge.wedge_mask`)
-and cut at the Nyquist sphere (``|k| <= N/2``).
-Values lie in ``[0, 1]``; without CTF and MTF it is the wedge mask. With
-``SimulationSettings.phase_flip`` (the default) the images are phase-flipped (spectrum times
-``sign(CTF)``, as IMOD's ctfphaseflip does before a tomogram is reconstructed; white noise stays
-white) and ``(CTF · MTF)²`` above is ``|CTF · MTF|``: the particle carries ``|CTF| MTF``, and
-``W`` is RELION's 3D CTF of phase-flipped data (``--ctf_phase_flipped``). Without it the
-particle carries the *signed* mean CTF (phases flip between CTF zeros), not ``W``.
+      W(k) = wedge(k) * sum_i w_i(k) |g|(k_i) / sum_i w_i(k)
+
+  the insertion-weighted mean of ``|g|`` over the tilt samples that reach voxel ``k`` (``w_i``
+  their trilinear weights), 0 where none does, times the exact missing-wedge mask of the tilts
+  used (:func:`faml.geometry.wedge.wedge_mask`), cut at the Nyquist sphere (``|k| <= N/2``):
+  values in ``[0, 1]``, RELION's 3D CTF of phase-flipped data (``--ctf_phase_flipped``).
+  Without CTF and MTF it is the wedge mask.
+* ``"signed"``: the images as recorded (not flipped), the particle carries the signed ``g``,
+  and ``W`` is the same mean of the signed ``g``, values in ``[-1, 1]``: ``X = W ⊙ T(A) +
+  noise`` holds (measured: correlation 0.998 where ``|W| > 0.1``).
+* ``"premultiplied"`` (RELION 4/5 pseudo-subtomograms, ``rlnCtfDataAreCtfPremultiplied 1``):
+  each image's spectrum, noise included, is multiplied by its ``g`` (so the noise variance is
+  ``∝ g²``), the sums of step 5 are *not* divided by the sampling density (the particle ``D``
+  is the crop of ``irfftn(sum_i w_i g_i image_i)``), and the weight is the sum
+  ``C(k) = sum_i w_i(k) g²(k_i)`` as the box sees it: its point-spread function cropped to the
+  ``N`` box like the particle (:func:`_cropped`), times the wedge mask, ``>= 0``. Then
+  ``rfftn(D) ≈ C ⊙ rfftn(T(A))`` at the same scale (measured on a noise-free particle:
+  correlation 0.999, ``D / C`` 0.98). At low frequency every tilt reaches a voxel with
+  ``w ≈ 1``, so ``C`` reaches about the number of tilts times ``g²`` (0.7 of the number of
+  tilts at 6 µm defocus), like RELION's weights.
+
+``σ`` is calibrated on the flipped form in every form (the flipped reconstruction is made
+for it when another form is asked for), so the three forms of one seed hold the same poses,
+noise images and noise level; ``signal_variance`` and ``projection_snr`` are the flipped
+form's too. The support of the Fourier restriction of step 5 is the flipped weight's.
 """
 
 from __future__ import annotations
@@ -246,22 +267,25 @@ class SimulatedParticle:
     volume
         `(N, N, N)` float32, ``(z, y, x)``: the reconstruction (the components asked for).
     weight
-        `(N, N, N//2+1)` float32 in ``[0, 1]``, ``rfftn`` layout, DC at ``[0, 0, 0]``: the 3D
-        ``(CTF · MTF)²`` sampling weight (RELION ``rlnCtfImage``; module docstring).
+        `(N, N, N//2+1)` float32, ``rfftn`` layout, DC at ``[0, 0, 0]``: the 3D weight in the
+        particle's CTF form (RELION ``rlnCtfImage``; module docstring, "Weight volume"):
+        in ``[0, 1]`` flipped, ``[-1, 1]`` signed, ``>= 0`` (a ``CTF²`` sum) premultiplied.
     noise_sigma
         Standard deviation of the noise added to each image pixel (units of the projected
-        structure: voxel values summed along the beam).
+        structure: voxel values summed along the beam); the same in every CTF form.
     signal_variance
-        Variance of the noise-free reconstruction over the box.
+        Variance of the noise-free reconstruction over the box (of the flipped form).
     projection_snr
-        Variance of the noise-free images (whole tilt series, `(M, M)` each) over ``σ²``.
+        Variance of the noise-free images (whole tilt series, `(M, M)` each) over ``σ²`` (of
+        the flipped form).
     defocus_um
         The particle's defocus (µm).
     tilt_angles
         `(T,)` tilts in degrees.
     tilt_series
         `(T, N, N)` float32 images (central ``N x N`` crop, the components asked for, centre
-        at pixel ``N // 2``) when asked for, else ``None``.
+        at pixel ``N // 2``, in the particle's CTF form: premultiplied images carry ``g²``
+        and their noise ``g``) when asked for, else ``None``.
     """
 
     volume: np.ndarray
@@ -435,7 +459,8 @@ def simulate_particle(
     settings
         Physics and acquisition (``snr``, tilts, CTF, MTF, ``components``).
     rng
-        The particle's random stream (the noise images are drawn from it, nothing else).
+        The particle's random stream (the `(T, 2N, 2N)` noise images are drawn from it,
+        first and nothing else).
     defocus_um
         The particle's defocus in µm; default ``settings.defocus_um``.
     return_tilt_series
