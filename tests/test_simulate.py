@@ -214,19 +214,22 @@ def test_missing_wedge_lies_where_the_tilt_range_says(hsp70_prepared):
     assert np.mean(p.weight[w > 0] > 0.99) > 0.99  # no CTF, no MTF: the weight is the wedge
 
 
-@pytest.mark.parametrize("flip", [False, True])
-def test_weight_is_the_ctf_on_the_wedge_and_particle_carries_the_ctf(hsp70, hsp70_prepared, flip):
+@pytest.mark.parametrize("form", ["signed", "flipped"])
+def test_weight_is_the_ctf_on_the_wedge_and_particle_carries_the_ctf(hsp70, hsp70_prepared, form):
     settings = _settings(
-        ctf=True, mtf=True, defocus_um=6.0, tilt_range=(-50.0, 70.0), phase_flip=flip
+        ctf=True, mtf=True, defocus_um=6.0, tilt_range=(-50.0, 70.0), ctf_form=form
     )
     p = simulate_particle(hsp70_prepared, *POSE, settings, np.random.default_rng(0))
     k = radial_frequency(20)
     transfer = ctf(k / VOXEL, 6e4) * detector_mtf(2 * k)
     w = wedge_mask(20, (-50.0, 70.0), cutoff_radius=10)
     assert p.weight.shape == (20, 20, 11) and p.weight.dtype == np.float32
-    assert 0 <= p.weight.min() and p.weight.max() <= 1
+    flip = form == "flipped"
+    assert (0 if flip else -1) <= p.weight.min() and p.weight.max() <= 1
+    if not flip:  # the signed CTF's second lobe
+        assert p.weight.min() < -0.3
     carried = np.abs(transfer) if flip else transfer
-    assert np.abs(p.weight - w * (carried if flip else transfer**2)).mean() < 0.01
+    assert np.abs(p.weight - w * carried).mean() < 0.01
     expected = wedge_filter(transform_reference(hsp70, *POSE), (-50.0, 70.0), carried)
     assert corr(p.volume, expected) > 0.98
     # the other sign convention fits worse: at 6 um the CTF changes sign at 1/34 A^-1

@@ -565,6 +565,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             raise ValueError(f"--{given[0].replace('_', '-')} needs --crowded")
     elif args.mode != "realistic":
         raise ValueError("--crowded makes its own tilt series; it does not take --mode fast")
+    ctf_form = args.ctf_form or ("signed" if args.no_phase_flip else "flipped")
+    if args.no_phase_flip and ctf_form != "signed":
+        raise ValueError(f"--no-phase-flip means --ctf-form signed, not {ctf_form}")
+    if args.mode == "fast" and ctf_form != "flipped":
+        raise ValueError(f"--ctf-form {ctf_form} needs the CTF of --mode realistic or --crowded")
     crowd = None
     if args.crowded:  # checked before any structure is read
         crowd = CrowdedSettings(
@@ -583,7 +588,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         defocus_um=args.defocus,
         defocus_jitter_um=args.defocus_jitter,
         ctf=not args.no_ctf,
-        phase_flip=not args.no_phase_flip,
+        ctf_form=ctf_form,
         mtf=not args.no_ctf,
         rotation_axis=args.rotation_axis,
         max_shift=args.max_shift,
@@ -1080,9 +1085,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--no-ctf", action="store_true", help="no CTF and no detector MTF")
     s.add_argument(
-        "--no-phase-flip", action="store_true",
-        help="particles keep the signed CTF (weights CTF^2) instead of phase-flipped images",
+        "--ctf-form", choices=("flipped", "signed", "premultiplied"), default=None,
+        help="how particles carry the CTF: flipped (default; phase-flipped images, weight the "
+        "mean |CTF x MTF|), signed (not flipped, weight the mean signed CTF x MTF in [-1, 1]) "
+        "or premultiplied (RELION 4/5 pseudo-subtomograms: images times CTF x MTF, weight "
+        "their CTF^2 sum, Subtomograms/<tomo>/<N>_data.mrc and _weights.mrc); realistic and "
+        "--crowded modes; the same poses, noise and noise level in every form",
     )  # fmt: skip
+    s.add_argument("--no-phase-flip", action="store_true", help="the same as --ctf-form signed")
     s.add_argument(
         "--rotation-axis", choices=("x", "y", "z"), default=None,
         help="rotate about this axis only (preferred orientation); default uniform on SO(3)",
@@ -1099,8 +1109,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = s.add_argument_group(
         "crowded tomograms",
         "subtomograms cut from simulated crowded tomograms: targets and other proteins packed "
-        "in a slab, tilt series with CTF, MTF, dose and noise, phase flip and weighted "
-        "back-projection, boxes cut at picks with an error (faml.simulate.crowded)",
+        "in a slab, tilt series with CTF, MTF, dose and noise, phase flip (--ctf-form) and "
+        "weighted back-projection, boxes cut at picks with an error (faml.simulate.crowded)",
     )
     c.add_argument(
         "--crowded", action="store_true",

@@ -34,21 +34,43 @@ For each tomogram (``N`` the box):
    before it x ``dose_per_tilt``), and cut at the Nyquist circle. White Gaussian noise of one
    s.d. ``σ`` per tomogram is added to every detector pixel.
 3. **Reconstruction** by **real-space weighted back-projection**: each image is phase-flipped
-   (spectrum times ``sign(CTF)``; ``SimulationSettings.phase_flip``), R-weighted (the discrete
-   Ram-Lak ramp, ``|k_u|`` in cycles/pixel with its exact DC term, times the tilt step in
-   radians, so that amplitudes come out as the structure's inside the wedge) and back-projected
-   along its rays with linear interpolation (:func:`faml.simulate._kernels.backproject`) into
-   the ``(Lz, Lxy, Lxy)`` tomogram. The streaks of WBP (gaps between the tilts' planes, the
-   wedge's edges) are thus those of the real method.
+   (spectrum times ``sign(CTF)``; ``SimulationSettings.ctf_form`` ``"flipped"``, the default),
+   R-weighted (the discrete Ram-Lak ramp, ``|k_u|`` in cycles/pixel with its exact DC term,
+   times the tilt step in radians, so that amplitudes come out as the structure's inside the
+   wedge) and back-projected along its rays with linear interpolation
+   (:func:`faml.simulate._kernels.backproject`) into the ``(Lz, Lxy, Lxy)`` tomogram. The
+   streaks of WBP (gaps between the tilts' planes, the wedge's edges) are thus those of the
+   real method. ``"signed"``: not flipped. ``"premultiplied"``: each image's spectrum (noise
+   included) is multiplied once more by its ``CTF x MTF x exposure`` instead, not R-weighted
+   (the unweighted back-projection of CTF-premultiplied images, whose sampling density the
+   weight carries, as RELION's pseudo-subtomograms) and divided by ``2N``.
 4. **Subtomograms.** Each target's pick is its true centre plus Gaussian error (s.d.
    ``pick_error`` voxels per axis), rounded to a voxel (kept inside the tomogram); the box
    ``N³`` is cut with voxel ``N // 2`` at the pick. The true pose written: the target's
    rotation, and the shift ``t = true centre - pick`` (``(x, y, z)`` voxels, so ``rlnOrigin``
    = ``-t`` Å), as in :mod:`faml.simulate.dataset`. No Fourier restriction is applied: the
    neighbours' and the noise's leakage across the wedge edges stays, as in real data.
-   Weight: per tilt series, the realistic mode's weight with the exposure filter included,
-   ``W(k) = wedge(k) * sum_i w_i(k) |CTF MTF E|(k_i) / sum_i w_i(k)`` (``(CTF MTF E)²``
-   without phase flip), RELION ``rlnCtfImage``, `(N, N, N//2+1)`, values in ``[0, 1]``.
+   Weight: per tilt series (``g = CTF x MTF x E``), in the particles' CTF form:
+
+   * flipped: the realistic mode's weight with the exposure filter included,
+     ``W(k) = wedge(k) * sum_i w_i(k) |g|(k_i) / sum_i w_i(k)``, values in ``[0, 1]``;
+   * signed: the same mean of the signed ``g``, values in ``[-1, 1]``;
+   * premultiplied: ``C``, the weight of a point at the box centre: imaged, filtered by
+     ``g²``, back-projected (unweighted, linear interpolation) into the ``N³`` box about it
+     and divided by ``2N`` exactly as the particles are, ``rfftn`` (real part: the
+     point-spread function is even), clipped at 0, times the wedge mask. Then
+     ``rfftn(D) ≈ C ⊙ rfftn(T(A))`` at the same scale (noise-free isolated target:
+     correlation 0.9998, ``D / C`` 0.99; the realistic mode's cropped sum of trilinear
+     weights instead gave 0.76 and a scale that changes with frequency). ``2N`` makes ``C`` the sum
+     of ``g²`` over the tilt planes that reach a voxel in the realistic mode's units (in the
+     dense low-frequency region the back-projection through an ``N`` box is ``2N`` times the
+     trilinear sum on the ``2N`` grid that the realistic mode samples); values reach about
+     half the number of tilts.
+
+   RELION ``rlnCtfImage``, `(N, N, N//2+1)`. Flipped and signed: one file per tilt series
+   (``weights/weight_tomogram_NNN.mrc``) that all its particles name; premultiplied: a copy
+   per particle, RELION 4/5's ``Subtomograms/tomogram_NNN/<k>_weights.mrc`` beside
+   ``<k>_data.mrc`` (``k`` 1-based within the tilt series).
 
 SNR
 ---
@@ -56,7 +78,9 @@ SNR
 noise-free subtomogram as cut (the target, its neighbours, the CTF) and ``E_j`` the noise part
 of the same box, variances over the ``N³`` voxels: one ``σ`` per tilt series, chosen from a
 reconstruction of its own unit-variance noise so that the ratio is met exactly. For an isolated
-particle this is the realistic mode's definition; neighbours count as signal.
+particle this is the realistic mode's definition; neighbours count as signal. ``σ`` is always
+calibrated on the flipped form (reconstructed for it when another form is asked for): the
+three forms of one seed share poses, picks, neighbours, noise images and noise level.
 
 Randomness
 ----------
@@ -106,6 +130,15 @@ logger = logging.getLogger(__name__)
 _TOMOGRAMS = "tomograms"
 _TARGET_FILL = 0.1  # default targets per tomogram: their spheres fill this share of it
 _TRIES = 500  # random positions tried per object before it counts as not fitting
+_METHOD = {
+    "flipped": "real-space weighted back-projection of phase-flipped, CTF/MTF/exposure-"
+    "filtered tilt series of crowded slabs (faml.simulate.crowded)",
+    "signed": "real-space weighted back-projection of CTF/MTF/exposure-filtered tilt series "
+    "of crowded slabs, not phase-flipped (faml.simulate.crowded)",
+    "premultiplied": "real-space back-projection, not R-weighted, of CTF/MTF/exposure-filtered "
+    "tilt series of crowded slabs multiplied again by their CTF x MTF x exposure, divided by "
+    "2N: CTF-premultiplied, with the CTF^2 sum as weight (faml.simulate.crowded)",
+}
 _STREAM = 0x63726F77  # "crow": the tomograms' streams differ from the particles' of dataset
 
 
@@ -280,7 +313,7 @@ class _Job:
     members: tuple[tuple[int, ...], ...]  # particle indices per tomogram
     defocus_um: np.ndarray  # per tomogram
     particle_paths: tuple[str, ...]
-    weight_paths: tuple[str, ...]  # per tomogram
+    weight_paths: tuple[str, ...]  # per particle (a tomogram's particles may share one)
     tomogram_paths: tuple[str, ...]
 
 
@@ -445,22 +478,65 @@ def _weight(job: _Job, defocus_um: float, tilts: np.ndarray, dose: np.ndarray) -
     m = 2 * n
     nx = m // 2 + 1
     theta = np.radians(tilts)
+    if s.ctf_form == "premultiplied":
+        return _premultiplied_weight(job, defocus_um, theta, dose)
     transfer = _transfer(m, s, defocus_um)[None] * _exposure(
         np.hypot(np.fft.fftfreq(m)[:, None], np.fft.rfftfreq(m)[None, :]) / s.voxel_size, dose
     )
-    g2 = (np.abs(transfer) if s.phase_flip else np.square(transfer)).astype(np.float32)
+    form = s.ctf_form
+    g = {"flipped": np.abs(transfer), "signed": transfer}.get(form, np.square(transfer))
+    g = g.astype(np.float32)
     basis = np.zeros((tilts.size, 2, 3))
     basis[:, 0, 0], basis[:, 0, 2], basis[:, 1, 1] = np.cos(theta), np.sin(theta), 1.0
     acc_d = np.zeros((m, m, nx), dtype=np.complex64)
     acc_g = np.zeros((m, m, nx), dtype=np.float32)
     acc_w = np.zeros((m, m, nx), dtype=np.float32)
     data = np.zeros((tilts.size, m, nx), dtype=np.complex64)
-    insert_planes(data, g2, basis, acc_d, acc_g, acc_w)
+    insert_planes(data, g, basis, acc_d, acc_g, acc_w)
     _hermitian_planes(acc_g, False)
     _hermitian_planes(acc_w, False)
-    mean = np.divide(acc_g, acc_w, out=np.zeros_like(acc_g), where=acc_w > 0)[::2, ::2, ::2]
     observed = wedge_mask(n, (tilts[0], tilts[-1]), cutoff_radius=n / 2)
-    return np.clip(mean * observed, 0.0, 1.0).astype(np.float32)
+    mean = np.divide(acc_g, acc_w, out=np.zeros_like(acc_g), where=acc_w > 0)[::2, ::2, ::2]
+    low = -1.0 if form == "signed" else 0.0
+    return np.clip(mean * observed, low, 1.0).astype(np.float32)
+
+
+def _premultiplied_weight(job: _Job, defocus_um: float, theta: np.ndarray, dose) -> np.ndarray:
+    """`(N, N, N//2+1)` the premultiplied weight: the box's view of a point's back-projection.
+
+    A point at the box centre, imaged and filtered as the particles are (times ``(CTF MTF
+    E)²``), back-projected (no R-weighting, linear interpolation) into the ``N³`` box about
+    it, over ``2N``: ``rfftn`` of that (real part, the point-spread function is even) is ``C``
+    with ``rfftn(D) ≈ C ⊙ rfftn(posed structure)`` (module docstring).
+    """
+    s = job.settings
+    n = job.geometry.box
+    rows, width = 2 * n, 4 * n  # room for the CTF's spread and every ray through the box
+    point = np.zeros((theta.size, rows, width), dtype=np.float32)
+    point[:, n, 2 * n] = 1.0
+    transfer = _image_transfer((rows, width), s, defocus_um, dose)
+    spec = scipy.fft.rfft2(point, workers=1) * (np.square(transfer) / (2 * n))
+    images = scipy.fft.irfft2(spec, s=(rows, width), workers=1)[:, n - n // 2 : 2 * n - n // 2]
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    psf = np.zeros((n, n, n), dtype=np.float32)
+    c = float(box_center(n))
+    cos_t, sin_t = np.cos(theta), np.sin(theta)
+    backproject(images, images, cos_t, sin_t, 2 * n - c, 2.0 * n, c, psf, np.zeros_like(psf))
+    weight = scipy.fft.rfftn(np.fft.ifftshift(psf), workers=1).real
+    observed = wedge_mask(n, (math.degrees(theta[0]), math.degrees(theta[-1])), cutoff_radius=n / 2)
+    return (np.clip(weight, 0.0, None) * observed).astype(np.float32)
+
+
+def _backprojected(job: _Job, signal, noise, rweight, lu: int, cos_t, sin_t):
+    """`(Lz, Lxy, Lxy)` float32 back-projections of two image spectra times ``rweight``."""
+    g = job.geometry
+    sig = scipy.fft.irfft2(signal * rweight, s=(g.lxy, lu), workers=1).astype(np.float32)
+    noi = scipy.fft.irfft2(noise * rweight, s=(g.lxy, lu), workers=1).astype(np.float32)
+    rec_s = np.zeros((g.lz, g.lxy, g.lxy), dtype=np.float32)
+    rec_n = np.zeros_like(rec_s)
+    xa, za = g.axis
+    backproject(sig, noi, cos_t, sin_t, float(g.ext), float(xa), float(za), rec_s, rec_n)
+    return rec_s, rec_n
 
 
 def _make_tomogram(job: _Job, t: int) -> dict:
@@ -486,20 +562,17 @@ def _make_tomogram(job: _Job, t: int) -> dict:
     noise = rng.standard_normal(images.shape, dtype=np.float32)
     lu = scipy.fft.next_fast_len(2 * g.lsx)
     transfer = _image_transfer((g.lxy, lu), s, defocus, dose)
-    flip = np.sign(transfer) if s.phase_flip else np.ones_like(transfer)
-    rweight = (_ram_lak(lu) * math.radians(s.tilt_step))[None, None, :]
+    flip, cut_off = np.sign(transfer), transfer != 0
+    ramp = (_ram_lak(lu) * math.radians(s.tilt_step))[None, None, :]
     spec = scipy.fft.rfft2(images, s=(g.lxy, lu), workers=1)
+    noise_spec = scipy.fft.rfft2(noise, s=(g.lxy, lu), workers=1)
+    del images, noise
+    # the flipped form, always: it calibrates sigma, the same in every form
     filtered = spec * (transfer * flip)
     images_ctf = scipy.fft.irfft2(filtered, s=(g.lxy, lu), workers=1)[:, :, : g.lsx]
-    sig = scipy.fft.irfft2(filtered * rweight, s=(g.lxy, lu), workers=1).astype(np.float32)
-    spec = scipy.fft.rfft2(noise, s=(g.lxy, lu), workers=1) * (flip * (transfer != 0))
-    noi = scipy.fft.irfft2(spec * rweight, s=(g.lxy, lu), workers=1).astype(np.float32)
-    del spec, filtered
-    rec_s = np.zeros((g.lz, g.lxy, g.lxy), dtype=np.float32)
-    rec_n = np.zeros_like(rec_s)
-    xa, za = g.axis
-    backproject(sig, noi, cos_t, sin_t, float(g.ext), float(xa), float(za), rec_s, rec_n)
-    del sig, noi
+    noise_flipped = noise_spec * (flip * cut_off)
+    rec_s, rec_n = _backprojected(job, filtered, noise_flipped, ramp, lu, cos_t, sin_t)
+    del filtered, noise_flipped
 
     def cut(vol: np.ndarray, pick: np.ndarray) -> np.ndarray:
         x, y, z = pick - lo
@@ -511,6 +584,15 @@ def _make_tomogram(job: _Job, t: int) -> dict:
     var_n = np.array([np.var(b, dtype=np.float64) for b in boxes_n])
     sigma = math.sqrt(var_s.sum() / (s.snr * var_n.sum())) if var_n.sum() > 0 else 0.0
     projection_snr = float(np.var(images_ctf, dtype=np.float64)) / sigma**2 if sigma else math.inf
+    if s.ctf_form != "flipped":
+        if s.ctf_form == "signed":  # as recorded, R-weighted
+            pair = (spec * transfer, noise_spec * cut_off, ramp)
+        else:  # premultiplied: times the CTF again, not R-weighted, 1/M: module docstring
+            pair = (spec * np.square(transfer), noise_spec * transfer, 1.0 / (2 * n))
+        del spec, noise_spec
+        rec_s, rec_n = _backprojected(job, *pair, lu, cos_t, sin_t)
+        boxes_s = [cut(rec_s, p) for p in picks]
+        boxes_n = [cut(rec_n, p) for p in picks]
     for j, i in enumerate(ids):
         if s.components == "both":
             vol = boxes_s[j] + np.float32(sigma) * boxes_n[j]
@@ -519,7 +601,9 @@ def _make_tomogram(job: _Job, t: int) -> dict:
         else:
             vol = np.float32(sigma) * boxes_n[j]
         write_volume(job.particle_paths[i], np.ascontiguousarray(vol), s.voxel_size)
-    write_volume(job.weight_paths[t], _weight(job, defocus, tilts, dose), s.voxel_size)
+    weight = _weight(job, defocus, tilts, dose)
+    for path in dict.fromkeys(job.weight_paths[i] for i in ids):  # one file, or one a particle
+        write_volume(path, weight, s.voxel_size)
     if job.crowd.write_tomograms:
         tomo = {"both": rec_s + np.float32(sigma) * rec_n, "signal": rec_s}.get(
             s.components, np.float32(sigma) * rec_n
@@ -566,7 +650,8 @@ def simulate_crowded(
 
     The directory is :func:`faml.simulate.simulate`'s (``particles/``, ``weights/``,
     ``particles.star``, ``truth/``), so ``faml run`` and ``faml evaluate --truth`` read it
-    unchanged; the weights are one per tilt series (``weights/weight_tomogram_NNN.mrc``),
+    unchanged; the weights are one per tilt series (``weights/weight_tomogram_NNN.mrc``; a
+    copy per particle beside it in ``Subtomograms/`` when premultiplied, see the module),
     ``particles.star`` also has ``rlnTomoName`` and the picks ``rlnCoordinate{X,Y,Z}``
     (voxels), and ``truth.json`` a ``crowded`` record (per tomogram: defocus, objects,
     crowding, noise; per particle: tomogram, true centre, pick). The method, the SNR and the
@@ -613,7 +698,7 @@ def simulate_crowded(
     geometry = _geometry(box, settings, crowd)
     radii = tuple(structure_radius(v) for v in (*vols, *others))
     out = Path(out_dir)
-    _ds._prepare_folder(out, overwrite)
+    _ds._prepare_folder(out, overwrite, settings)
     if overwrite and (out / _TOMOGRAMS).is_dir():
         for f in (out / _TOMOGRAMS).glob("tomogram_*.mrc"):
             f.unlink()
@@ -627,8 +712,16 @@ def simulate_crowded(
     members = tuple(tuple(range(bounds[t], bounds[t + 1])) for t in range(n_tomo))
     tomo_of = np.repeat(np.arange(n_tomo), np.diff(bounds))
 
-    image_names = tuple(f"{_ds._PARTICLES}/particle_{i:06d}.mrc" for i in range(n))
-    tomo_weights = tuple(f"{_ds._WEIGHTS}/weight_tomogram_{t + 1:03d}.mrc" for t in range(n_tomo))
+    tomo_names, particle_names, image_names, weight_names = _ds.relion_names(tomo_of)
+    tomo_weights: tuple[str, ...] = ()  # one weight file per tilt series, not premultiplied
+    if settings.premultiplied:  # RELION's names: each particle its own copy of the weight
+        _ds._make_parents(out, image_names)
+    else:
+        image_names = tuple(f"{_ds._PARTICLES}/particle_{i:06d}.mrc" for i in range(n))
+        tomo_weights = tuple(
+            f"{_ds._WEIGHTS}/weight_{_ds._TOMOGRAM.format(t + 1)}.mrc" for t in range(n_tomo)
+        )
+        weight_names = tuple(tomo_weights[t] for t in tomo_of)
     if crowd.write_tomograms:
         (out / _TOMOGRAMS).mkdir(exist_ok=True)
     job = _Job(
@@ -645,7 +738,7 @@ def simulate_crowded(
         members=members,
         defocus_um=defocus,
         particle_paths=tuple(str(out / p) for p in image_names),
-        weight_paths=tuple(str(out / w) for w in tomo_weights),
+        weight_paths=tuple(str(out / w) for w in weight_names),
         tomogram_paths=tuple(
             str(out / _TOMOGRAMS / f"tomogram_{t + 1:03d}.mrc") for t in range(n_tomo)
         ),
@@ -697,7 +790,6 @@ def simulate_crowded(
                 "signal_variance": r["signal_variance"][j],
                 "projection_snr": r["projection_snr"],
             }
-    weight_names = tuple(tomo_weights[t] for t in tomo_of)
     ds_job = _ds._Job(
         token=job.token,
         mode="crowded",
@@ -709,19 +801,18 @@ def simulate_crowded(
         shifts=shifts,
         defocus_um=defocus[tomo_of],
         particle_paths=job.particle_paths,
-        weight_paths=tuple(str(out / w) for w in weight_names),
+        weight_paths=job.weight_paths,
         wedge_path="",
     )
-    tomo_names = [f"tomogram_{t + 1:03d}" for t in tomo_of]
     extra_cols = {
-        "rlnTomoName": tomo_names,
+        "rlnTomoName": list(tomo_names),
+        **({"rlnTomoParticleName": list(particle_names)} if settings.premultiplied else {}),
         "rlnCoordinateX": picks[:, 0].astype(np.float64),
         "rlnCoordinateY": picks[:, 1].astype(np.float64),
         "rlnCoordinateZ": picks[:, 2].astype(np.float64),
     }
     record = {
-        "method": "real-space weighted back-projection of phase-flipped, CTF/MTF/exposure-"
-        "filtered tilt series of crowded slabs (faml.simulate.crowded)",
+        "method": _METHOD[settings.ctf_form],
         "settings": crowd.as_dict(),
         "tomogram_shape_zyx": [geometry.lz, geometry.lxy, geometry.lxy],
         "specimen_width_x": geometry.lsx,
@@ -737,7 +828,7 @@ def simulate_crowded(
                 "crowding": r["crowding"],
                 "noise_sigma": r["noise_sigma"],
                 "projection_snr": r["projection_snr"],
-                "weight": tomo_weights[t],
+                "weight": tomo_weights[t] if tomo_weights else None,
             }
             for t, r in enumerate(results)
         ],

@@ -13,8 +13,23 @@ wedge, as :func:`faml.simulate.fast.simulate_fast`), in parallel over particles,
       truth/particles.star                the true poses and classes, RELION's convention
       truth/truth.json                    everything else (settings, poses, per-particle noise)
 
+CTF-premultiplied particles (``SimulationSettings.ctf_form = "premultiplied"``, realistic and
+crowded modes) are written with RELION 4/5's names instead of ``particles/`` and ``weights/``::
+
+      Subtomograms/tomogram_001/1_data.mrc ...     the particles (k 1-based per tilt series)
+      Subtomograms/tomogram_001/1_weights.mrc ...  each particle's weight (its CTF² sum)
+
+with ``rlnTomoName`` and ``rlnTomoParticleName`` (``tomogram_001/1``) in both STAR files, and
+both STAR files in RELION 5's layout: ``data_general`` (``rlnTomoSubTomosAre2DStacks 0``)
+before ``data_optics`` and ``data_particles``, ``# version 50001``. The realistic mode files
+all its particles under ``tomogram_001`` (each has its own tilt series and defocus).
+
 Weights are RELION ``rlnCtfImage`` volumes in the FFTW half layout (numpy ``rfftn`` of a
-``(z, y, x)`` volume: `(N, N, N//2+1)`, DC at ``[0, 0, 0]``, not shifted), values in ``[0, 1]``.
+``(z, y, x)`` volume: `(N, N, N//2+1)`, DC at ``[0, 0, 0]``, not shifted), in the particles'
+CTF form (:mod:`faml.simulate.tiltseries`, "Weight volume"): values in ``[0, 1]`` (flipped,
+the default, and the fast mode's wedge), ``[-1, 1]`` (signed) or ``>= 0`` up to about the
+number of tilts (premultiplied). ``data_optics`` says which: ``rlnCtfDataAreCtfPremultiplied``
+1 for premultiplied, else 0; ``truth.json`` records ``ctf_form``.
 Paths in both STAR files (``rlnImageName``, ``rlnCtfImage``) are relative to the simulation
 directory (the folder of ``particles.star``), identical in both files, so a result's
 ``rlnImageName`` matches its truth row by name.
@@ -72,7 +87,10 @@ MODES = ("realistic", "fast")
 _PARTICLES = "particles"
 _WEIGHTS = "weights"
 _TRUTH = "truth"
+_SUBTOMOGRAMS = "Subtomograms"  # premultiplied: RELION 4/5's Subtomograms/<tomo>/<N>_data.mrc
 _OUR_FILES = ("particle_*.mrc", "weight_*.mrc", "wedge.mrc", "class_*.mrc")
+_OUR_RELION_FILES = ("*_data.mrc", "*_weights.mrc")
+_TOMOGRAM = "tomogram_{:03d}"  # tilt series t (1-based)
 
 
 def particle_rng(seed: int, index: int) -> np.random.Generator:
@@ -214,8 +232,9 @@ def _counts(n_each: int | Sequence[int], k: int) -> np.ndarray:
     return counts.astype(np.int64)
 
 
-def _prepare_folder(out: Path, overwrite: bool) -> None:
-    folders = [out / _PARTICLES, out / _WEIGHTS, out / _TRUTH]
+def _prepare_folder(out: Path, overwrite: bool, settings: SimulationSettings) -> None:
+    relion = settings.premultiplied
+    folders = [out / _TRUTH] + ([] if relion else [out / _PARTICLES, out / _WEIGHTS])
     existing = [p for p in (out / "particles.star", out / _TRUTH / "truth.json") if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(
@@ -224,18 +243,52 @@ def _prepare_folder(out: Path, overwrite: bool) -> None:
         )
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
-        if overwrite:  # remove our own files of an earlier run, nothing else
+    if overwrite:  # remove our own files of an earlier run (any CTF form), nothing else
+        for folder in (out / _PARTICLES, out / _WEIGHTS, out / _TRUTH):
             for pattern in _OUR_FILES:
                 for f in folder.glob(pattern):
                     f.unlink()
+        for pattern in _OUR_RELION_FILES:
+            for f in (out / _SUBTOMOGRAMS).glob(f"*/{pattern}"):
+                f.unlink()
 
 
-def _write_star(path: Path, optics: pd.DataFrame, particles: pd.DataFrame) -> None:
+def relion_names(tomograms: Sequence[int]) -> tuple[tuple[str, ...], ...]:
+    """RELION 4/5 names of premultiplied particles, from each particle's tilt series (0-based).
+
+    Returns ``rlnTomoName``, ``rlnTomoParticleName`` (``<tomo>/<N>``, ``N`` 1-based within
+    the tilt series, in particle order), ``rlnImageName``
+    (``Subtomograms/<tomo>/<N>_data.mrc``) and ``rlnCtfImage`` (``..._weights.mrc``).
+    """
+    seen: dict[int, int] = {}
+    tomo, part, data, weights = [], [], [], []
+    for t in tomograms:
+        seen[int(t)] = seen.get(int(t), 0) + 1
+        name = _TOMOGRAM.format(int(t) + 1)
+        tomo.append(name)
+        part.append(f"{name}/{seen[int(t)]}")
+        data.append(f"{_SUBTOMOGRAMS}/{name}/{seen[int(t)]}_data.mrc")
+        weights.append(f"{_SUBTOMOGRAMS}/{name}/{seen[int(t)]}_weights.mrc")
+    return tuple(tomo), tuple(part), tuple(data), tuple(weights)
+
+
+def _make_parents(out: Path, names: Sequence[str]) -> None:
+    for folder in sorted({(out / name).parent for name in names}):
+        folder.mkdir(parents=True, exist_ok=True)
+
+
+def _write_star(
+    path: Path, optics: pd.DataFrame, particles: pd.DataFrame, general: dict | None = None
+) -> None:
+    """RELION 3.1+ blocks (``# version 30001``), or RELION 5's with ``data_general`` first."""
+    blocks: dict[str, object] = {} if general is None else {"general": general}
+    blocks.update({"optics": optics, "particles": particles})
+    version = 30001 if general is None else 50001
     with atomic_path(path) as tmp:
-        starfile.write({"optics": optics, "particles": particles}, tmp, float_format="%.6f")
+        starfile.write(blocks, tmp, float_format="%.6f")
         # RELION 3.1+ recognises its layout (optics groups) by this line before each block.
         text = tmp.read_text()
-        tmp.write_text(text.replace("\ndata_", "\n# version 30001\ndata_"))
+        tmp.write_text(text.replace("\ndata_", f"\n# version {version}\ndata_"))
 
 
 def draw_classes_rotations(
@@ -300,7 +353,8 @@ def simulate(
         noise variance; realistic mode: per particle, on the final subtomogram
         (:mod:`faml.simulate.tiltseries`); fast mode: per particle, the posed structure's
         variance over the box against the variance of the white noise added before the wedge
-        (as ``simulate_fast``). Tilt step and optics apply to the realistic mode only.
+        (as ``simulate_fast``). Tilt step and optics apply to the realistic mode only, and so
+        does a ``ctf_form`` other than ``"flipped"`` (an error in the fast mode).
     mode
         ``"realistic"`` (tilt series, CTF, MTF, reconstruction) or ``"fast"`` (3D wedge and
         noise).
@@ -322,23 +376,33 @@ def simulate(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "fast" and settings.ctf_form != "flipped":
+        raise ValueError(
+            f"the fast mode has no CTF: ctf_form {settings.ctf_form!r} needs the realistic mode"
+        )
     vols, names = _check_structures(structures, names)
     counts = _counts(n_each, len(vols))
     if isinstance(workers, bool) or int(workers) < 1:
         raise ValueError(f"workers must be at least 1, got {workers!r}")
     box = vols[0].shape[0]
     out = Path(out_dir)
-    _prepare_folder(out, overwrite)
+    _prepare_folder(out, overwrite, settings)
 
     classes, rotations, shifts, defocus = _draw_poses(counts, settings, seed)
     n = classes.size
     realistic = mode == "realistic"
-    image_names = tuple(f"{_PARTICLES}/particle_{i:06d}.mrc" for i in range(n))
-    weight_names = (
-        tuple(f"{_WEIGHTS}/weight_{i:06d}.mrc" for i in range(n))
-        if realistic
-        else (f"{_WEIGHTS}/wedge.mrc",) * n
-    )
+    extra_cols = None
+    if settings.premultiplied:  # RELION 4/5 names, all filed under one tilt series' name
+        tomo, part, image_names, weight_names = relion_names(np.zeros(n, dtype=np.int64))
+        _make_parents(out, image_names)
+        extra_cols = pd.DataFrame({"rlnTomoName": tomo, "rlnTomoParticleName": part})
+    else:
+        image_names = tuple(f"{_PARTICLES}/particle_{i:06d}.mrc" for i in range(n))
+        weight_names = (
+            tuple(f"{_WEIGHTS}/weight_{i:06d}.mrc" for i in range(n))
+            if realistic
+            else (f"{_WEIGHTS}/wedge.mrc",) * n
+        )
     job = _Job(
         token=uuid.uuid4().hex,
         mode=mode,
@@ -385,7 +449,9 @@ def simulate(
         _PREPARED.clear()  # the serial executor prepared the structures in this process
     logger.info("simulated %d particles in %.1f s", n, time.perf_counter() - start)
 
-    _write_outputs(out, job, names, counts, image_names, weight_names, records, n_each)
+    _write_outputs(
+        out, job, names, counts, image_names, weight_names, records, n_each, extra_cols=extra_cols
+    )
     return Truth(
         rotations=rotations,
         shifts=shifts,
@@ -429,8 +495,14 @@ def _write_outputs(
             "rlnVoltage": [s.voltage_kv],
             "rlnSphericalAberration": [s.cs_mm],
             "rlnAmplitudeContrast": [s.amplitude_contrast],
+            "rlnCtfDataAreCtfPremultiplied": [int(s.premultiplied)],
         }
     )
+    general = None
+    if s.premultiplied:  # RELION 4/5 pseudo-subtomograms (relion_tomo_subtomo's output)
+        general = {"rlnTomoSubTomosAre2DStacks": 0}
+        optics["rlnTomoSubtomogramBinning"] = [1.0]
+        optics["rlnTomoTiltSeriesPixelSize"] = [s.voxel_size]
     cols: dict[str, object] = {
         "rlnImageName": list(image_names),
         "rlnCtfImage": list(weight_names),
@@ -447,11 +519,11 @@ def _write_outputs(
         )
     if extra_cols is not None:
         cols.update({c: extra_cols[c].to_numpy() for c in extra_cols.columns})
-    _write_star(out / "particles.star", optics, pd.DataFrame(cols))
+    _write_star(out / "particles.star", optics, pd.DataFrame(cols), general)
 
     truth_cols = dict(cols)
     truth_cols.update(pose_columns(job.rotations, job.shifts, job.classes + 1, s.voxel_size))
-    _write_star(out / _TRUTH / "particles.star", optics, pd.DataFrame(truth_cols))
+    _write_star(out / _TRUTH / "particles.star", optics, pd.DataFrame(truth_cols), general)
 
     truth = {
         "format": "faml-simulation",
@@ -470,7 +542,15 @@ def _write_outputs(
             if realistic
             else "per particle: variance over the box of the posed structure / variance of the "
             "white noise added before the wedge"
+        )
+        + (
+            "; measured on the phase-flipped form (ctf_form 'flipped'), whose noise s.d. the "
+            f"{s.ctf_form!r} form reuses"
+            if s.ctf_form != "flipped"
+            else ""
         ),
+        "ctf_form": s.ctf_form if realistic else None,
+        "ctf_premultiplied": s.premultiplied,
         "tilt_range": list(s.tilt_range),
         "tilt_step": s.tilt_step,
         "tilt_angles": s.tilt_angles().tolist() if realistic else None,

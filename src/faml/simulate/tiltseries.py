@@ -43,7 +43,9 @@ SNR
 noise-free reconstruction (steps 1-3 and 5 without step 4) and ``E`` the reconstruction of the
 noise alone, both variances taken over all ``N³`` voxels of the box. Reconstruction is linear,
 so the particle is ``S + E``; ``σ`` (step 4) is chosen from one reconstruction of the particle's
-own unit-variance noise images so that the ratio is met exactly for that noise realisation. The
+own unit-variance noise images so that the ratio is met exactly for that noise realisation,
+always on the phase-flipped form: the signed and premultiplied forms reuse its ``σ`` (their own
+ratio differs; "Weight volume" below). The
 projection-level ratio ``var(noise-free images over the whole tilt series) / σ²`` differs (it is
 recorded as ``projection_snr``). This is the SNR an analysis of aligned subtomograms measures
 (the paper's experimental SNRs, section 3.2.2), comparable to the fast mode's.
@@ -51,20 +53,39 @@ recorded as ``projection_snr``). This is the SNR an analysis of aligned subtomog
 Weight volume
 -------------
 Per particle, RELION's ``rlnCtfImage`` in FFTW half layout (numpy ``rfftn`` of a ``(z, y, x)``
-volume: `(N, N, N//2+1)`, DC at ``[0, 0, 0]``, not shifted)::
+volume: `(N, N, N//2+1)`, DC at ``[0, 0, 0]``, not shifted), in the particle's CTF form
+(``SimulationSettings.ctf_form``; DESIGN.md section 2). ``g = CTF · MTF`` of a tilt sample;
+all forms share step 4's noise images and ``σ``.
 
-    W(k) = wedge(k) * sum_i w_i(k) (CTF MTF)²(k_i) / sum_i w_i(k)
+* ``"flipped"`` (default): the images are phase-flipped (spectrum times ``sign(CTF)``, as
+  IMOD's ctfphaseflip does before a tomogram is reconstructed; white noise stays white, so the
+  noise images are used as drawn), the particle carries ``|g|`` and::
 
-the insertion-weighted mean of ``(CTF · MTF)²`` over the tilt samples that reach voxel ``k``
-(``w_i`` their trilinear weights; the sampling of the tilts), 0 where no tilt reaches ``k``,
-times the exact missing-wedge mask of the tilts used (:func:`faml.geometry.wedge.wedge_mask`)
-and cut at the Nyquist sphere (``|k| <= N/2``).
-Values lie in ``[0, 1]``; without CTF and MTF it is the wedge mask. With
-``SimulationSettings.phase_flip`` (the default) the images are phase-flipped (spectrum times
-``sign(CTF)``, as IMOD's ctfphaseflip does before a tomogram is reconstructed; white noise stays
-white) and ``(CTF · MTF)²`` above is ``|CTF · MTF|``: the particle carries ``|CTF| MTF``, and
-``W`` is RELION's 3D CTF of phase-flipped data (``--ctf_phase_flipped``). Without it the
-particle carries the *signed* mean CTF (phases flip between CTF zeros), not ``W``.
+      W(k) = wedge(k) * sum_i w_i(k) |g|(k_i) / sum_i w_i(k)
+
+  the insertion-weighted mean of ``|g|`` over the tilt samples that reach voxel ``k`` (``w_i``
+  their trilinear weights), 0 where none does, times the exact missing-wedge mask of the tilts
+  used (:func:`faml.geometry.wedge.wedge_mask`), cut at the Nyquist sphere (``|k| <= N/2``):
+  values in ``[0, 1]``, RELION's 3D CTF of phase-flipped data (``--ctf_phase_flipped``).
+  Without CTF and MTF it is the wedge mask.
+* ``"signed"``: the images as recorded (not flipped), the particle carries the signed ``g``,
+  and ``W`` is the same mean of the signed ``g``, values in ``[-1, 1]``: ``X = W ⊙ T(A) +
+  noise`` holds (measured: correlation 0.998 where ``|W| > 0.1``).
+* ``"premultiplied"`` (RELION 4/5 pseudo-subtomograms, ``rlnCtfDataAreCtfPremultiplied 1``):
+  each image's spectrum, noise included, is multiplied by its ``g`` (so the noise variance is
+  ``∝ g²``), the sums of step 5 are *not* divided by the sampling density (the particle ``D``
+  is the crop of ``irfftn(sum_i w_i g_i image_i)``), and the weight is the sum
+  ``C(k) = sum_i w_i(k) g²(k_i)`` as the box sees it: its point-spread function cropped to the
+  ``N`` box like the particle (:func:`_cropped`), times the wedge mask, ``>= 0``. Then
+  ``rfftn(D) ≈ C ⊙ rfftn(T(A))`` at the same scale (measured on a noise-free particle:
+  correlation 0.999, ``D / C`` 0.98). At low frequency every tilt reaches a voxel with
+  ``w ≈ 1``, so ``C`` reaches about the number of tilts times ``g²`` (0.7 of the number of
+  tilts at 6 µm defocus), like RELION's weights.
+
+``σ`` is calibrated on the flipped form in every form (the flipped reconstruction is made
+for it when another form is asked for), so the three forms of one seed hold the same poses,
+noise images and noise level; ``signal_variance`` and ``projection_snr`` are the flipped
+form's too. The support of the Fourier restriction of step 5 is the flipped weight's.
 """
 
 from __future__ import annotations
@@ -83,6 +104,7 @@ from faml.simulate.ctf import ctf, detector_mtf
 
 __all__ = [
     "COMPONENTS",
+    "CTF_FORMS",
     "SimulationSettings",
     "PreparedStructure",
     "SimulatedParticle",
@@ -93,6 +115,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 COMPONENTS = ("both", "signal", "noise")
+CTF_FORMS = ("flipped", "signed", "premultiplied")
+"""How simulated particles carry the CTF (``SimulationSettings.ctf_form``)."""
 _AXES = (None, "x", "y", "z")
 _ANGLE_TOL = 1e-6  # degrees: a last tilt this close to the range's maximum counts as it
 
@@ -125,13 +149,16 @@ class SimulationSettings:
         Amplitude contrast ``Q``.
     ctf
         Apply the CTF (realistic mode).
-    phase_flip
-        Phase-flip each image (multiply its spectrum by the sign of the CTF), as tomograms
-        reconstructed from ctfphaseflip-corrected tilt series are: the particle then carries
-        ``|CTF| MTF`` and its weight volume is ``|CTF MTF|`` (RELION's 3D CTF of phase-flipped
-        data), so that faml's model (the particle is the posed average where the weight is
-        large) holds. ``False``: the particle carries the signed CTF and the weight is
-        ``(CTF MTF)²`` (the sampling weight of CTF-premultiplied data).
+    ctf_form
+        How the particles carry the CTF (:data:`CTF_FORMS`, module docstring, "Weight
+        volume"): ``"flipped"`` (default) phase-flipped images, the particle carries
+        ``|CTF| MTF`` and its weight is the mean ``|CTF MTF|`` (RELION's 3D CTF of
+        phase-flipped data); ``"signed"`` images as recorded, the particle carries the signed
+        CTF and its weight is the mean signed ``CTF MTF`` in ``[-1, 1]``; ``"premultiplied"``
+        each image multiplied by its ``CTF MTF`` (noise too) and the weight is the sum of
+        ``(CTF MTF)²`` (RELION 4/5 pseudo-subtomograms, ``rlnCtfDataAreCtfPremultiplied 1``).
+        The first two are not premultiplied (``X = c ⊙ T(A) + noise``), the third is
+        (``D = C ⊙ T(A) + noise``, noise variance ∝ ``C``).
     mtf
         Apply the detector MTF (realistic mode).
     rotation_axis
@@ -155,7 +182,7 @@ class SimulationSettings:
     cs_mm: float = 2.7
     amplitude_contrast: float = 0.07
     ctf: bool = True
-    phase_flip: bool = True
+    ctf_form: str = "flipped"
     mtf: bool = True
     rotation_axis: str | None = None
     max_shift: float = 2.0
@@ -190,8 +217,15 @@ class SimulationSettings:
             raise ValueError(f"rotation_axis must be one of {_AXES}, got {self.rotation_axis!r}")
         if not (self.max_shift >= 0):
             raise ValueError(f"max_shift must be >= 0 voxels, got {self.max_shift!r}")
+        if self.ctf_form not in CTF_FORMS:
+            raise ValueError(f"ctf_form must be one of {CTF_FORMS}, got {self.ctf_form!r}")
         if self.components not in COMPONENTS:
             raise ValueError(f"components must be one of {COMPONENTS}, got {self.components!r}")
+
+    @property
+    def premultiplied(self) -> bool:
+        """Whether the particles are CTF-premultiplied (``rlnCtfDataAreCtfPremultiplied``)."""
+        return self.ctf_form == "premultiplied"
 
     def tilt_angles(self) -> np.ndarray:
         """`(T,)` tilt angles in degrees: ``min, min + step, ...`` while ``<= max``."""
@@ -233,22 +267,25 @@ class SimulatedParticle:
     volume
         `(N, N, N)` float32, ``(z, y, x)``: the reconstruction (the components asked for).
     weight
-        `(N, N, N//2+1)` float32 in ``[0, 1]``, ``rfftn`` layout, DC at ``[0, 0, 0]``: the 3D
-        ``(CTF · MTF)²`` sampling weight (RELION ``rlnCtfImage``; module docstring).
+        `(N, N, N//2+1)` float32, ``rfftn`` layout, DC at ``[0, 0, 0]``: the 3D weight in the
+        particle's CTF form (RELION ``rlnCtfImage``; module docstring, "Weight volume"):
+        in ``[0, 1]`` flipped, ``[-1, 1]`` signed, ``>= 0`` (a ``CTF²`` sum) premultiplied.
     noise_sigma
         Standard deviation of the noise added to each image pixel (units of the projected
-        structure: voxel values summed along the beam).
+        structure: voxel values summed along the beam); the same in every CTF form.
     signal_variance
-        Variance of the noise-free reconstruction over the box.
+        Variance of the noise-free reconstruction over the box (of the flipped form).
     projection_snr
-        Variance of the noise-free images (whole tilt series, `(M, M)` each) over ``σ²``.
+        Variance of the noise-free images (whole tilt series, `(M, M)` each) over ``σ²`` (of
+        the flipped form).
     defocus_um
         The particle's defocus (µm).
     tilt_angles
         `(T,)` tilts in degrees.
     tilt_series
         `(T, N, N)` float32 images (central ``N x N`` crop, the components asked for, centre
-        at pixel ``N // 2``) when asked for, else ``None``.
+        at pixel ``N // 2``, in the particle's CTF form: premultiplied images carry ``g²``
+        and their noise ``g``) when asked for, else ``None``.
     """
 
     volume: np.ndarray
@@ -350,6 +387,55 @@ def _crop(volume_m: np.ndarray, n: int) -> np.ndarray:
     return volume_m[index]
 
 
+@dataclass(frozen=True)
+class _Inversion:
+    """One direct Fourier inversion's accumulators, on the `(M, M, M//2+1)` grid (Hermitian)."""
+
+    signal: np.ndarray  # (T, M, M//2+1) the tilt images' spectra, noise-free
+    acc_signal: np.ndarray
+    acc_noise: np.ndarray
+    acc_w: np.ndarray  # sum of trilinear weights: the sampling density
+    acc_g: np.ndarray  # sum of trilinear weights times the weight's transfer g
+
+
+def _invert(structure, rt, cos_t, sin_t, shift, scale, g, noise) -> _Inversion:
+    """Slices times ``scale`` and ``noise``, inserted; ``g`` (`(M, M//2+1)`) summed alike."""
+    m = structure.spectrum.shape[0]
+    nx = m // 2 + 1
+    signal = np.empty((cos_t.size, m, nx), dtype=np.complex64)
+    extract_slices(structure.spectrum, rt, cos_t, sin_t, shift, scale.astype(np.float32), signal)
+    acc_signal = np.zeros((m, m, nx), dtype=np.complex64)
+    acc_noise = np.zeros((m, m, nx), dtype=np.complex64)
+    acc_w = np.zeros((m, m, nx), dtype=np.float32)
+    acc_g = np.zeros((m, m, nx), dtype=np.float32)
+    g32 = g.astype(np.float32)
+    insert_slices(signal, noise, g32, cos_t, sin_t, acc_signal, acc_noise, acc_w, acc_g)
+    for acc, conjugate in ((acc_signal, True), (acc_noise, True), (acc_w, False), (acc_g, False)):
+        _hermitian_planes(acc, conjugate)
+    return _Inversion(signal, acc_signal, acc_noise, acc_w, acc_g)
+
+
+def _mean_weight(inv: _Inversion, inv_w: np.ndarray) -> np.ndarray:
+    """`(N, N, N//2+1)` the insertion-weighted mean of ``g`` (0 where nothing reached)."""
+    return np.where(inv.acc_w > 0, inv.acc_g * inv_w, 0.0)[::2, ::2, ::2]
+
+
+def _cropped(acc: np.ndarray, n: int) -> np.ndarray:
+    """`(N, N, N//2+1)` a real, Hermitian `(M, M, M//2+1)` sum cut to the `N` box in real space.
+
+    The weight of premultiplied data as the subtomogram's box sees it: the point-spread
+    function ``irfftn(acc)`` (centred on voxel 0) cropped to the central ``N`` box about its
+    centre and transformed back, real part (the crop's unpaired ``-N/2`` plane aside, the PSF
+    is even). A premultiplied reconstruction ``acc`` ⊙ (structure) cut to the box is then
+    ``rfftn(D) ≈ C ⊙ rfftn(posed structure)``; ``acc[::2, ::2, ::2]`` instead would keep the
+    thin tilt planes and the far tails of the unweighted back-projection's PSF that the box
+    cuts off (measured: ``D / C`` 0.38 instead of 1).
+    """
+    m = acc.shape[0]
+    psf = _crop(np.fft.fftshift(scipy.fft.irfftn(acc, s=(m, m, m), workers=1)), n)
+    return scipy.fft.rfftn(np.fft.ifftshift(psf), workers=1).real.astype(np.float32)
+
+
 def simulate_particle(
     structure: PreparedStructure,
     rotation: np.ndarray,
@@ -373,7 +459,8 @@ def simulate_particle(
     settings
         Physics and acquisition (``snr``, tilts, CTF, MTF, ``components``).
     rng
-        The particle's random stream (the noise images are drawn from it, nothing else).
+        The particle's random stream (the `(T, 2N, 2N)` noise images are drawn from it,
+        first and nothing else).
     defocus_um
         The particle's defocus in µm; default ``settings.defocus_um``.
     return_tilt_series
@@ -390,69 +477,63 @@ def simulate_particle(
         raise ValueError(f"rotation must be (3, 3) and shift (3,), got {r.shape}, {t.shape}")
     n = structure.box
     m = 2 * n
-    nx = m // 2 + 1
     defocus = settings.defocus_um if defocus_um is None else float(defocus_um)
     tilts = settings.tilt_angles()
     theta = np.radians(tilts)
     cos_t, sin_t = np.cos(theta), np.sin(theta)
 
     transfer = _transfer(m, settings, defocus)
-    if settings.phase_flip:
-        transfer = np.abs(transfer)  # sign(CTF) applied to signal + noise: the noise stays white
-    signal = np.empty((tilts.size, m, nx), dtype=np.complex64)
-    extract_slices(
-        structure.spectrum,
-        np.ascontiguousarray(r.T),
-        cos_t,
-        sin_t,
-        t,
-        transfer.astype(np.float32),
-        signal,
-    )
+    rt = np.ascontiguousarray(r.T)
     noise_images = rng.standard_normal((tilts.size, m, m), dtype=np.float32)
     noise = scipy.fft.rfft2(noise_images, workers=1).astype(np.complex64, copy=False)
-
-    acc_signal = np.zeros((m, m, nx), dtype=np.complex64)
-    acc_noise = np.zeros((m, m, nx), dtype=np.complex64)
-    acc_w = np.zeros((m, m, nx), dtype=np.float32)
-    acc_ctf2 = np.zeros((m, m, nx), dtype=np.float32)
-    # the weight: the mean |CTF MTF| (phase-flipped) or (CTF MTF)^2 over the tilts reaching k
-    transfer2 = (transfer if settings.phase_flip else np.square(transfer)).astype(np.float32)
-    insert_slices(signal, noise, transfer2, cos_t, sin_t, acc_signal, acc_noise, acc_w, acc_ctf2)
-    _hermitian_planes(acc_signal, True)
-    _hermitian_planes(acc_noise, True)
-    _hermitian_planes(acc_w, False)
-    _hermitian_planes(acc_ctf2, False)
-
-    reached = acc_w > 0
-    inv_w = np.zeros_like(acc_w)
-    np.divide(1.0, acc_w, out=inv_w, where=reached)
-    mean_ctf2 = np.where(reached, acc_ctf2 * inv_w, 0.0)[::2, ::2, ::2]  # N-grid frequencies
     observed = wedge_mask(n, (tilts[0], tilts[-1]), cutoff_radius=n / 2)  # wedge, |k| <= Nyquist
-    weight = np.clip(mean_ctf2 * observed, 0.0, 1.0)
+
+    # The flipped form, always: it calibrates sigma (the same in every form) and the support.
+    # sign(CTF) applied to signal + noise: the white noise images stay white, used as drawn.
+    flipped = _invert(structure, rt, cos_t, sin_t, t, np.abs(transfer), np.abs(transfer), noise)
+    inv_w = np.zeros_like(flipped.acc_w)
+    np.divide(1.0, flipped.acc_w, out=inv_w, where=flipped.acc_w > 0)
+    weight = np.clip(_mean_weight(flipped, inv_w) * observed, 0.0, 1.0)
     support = weight > 0
 
-    def reconstruct(acc: np.ndarray) -> np.ndarray:
-        vol_m = scipy.fft.irfftn(acc * inv_w, s=(m, m, m), workers=1)
+    def reconstruct(acc: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
+        vol_m = scipy.fft.irfftn(acc if scale is None else acc * scale, s=(m, m, m), workers=1)
         vol = _crop(np.fft.fftshift(vol_m), n)
         spec = scipy.fft.rfftn(vol, workers=1) * support  # a real mask commutes with shifts
         return scipy.fft.irfftn(spec, s=(n, n, n), workers=1)
 
-    rec_signal = reconstruct(acc_signal)
-    rec_noise = reconstruct(acc_noise)
+    rec_signal = reconstruct(flipped.acc_signal, inv_w)
+    rec_noise = reconstruct(flipped.acc_noise, inv_w)
     signal_var = float(np.var(rec_signal, dtype=np.float64))
     noise_var = float(np.var(rec_noise, dtype=np.float64))
     sigma = math.sqrt(signal_var / (settings.snr * noise_var)) if noise_var > 0 else 0.0
+    images_signal = scipy.fft.irfft2(flipped.signal, s=(m, m), workers=1)
+    image_var = float(np.var(images_signal, dtype=np.float64))
+    projection_snr = image_var / sigma**2 if sigma > 0 else math.inf
+
+    if settings.ctf_form == "signed":  # as recorded: the signed CTF, the noise as drawn
+        form = _invert(structure, rt, cos_t, sin_t, t, transfer, transfer, noise)
+        weight = np.clip(_mean_weight(form, inv_w) * observed, -1.0, 1.0)
+        rec_signal = reconstruct(form.acc_signal, inv_w)
+        rec_noise = reconstruct(form.acc_noise, inv_w)
+        images_signal = scipy.fft.irfft2(form.signal, s=(m, m), workers=1)
+    elif settings.ctf_form == "premultiplied":  # each image times its CTF, sums not means
+        form = _invert(
+            structure, rt, cos_t, sin_t, t, np.square(transfer), np.square(transfer),
+            noise * transfer.astype(np.float32),
+        )  # fmt: skip
+        weight = np.clip(_cropped(form.acc_g, n), 0.0, None) * observed
+        rec_signal = reconstruct(form.acc_signal, None)
+        rec_noise = reconstruct(form.acc_noise, None)
+        images_signal = scipy.fft.irfft2(form.signal, s=(m, m), workers=1)
+        noise_images = scipy.fft.irfft2(noise * transfer.astype(np.float32), s=(m, m), workers=1)
+
     if settings.components == "both":
         volume = rec_signal + sigma * rec_noise
     elif settings.components == "signal":
         volume = rec_signal
     else:
         volume = sigma * rec_noise
-
-    images_signal = scipy.fft.irfft2(signal, s=(m, m), workers=1)
-    image_var = float(np.var(images_signal, dtype=np.float64))
-    projection_snr = image_var / sigma**2 if sigma > 0 else math.inf
 
     series = None
     if return_tilt_series:
