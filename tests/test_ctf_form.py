@@ -169,3 +169,81 @@ def test_writers_keep_the_form_and_the_weights(tmp_path):
     out = tmp_path / "project" / "multiplied.star"
     write_particles_star(out, replace(table, ctf_premultiplied=False), *poses)
     assert list(starfile.read(out)["optics"]["rlnCtfDataAreCtfPremultiplied"]) == [0]
+
+
+def test_run_and_export_keep_a_premultiplied_set(tmp_path, capsys, monkeypatch):
+    """faml run: the plan's CTF row, particles.star and faml export keep the form."""
+    from faml.cli import main
+
+    star, _ = _relion5_3d_set(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "project" / "Faml" / "job011"  # names relative to the project resolve
+    argv = ["run", str(star), "--out", str(out), "--iterations", "1", "--starts", "1"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    row = "premultiplied (rlnCtfDataAreCtfPremultiplied 1): CTF\u00b2 sums, weights up to 38\n"
+    assert f"  CTF form      {row}" in err, err
+    blocks = starfile.read(out / "particles.star", always_dict=True)
+    assert list(blocks["optics"]["rlnCtfDataAreCtfPremultiplied"]) == [1]
+    assert blocks["particles"]["rlnCtfImage"].iloc[3] == "Subtomograms/TS_02/4_weights.mrc"
+    table = read_particles_star(star)
+    assert read_particles_star(out / "particles.star").ctf_premultiplied
+    assert main(["export", str(out)]) == 0
+    exported = read_particles_star(out / "relion" / "particles.star")
+    assert exported.ctf_premultiplied and exported.weight_paths == table.weight_paths
+    commands = (out / "relion" / "relion_refine.txt").read_text()
+    assert "# RELION 3.1 squares a premultiplied 3D CTF image" in commands
+    assert "rlnCtfImage = sqrt(C)" in commands and "--ctf" in commands
+
+
+def _rows(tmp_path, weights, flag=None, form="auto"):
+    """The plan's CTF row of a RELION 3.1 set whose weights are ``weights(i)``."""
+    from faml.cli import ctf_form_row
+    from faml.io.particles import with_ctf_form
+    from faml.io.validate import validate_table
+
+    star, _ = _relion5_3d_set(tmp_path, flags=(flag,), weights=weights, general=False)
+    table, source = with_ctf_form(read_particles_star(star), form)
+    report = validate_table(table, check_data=False)
+    assert report.ok, report.lines()
+    return ctf_form_row(table, source, report.weights)
+
+
+def test_plan_row_says_what_the_weights_are(tmp_path):
+    half = (BOX, BOX, BOX // 2 + 1)
+    assert _rows(tmp_path / "a", _signed_ctf) == (
+        "multiplied (no rlnCtfDataAreCtfPremultiplied): signed CTF weights"
+    )
+    assert _rows(tmp_path / "b", lambda i: np.abs(_signed_ctf(i)), flag=0) == (
+        "multiplied (rlnCtfDataAreCtfPremultiplied 0): |CTF| weights (phase-flipped data)"
+    )
+    assert _rows(tmp_path / "c", lambda i: np.abs(_signed_ctf(i)) > 0.2) == (
+        "multiplied (no rlnCtfDataAreCtfPremultiplied): binary wedges"
+    )
+    assert _rows(tmp_path / "d", lambda i: np.full(half, 0.5), form="premultiplied") == (
+        "premultiplied (--ctf-form premultiplied): CTF\u00b2 sums, weights up to 0.5"
+    )
+    from faml.cli import ctf_form_row
+    from faml.io.particles import from_mrc_files
+    from faml.io.validate import validate_table
+
+    table = from_mrc_files(tmp_path / "a" / "project" / "Subtomograms" / "TS_01" / "*_data.mrc")
+    assert ctf_form_row(table, "", validate_table(table).weights) == "tilt ranges (binary wedges)"
+
+
+def test_ctf_form_option_overrides_the_file_with_a_warning(tmp_path, caplog):
+    from faml.io.particles import with_ctf_form
+
+    star, _ = _relion5_3d_set(tmp_path)
+    table = read_particles_star(star)
+    with caplog.at_level("WARNING"):
+        forced, source = with_ctf_form(table, "multiplied")
+    assert not forced.ctf_premultiplied and source == "--ctf-form multiplied"
+    assert caplog.messages == [
+        "--ctf-form multiplied overrides rlnCtfDataAreCtfPremultiplied 1 of the input: the "
+        "weights are read as multiplying the reference"
+    ]
+    caplog.clear()
+    assert with_ctf_form(table, "premultiplied")[0].ctf_premultiplied
+    assert with_ctf_form(table, "auto") == (table, "rlnCtfDataAreCtfPremultiplied 1")
+    assert not caplog.messages  # agreeing with the file: no warning

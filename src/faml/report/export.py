@@ -10,8 +10,12 @@ class this writes:
   as faml does);
 - ``particles.star`` (RELION 3.1+, optics block; poses, ``rlnOrigin*Angst``,
   ``rlnClassNumber``, ``rlnRandomSubset``; image and weight names absolute, so RELION can
-  run from any project folder) and, with K > 1, ``class_KKK_particles.star`` per class;
-- ``relion_refine.txt``: the commands to run.
+  run from any project folder; ``rlnCtfDataAreCtfPremultiplied`` the set's CTF form) and,
+  with K > 1, ``class_KKK_particles.star`` per class;
+- ``relion_refine.txt``: the commands to run; for a CTF-premultiplied set, which RELION
+  versions read its CTF² sums as they are (4 and 5) and what RELION 3.1 needs instead
+  (``sqrt(C)`` as ``rlnCtfImage``: 3.1 squares a premultiplied 3D CTF image, measured with
+  ``relion_reconstruct`` 3.1 in ``benchmarks/relion31_premultiplied.py``).
 """
 
 from __future__ import annotations
@@ -145,6 +149,16 @@ def export_relion(
     )
 
 
+_PREMULTIPLIED = [
+    "# These particles are CTF-premultiplied (rlnCtfDataAreCtfPremultiplied 1 in the optics",
+    "# block): each rlnCtfImage is the particle's CTF^2 sum C, as RELION 4 and 5 write and read",
+    "# 3D pseudo-subtomograms (their 3D CTF images hold CTF^2): run these commands with them.",
+    "# RELION 3.1 squares a premultiplied 3D CTF image (relion_reconstruct 3.1 rebuilds",
+    "# sum D / sum C^2 from this file): for RELION 3.1 give each particle rlnCtfImage = sqrt(C)",
+    "# with the same flag (faml's benchmarks/relion31_premultiplied.py measures both).",
+]
+
+
 def _commands(folder, maps, resolutions, class_stars, run, table, extra) -> str:
     diameter = 2.0 * float(run.config.get("mask_radius", 0.45)) * run.box * run.voxel_size
     has_weights = "rlnCtfImage" in extra
@@ -160,6 +174,8 @@ def _commands(folder, maps, resolutions, class_stars, run, table, extra) -> str:
             "# These particles have no rlnCtfImage: RELION then sees no missing wedge.",
             "# Give each particle a 3D weight (rlnCtfImage) and add --ctf for tomography data.",
         ]
+    elif table.ctf_premultiplied:
+        lines += _PREMULTIPLIED
     common = [
         "--auto_refine", "--split_random_halves", "--particle_diameter", f"{diameter:.0f}",
         "--flatten_solvent", "--zero_mask", "--sym", "C1", "--healpix_order", "2",
