@@ -19,14 +19,13 @@ to RELION, and the masked correlation with the blob says which one RELION 3.1 me
 - ``D/C, C, flag 0``: CTF-corrected data ``D / C`` (where ``C > 0.01 max C``) with ``C``;
 - ``D/C, sqrt(C), flag 0``.
 
-RELION is Debian's ``relion`` package (3.1): installed with ``apt-get`` when
-``relion_reconstruct`` is not on the PATH (root needed).
+RELION is Debian's ``relion`` package (3.1), installed as ``benchmarks/relion_reconstruct.py``
+does when ``relion_reconstruct`` is not on the PATH (root needed).
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -41,6 +40,7 @@ from faml.geometry.wedge import wedge_mask
 from faml.io.mrc import read_volume, write_volume
 from faml.io.particles import ParticleTable
 from faml.io.star import write_particles_star
+from relion_reconstruct import ensure_relion, masked_correlation  # the sibling benchmark
 
 VARIANTS = {  # name: (data, weight, flag)
     "C, flag 1": ("D", "C", 1),
@@ -50,16 +50,6 @@ VARIANTS = {  # name: (data, weight, flag)
     "D/C, C, flag 0": ("X", "C", 0),
     "D/C, sqrt(C), flag 0": ("X", "sqrtC", 0),
 }
-
-
-def ensure_relion() -> str:
-    exe = shutil.which("relion_reconstruct")
-    if exe is None:
-        subprocess.run(["apt-get", "install", "-y", "-q", "relion"], check=True)
-        exe = shutil.which("relion_reconstruct")
-    if exe is None:
-        raise SystemExit("relion_reconstruct is not available")
-    return exe
 
 
 def blob(n: int, seed: int = 0) -> np.ndarray:
@@ -85,12 +75,6 @@ def ctf2_sum(n: int, rng: np.random.Generator) -> np.ndarray:
     )
     modulation = 0.02 + np.cos(np.pi * rng.uniform(6, 14) * s2) ** 2
     return (rng.uniform(10, 30) * wedge_mask(n, (lo, hi)) * modulation).astype(np.float32)
-
-
-def correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
-    a = (a - a[mask > 0.5].mean()) * mask
-    b = (b - b[mask > 0.5].mean()) * mask
-    return float(np.sum(a * b) / np.sqrt(np.sum(a * a) * np.sum(b * b)))
 
 
 def main() -> None:
@@ -143,7 +127,8 @@ def main() -> None:
             subprocess.run([exe, "--i", str(star), "--o", str(out), "--ctf", "--3d_rot"],
                            check=True, capture_output=True)  # fmt: skip
             rebuilt, _ = read_volume(out)
-            print(f"  {name:<22} correlation with the blob {correlation(rebuilt, truth, mask):.4f}")
+            score = masked_correlation(rebuilt, truth, mask)
+            print(f"  {name:<22} correlation with the blob {score:.4f}")
 
 
 if __name__ == "__main__":
