@@ -194,6 +194,20 @@ def test_run_and_export_keep_a_premultiplied_set(tmp_path, capsys, monkeypatch):
     commands = (out / "relion" / "relion_refine.txt").read_text()
     assert "# RELION 3.1 squares a premultiplied 3D CTF image" in commands
     assert "rlnCtfImage = sqrt(C)" in commands and "--ctf" in commands
+    # for RELION 3.1: sqrt(C) as rlnCtfImage, the flag kept, a RELION 3.1 STAR file
+    r31 = out / "relion31"
+    assert main(["export", str(out), "--relion-version", "3.1", "--out", str(r31)]) == 0
+    text = (r31 / "particles.star").read_text()
+    assert "# version 30001" in text and "data_general" not in text
+    back = read_particles_star(r31 / "particles.star")
+    assert back.ctf_premultiplied and back.paths == table.paths
+    for i in range(N):
+        assert back.weight_paths[i] == str(r31 / "ctf_sqrt" / f"particle_{i + 1:06d}_ctf.mrc")
+        np.testing.assert_allclose(back.wedge(i) ** 2, _ctf2_sum(i), rtol=1e-5, atol=1e-5)
+    assert (
+        "# For RELION 3.1: these particles are CTF-premultiplied"
+        in (r31 / "relion_refine.txt").read_text()
+    )
 
 
 def _rows(tmp_path, weights, flag=None, form="auto"):

@@ -328,3 +328,14 @@ def test_dynamo_table(tmp_path):
     np.testing.assert_allclose(shift[0], [1.0, -2.0, 0.5])
     np.testing.assert_allclose(rot[1], dynamo_to_matrix(np.array([10.0, 20.0, 30.0])))
     assert list(dyn.classes) == [2, 2]
+
+
+def test_stack_cache_of_the_corrected_form_is_not_reused(tmp_path, monkeypatch):
+    """Caches of version 3 (CTF-corrected X = D / C) do not match today's fingerprint."""
+    from faml.io import tiltstacks
+
+    (tmp_path / "a.star").write_text("data_\n")
+    now = tiltstacks._fingerprint([tmp_path / "a.star"])
+    assert tiltstacks._CACHE_VERSION == 4
+    monkeypatch.setattr(tiltstacks, "_CACHE_VERSION", 3)
+    assert tiltstacks._fingerprint([tmp_path / "a.star"]) != now

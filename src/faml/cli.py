@@ -692,20 +692,22 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export(run_dir, to: str, lowpass: float | None, out: str | None) -> None:
+def _export(
+    run_dir, to: str, lowpass: float | None, out: str | None, relion_version: str = "5"
+) -> None:
     """``faml export`` and ``faml run --then-export``: the run's results for ``to``."""
     from faml.report import export_relion
 
     if to != "relion":  # pragma: no cover - argparse allows only relion
         raise ValueError(f"unknown export target {to!r}")
-    done = export_relion(run_dir, out, lowpass_angstrom=lowpass)
+    done = export_relion(run_dir, out, lowpass_angstrom=lowpass, relion_version=relion_version)
     res = ", ".join(f"{r:.1f}" for r in done.resolutions)
     print(f"faml export: maps low-passed to {res} A and particles.star in {done.folder}")
     print(f"faml export: relion_refine command in {done.commands}")
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    _export(args.run_dir, args.to, args.lowpass, args.out)
+    _export(args.run_dir, args.to, args.lowpass, args.out, args.relion_version)
     return 0
 
 
@@ -727,6 +729,11 @@ def _add_report_export(sub) -> None:
         help="low-pass of the maps (default: each class's half-set FSC 0.143 resolution)",
     )  # fmt: skip
     x.add_argument("--out", default=None, help="output folder (default RUN_DIR/relion)")
+    x.add_argument(
+        "--relion-version", choices=("3.1", "4", "5"), default="5",
+        help="the RELION that reads the export: 3.1 gets a CTF-premultiplied set's weights "
+        "as sqrt(CTF^2 sum) (it squares them) and a RELION 3.1 STAR file",
+    )  # fmt: skip
     x.set_defaults(func=_cmd_export)
 
 

@@ -334,11 +334,14 @@ def write_particles_star(
     classes: np.ndarray,
     max_probability: np.ndarray,
     random_subset: np.ndarray | None = None,
+    *,
+    relion5_version: int = 50001,
 ) -> None:
     """Write faml's result for every particle as a RELION 3.1+ particles STAR file (atomic).
 
     Tables read from a RELION 5 set are written in RELION 5's layout instead
-    (:func:`faml.io.relion5.write_relion5_star`, poses relative to the subtomogram frame).
+    (:func:`faml.io.relion5.write_relion5_star`, poses relative to the subtomogram frame,
+    its ``version``: ``relion5_version``, 30001 for RELION 3.1's tools).
 
     Parameters
     ----------
@@ -359,7 +362,8 @@ def write_particles_star(
     from faml.io.relion5 import CTF_FLAG, is_relion5_table, write_relion5_star
 
     if is_relion5_table(table):
-        write_relion5_star(path, table, rotations, shifts, classes, max_probability, random_subset)
+        write_relion5_star(path, table, rotations, shifts, classes, max_probability,
+                           random_subset, version=relion5_version)  # fmt: skip
         return
     n = len(table)
     # RELION's ObservationModel needs voltage, Cs and amplitude contrast in every optics
