@@ -203,20 +203,48 @@ def test_tilt_stack_reconstruction_planted(tmp_path):
     images_ctf = scipy.fft.irfft2(scipy.fft.rfft2(images) * c2, s=(n, n)).astype(np.float32)
     vol, weight = reconstruct_particle(images_ctf, series, 10.0, premultiplied=True)
     assert weight.shape == (n, n, n // 2 + 1) and 0 <= weight.min() and weight.max() <= 1
-    support = scipy.fft.rfftn(particle) * (weight > 0.01)
-    expected = scipy.fft.irfftn(support, s=(n, n, n))
     mask = soft_sphere(n, 0.45 * n, edge=2)
-    a = (vol - vol.mean()) * mask
-    b = (expected - expected.mean()) * mask
-    corr = float(np.sum(a * b) / np.sqrt(np.sum(a * a) * np.sum(b * b)))
-    assert corr > 0.9, corr
-    m = (_mirror_z(expected) - expected.mean()) * mask  # the wrong hand scores far lower
-    assert float(np.sum(a * m) / np.sqrt(np.sum(a * a) * np.sum(m * m))) < corr - 0.2
+
+    def corr(u, v):
+        a, b = (u - u.mean()) * mask, (v - v.mean()) * mask
+        return float(np.sum(a * b) / np.sqrt(np.sum(a * a) * np.sum(b * b)))
+
+    # the CTF-premultiplied pair: D = C * particle (C the CTF² weight), not CTF-corrected
+    spectrum = scipy.fft.rfftn(particle)
+    assert corr(vol, scipy.fft.irfftn(spectrum * weight, s=(n, n, n))) > 0.9
+    # D / C where C is not tiny: the CTF-corrected particle (what X was before)
+    seen = weight > 0.01
+    corrected = np.where(seen, scipy.fft.rfftn(vol) / np.where(seen, weight, 1.0), 0.0)
+    x = scipy.fft.irfftn(corrected, s=(n, n, n))
+    expected = scipy.fft.irfftn(spectrum * seen, s=(n, n, n))
+    assert corr(vol, expected) < corr(x, expected) - 0.1  # D itself is CTF²-filtered
+    assert corr(x, expected) > 0.9, corr(x, expected)
+    assert corr(x, _mirror_z(expected)) < corr(x, expected) - 0.2  # the wrong hand: far lower
     # a single visible frame fills one central plane only
     one = np.zeros(len(tilts), bool)
     one[len(tilts) // 2] = True
     _, w1 = reconstruct_particle(images_ctf, series, 10.0, visible=one)
     assert (w1 > 0).mean() < 0.15 and (weight > 0).mean() > 2 * (w1 > 0).mean()
+
+
+def _corrected(table, folder, floor=0.01):
+    """A premultiplied table's particles as CTF-corrected ``D / C`` with the binary weight
+    ``C > floor``: data in the multiplied form, whatever the engine does with CTF² sums."""
+    from dataclasses import replace
+
+    folder.mkdir()
+    paths, weights = [], []
+    for i in range(len(table)):
+        vol, c = table.load(i)
+        seen = c > floor
+        x = scipy.fft.irfftn(
+            np.where(seen, scipy.fft.rfftn(vol) / np.where(seen, c, 1.0), 0.0), s=vol.shape
+        )
+        paths.append(str(folder / f"x{i}.mrc"))
+        weights.append(str(folder / f"c{i}.mrc"))
+        write_volume(paths[-1], x.astype(np.float32), table.voxel_size)
+        write_volume(weights[-1], seen.astype(np.float32), table.voxel_size)
+    return replace(table, paths=tuple(paths), weight_paths=tuple(weights), ctf_premultiplied=False)
 
 
 def test_empiar10499_stacks(tmp_path):
@@ -258,7 +286,9 @@ def test_empiar10499_stacks(tmp_path):
     rot, shift = star_poses(star)
     angles = parts[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(float)
     np.testing.assert_allclose(rot, euler_to_matrix(angles * [1, -1, 1]), atol=1e-9)
-    oracle = oracle_average(table, rot, shift, np.zeros(40, int)).maps[0]
+    assert table.ctf_premultiplied  # the pair (D, C); averaged here as the corrected D / C
+    oracle = oracle_average(_corrected(table, tmp_path / "x"), rot, shift, np.zeros(40, int))
+    oracle = oracle.maps[0]
     ref, _ = read_volume(shared_path(SUBTILTS, "warptools_test_box-32_angpix-12_reconstruct.mrc"))
     assert masked_correlation(oracle, ref) > 0.5
     assert masked_correlation(oracle, ref) > masked_correlation(oracle, _mirror_z(ref)) + 0.05
@@ -298,3 +328,14 @@ def test_dynamo_table(tmp_path):
     np.testing.assert_allclose(shift[0], [1.0, -2.0, 0.5])
     np.testing.assert_allclose(rot[1], dynamo_to_matrix(np.array([10.0, 20.0, 30.0])))
     assert list(dyn.classes) == [2, 2]
+
+
+def test_stack_cache_of_the_corrected_form_is_not_reused(tmp_path, monkeypatch):
+    """Caches of version 3 (CTF-corrected X = D / C) do not match today's fingerprint."""
+    from faml.io import tiltstacks
+
+    (tmp_path / "a.star").write_text("data_\n")
+    now = tiltstacks._fingerprint([tmp_path / "a.star"])
+    assert tiltstacks._CACHE_VERSION == 4
+    monkeypatch.setattr(tiltstacks, "_CACHE_VERSION", 3)
+    assert tiltstacks._fingerprint([tmp_path / "a.star"]) != now

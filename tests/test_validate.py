@@ -37,10 +37,14 @@ def _particles(folder, n=N, box=BOX):
     return folder
 
 
-def _star(path, rows, columns=("rlnImageName",), optics=True):
+def _star(path, rows, columns=("rlnImageName",), optics=True, flag=None):
+    """A particles STAR file; ``flag``: the optics block's rlnCtfDataAreCtfPremultiplied."""
     text = ""
     if optics:
-        text += "data_optics\n\nloop_\n_rlnOpticsGroup #1\n_rlnImagePixelSize #2\n1 10.0\n\n"
+        text += "data_optics\n\nloop_\n_rlnOpticsGroup #1\n_rlnImagePixelSize #2\n"
+        if flag is not None:
+            text += "_rlnCtfDataAreCtfPremultiplied #3\n"
+        text += "1 10.0" + ("" if flag is None else f" {flag}") + "\n\n"
     text += "data_particles\n\nloop_\n"
     text += "".join(f"_{c} #{i + 1}\n" for i, c in enumerate(columns))
     text += "".join(" ".join(str(v) for v in row) + "\n" for row in rows)
@@ -167,14 +171,64 @@ def _no_pixel_size(t):
     )
 
 
-def _weights_star(t, weight):
-    """Particles with a weight each (half volumes of ones); particle 2's is ``weight``."""
+def _weights_star(t, weight, flag=None, others=None):
+    """Particles with a weight each (half volumes of ``others``, default ones); particle 2's
+    is ``weight``; ``flag``: rlnCtfDataAreCtfPremultiplied."""
     d = _particles(t / "d")
+    others = np.ones((16, 16, 9), np.float32) if others is None else others
     for i in range(N):
-        _write(d / f"w{i:02d}.mrc", weight if i == 1 else np.ones((16, 16, 9), np.float32))
+        _write(d / f"w{i:02d}.mrc", weight if i == 1 else others)
     _star(d / "p.star", [(f"p{i:02d}.mrc", f"w{i:02d}.mrc") for i in range(N)],
-          columns=("rlnImageName", "rlnCtfImage"))  # fmt: skip
+          columns=("rlnImageName", "rlnCtfImage"), flag=flag)  # fmt: skip
     return d
+
+
+_SIGNED = np.full((16, 16, 9), -0.5, np.float32)  # a signed CTF's negative lobe
+_CTF2_SUM = np.full((16, 16, 9), 38.2, np.float32)  # the CTF² sum of 38 tilts
+
+
+def _premultiplied_signed(t):
+    d = _weights_star(t, _SIGNED, flag=1, others=_CTF2_SUM)
+    return [str(d / "p.star")], (
+        "particle 2 ({d}/p01.mrc): weight {d}/w01.mrc: the weight of CTF-premultiplied data "
+        "must be a CTF\u00b2 sum (>= 0), but it goes down to -0.5: a signed CTF belongs to data "
+        "that are not premultiplied (rlnCtfDataAreCtfPremultiplied 0, --ctf-form multiplied)"
+    )
+
+
+def _premultiplied_all_signed(t):
+    d = _weights_star(t, _SIGNED, flag=1, others=_SIGNED)
+    return [str(d / "p.star")], (
+        "the weights (rlnCtfImage) of all 6 particles go down to -0.5, but CTF-premultiplied "
+        "data carry CTF\u00b2 sums (>= 0): a signed CTF belongs to data that are not "
+        "premultiplied (rlnCtfDataAreCtfPremultiplied 0 in the optics block, or --ctf-form "
+        "multiplied)"
+    )
+
+
+def _premultiplied_zero(t):
+    zero = np.zeros((16, 16, 9), np.float32)
+    d = _weights_star(t, zero, others=zero)
+    return [str(d / "p.star"), "--ctf-form", "premultiplied"], (
+        "the CTF\u00b2 sums (rlnCtfImage) of all 6 particles of this CTF-premultiplied set are "
+        "zero everywhere: they measure no frequency"
+    )
+
+
+def _ctf2_sums_unmarked(t):
+    d = _weights_star(t, _CTF2_SUM, others=_CTF2_SUM)
+    return [str(d / "p.star")], (
+        "the weights (rlnCtfImage) of all 6 particles lie outside [-1, 1] (min 38.2, max 38.2), "
+        "the range of data that are not CTF-premultiplied: CTF\u00b2 sums (RELION 4/5 "
+        "pseudo-subtomograms) need rlnCtfDataAreCtfPremultiplied 1 in the optics block, or "
+        "--ctf-form premultiplied"
+    )
+
+
+def _ctf2_sums_forced_multiplied(t):
+    argv, message = _ctf2_sums_unmarked(t)
+    _weights_star(t, _CTF2_SUM, flag=1, others=_CTF2_SUM)  # the file says premultiplied
+    return [*argv, "--ctf-form", "multiplied"], message
 
 
 def _weight_shape(t):
@@ -281,6 +335,8 @@ CASES = {f.__name__[1:]: f for f in (
     _truncated, _wrong_box, _non_cubic, _image_2d, _nan_voxels, _inf_voxel, _constant,
     _integer_mode, _not_mrc, _voxel_size, _no_files, _empty_star, _missing_column, _bad_path,
     _bad_number, _no_pixel_size, _weight_shape, _weight_zero, _weight_range, _weight_missing,
+    _premultiplied_signed, _premultiplied_all_signed, _premultiplied_zero, _ctf2_sums_unmarked,
+    _ctf2_sums_forced_multiplied,
     _too_many_classes, _classes_after_drop, _tilt_reversed, _tilt_too_wide, _out_is_a_file,
     _out_is_input, _out_holds_other_run, _mask_shape, _mask_empty,
 )}  # fmt: skip

@@ -90,6 +90,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from faml.geometry.masks import reference_mask
     from faml.io.mrc import read_volume
+    from faml.io.particles import with_ctf_form
     from faml.ml.config import RunConfig
     from faml.ml.engine import run
     from faml.parallel import make_executor
@@ -101,7 +102,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
     _check_out_writable(Path(args.out))
     table = _particles_table(args, tilt)
-    table, dropped = _validated(args, table)
+    table, ctf_source = with_ctf_form(table, getattr(args, "ctf_form", "auto"))
+    table, dropped, weights = _validated(args, table)
     mask = reference_mask(
         table.box,
         table.voxel_size,
@@ -147,7 +149,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty() and not args.quiet,
     )
     try:
-        for line in plan_lines(args, table, config, executor):
+        ctf_row = ctf_form_row(table, ctf_source, weights)
+        for line in plan_lines(args, table, config, executor, ctf_form=ctf_row):
             logger.info("%s", line)
         executor.on_progress = IterationClock(
             _iterations_in_all(config), max(1, executor.workers), starts_included=config.starts > 1
@@ -191,7 +194,9 @@ _MOST_LINES = 20
 
 
 def _validated(args: argparse.Namespace, table):
-    """The table after :func:`faml.io.validate.validate_table`, and the dropped problems.
+    """The table after :func:`faml.io.validate.validate_table`, the dropped, the weights.
+
+    The weights: what the checks read in them (:class:`~faml.io.validate.WeightSummary`).
 
     Without ``--skip-bad`` any problem stops the run (:class:`InputProblems`); with it the
     bad particles are dropped (a warning) and listed in ``OUT/dropped_particles.txt``.
@@ -219,7 +224,7 @@ def _validated(args: argparse.Namespace, table):
     else:
         dropped = []
     if report.ok:
-        return table, dropped
+        return table, dropped, report.weights
     lines = report.lines()
     bad = len(report.bad_indices())
     if len(lines) == 1:
@@ -255,11 +260,13 @@ def _fingerprint(table, config) -> dict:
     for p, w in zip(table.paths, table.weight_paths, strict=True):
         digest.update(f"{p}\t{w}\n".encode())
     digest.update(json.dumps(table.tilt_ranges.tolist()).encode())
+    form = {"ctf_premultiplied": True} if table.ctf_premultiplied else {}  # old runs: absent
     return {
         "particles": len(table),
         "particles_sha256": digest.hexdigest(),
         "box": table.box,
         "voxel_size": table.voxel_size,
+        **form,
         "config": config.to_dict(),
     }
 
@@ -360,8 +367,38 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def plan_lines(args: argparse.Namespace, table, config, executor) -> list[str]:
-    """What ``faml run`` is about to do, one line per item (logged before iteration 1)."""
+_WEIGHT_KINDS = {
+    "signed": "signed CTF weights",
+    "binary": "binary wedges",
+    "abs": "|CTF| weights (phase-flipped data)",
+}
+
+
+def ctf_form_row(table, source: str, weights) -> str:
+    """The plan's ``CTF form`` row: the form, how it is known, what the weights hold.
+
+    ``source``: from :func:`faml.io.particles.with_ctf_form`; ``weights``: the
+    :class:`~faml.io.validate.WeightSummary` the input checks read (no file is read again).
+    """
+    by_range = sum(w is None for w in table.weight_paths)
+    if not weights.files:
+        return "tilt ranges (binary wedges)"
+    if table.ctf_premultiplied:
+        row = f"premultiplied ({source}): CTF\u00b2 sums, weights up to {weights.high:.3g}"
+    else:
+        row = f"multiplied ({source}): {_WEIGHT_KINDS[weights.kind()]}"
+    if by_range:
+        row += f"; {_n(by_range, 'particle')} by tilt range (binary wedges)"
+    return row
+
+
+def plan_lines(
+    args: argparse.Namespace, table, config, executor, ctf_form: str | None = None
+) -> list[str]:
+    """What ``faml run`` is about to do, one line per item (logged before iteration 1).
+
+    ``ctf_form``: the ``CTF form`` row (:func:`ctf_form_row`), if known.
+    """
     from pathlib import Path
 
     cfg = config
@@ -409,6 +446,7 @@ def plan_lines(args: argparse.Namespace, table, config, executor) -> list[str]:
         ("particles", f"{len(table)}, from {args.particles}"),
         ("box", f"{table.box}^3 voxels, {table.voxel_size:.4g} A/voxel "
          f"({table.box * table.voxel_size:.4g} A)"),
+        *([("CTF form", ctf_form)] if ctf_form else []),
         ("classes K", f"{cfg.classes}"),
         ("method", f"{method}; {starts}; at most {_n(cfg.iterations, 'iteration')}"),
         ("symmetry", cfg.symmetry),
@@ -659,20 +697,22 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export(run_dir, to: str, lowpass: float | None, out: str | None) -> None:
+def _export(
+    run_dir, to: str, lowpass: float | None, out: str | None, relion_version: str = "5"
+) -> None:
     """``faml export`` and ``faml run --then-export``: the run's results for ``to``."""
     from faml.report import export_relion
 
     if to != "relion":  # pragma: no cover - argparse allows only relion
         raise ValueError(f"unknown export target {to!r}")
-    done = export_relion(run_dir, out, lowpass_angstrom=lowpass)
+    done = export_relion(run_dir, out, lowpass_angstrom=lowpass, relion_version=relion_version)
     res = ", ".join(f"{r:.1f}" for r in done.resolutions)
     print(f"faml export: maps low-passed to {res} A and particles.star in {done.folder}")
     print(f"faml export: relion_refine command in {done.commands}")
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    _export(args.run_dir, args.to, args.lowpass, args.out)
+    _export(args.run_dir, args.to, args.lowpass, args.out, args.relion_version)
     return 0
 
 
@@ -694,6 +734,11 @@ def _add_report_export(sub) -> None:
         help="low-pass of the maps (default: each class's half-set FSC 0.143 resolution)",
     )  # fmt: skip
     x.add_argument("--out", default=None, help="output folder (default RUN_DIR/relion)")
+    x.add_argument(
+        "--relion-version", choices=("3.1", "4", "5"), default="5",
+        help="the RELION that reads the export: 3.1 gets a CTF-premultiplied set's weights "
+        "as sqrt(CTF^2 sum) (it squares them) and a RELION 3.1 STAR file",
+    )  # fmt: skip
     x.set_defaults(func=_cmd_export)
 
 
@@ -860,6 +905,13 @@ def _add_run(sub) -> None:
         "--skip-bad", action="store_true",
         help="drop particles that fail the input checks (listed in OUT/dropped_particles.txt) "
         "instead of stopping",
+    )  # fmt: skip
+    i.add_argument(
+        "--ctf-form", choices=("auto", "multiplied", "premultiplied"), default="auto",
+        help="how the rlnCtfImage weights relate to the data: auto, as the STAR file's "
+        "rlnCtfDataAreCtfPremultiplied says (absent: multiplied); multiplied, the weight "
+        "multiplies the reference (wedge, |CTF| or signed CTF, in [-1, 1]); premultiplied, "
+        "CTF-premultiplied data with CTF\u00b2 sums (RELION 4/5 pseudo-subtomograms)",
     )  # fmt: skip
     i.add_argument(
         "--no-data-check", action="store_true",

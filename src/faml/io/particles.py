@@ -12,6 +12,7 @@ from a directory / glob of MRC files (:func:`from_mrc_files`).
 from __future__ import annotations
 
 import glob
+import logging
 import os
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -22,7 +23,19 @@ import numpy as np
 from faml.geometry.wedge import read_weight, wedge_mask
 from faml.io.mrc import VolumeHeader, read_header, read_volume
 
-__all__ = ["ParticleTable", "TableRows", "from_mrc_files", "with_weight_scale"]
+__all__ = [
+    "CTF_FORMS",
+    "ParticleTable",
+    "TableRows",
+    "from_mrc_files",
+    "with_ctf_form",
+    "with_weight_scale",
+]
+
+logger = logging.getLogger(__name__)
+
+CTF_FORMS = ("auto", "multiplied", "premultiplied")
+"""``faml run --ctf-form``: as the input says, or one of the two forms of DESIGN.md section 2."""
 
 WEIGHT_SCALE_SAMPLE = 16
 """How many particles (evenly spaced over the table) set a premultiplied set's weight scale."""
@@ -282,3 +295,45 @@ def with_weight_scale(table: ParticleTable) -> ParticleTable:
             f"{table.weight_paths[int(picks[0])]} and others"
         )
     return replace(table, weight_scale=scale)
+
+
+def with_ctf_form(table: ParticleTable, form: str = "auto") -> tuple[ParticleTable, str]:
+    """``table`` in the CTF form ``form`` (:data:`CTF_FORMS`), and how that form is known.
+
+    ``"auto"``: as read (:attr:`ParticleTable.ctf_premultiplied`). ``"multiplied"`` or
+    ``"premultiplied"`` override it, with a warning where the input's
+    ``rlnCtfDataAreCtfPremultiplied`` says the other form. faml's reconstructions of 2D tilt
+    stacks are premultiplied whatever their images' flag: ``"multiplied"`` is refused there.
+
+    Returns
+    -------
+    table, source
+        The table and a few words for the run's plan: ``"rlnCtfDataAreCtfPremultiplied 1"``,
+        ``"--ctf-form premultiplied"``, ...
+    """
+    from faml.io.relion5 import CTF_FLAG, STACKS_KEY
+
+    if form not in CTF_FORMS:
+        raise ValueError(f"--ctf-form {form!r}: choose one of {', '.join(CTF_FORMS)}")
+    if int(table.optics.get(STACKS_KEY, 0)):
+        if form == "multiplied":
+            raise ValueError(
+                "--ctf-form multiplied: faml's reconstructions of 2D tilt stacks are "
+                f"CTF-premultiplied ({CTF_FLAG} of the optics block says how the 2D images "
+                "were made)"
+            )
+        return replace(table, ctf_premultiplied=True), "faml's reconstruction of the 2D stacks"
+    flag = table.optics.get(CTF_FLAG)
+    said = None if flag is None else int(flag[0] if isinstance(flag, tuple) else flag)
+    if form == "auto":
+        if said is None:
+            return table, f"no {CTF_FLAG}"
+        return table, f"{CTF_FLAG} {int(table.ctf_premultiplied)}"
+    premultiplied = form == "premultiplied"
+    if said is not None and bool(said) != premultiplied:
+        logger.warning(
+            "--ctf-form %s overrides %s %d of the input: the weights are read as %s",
+            form, CTF_FLAG, said,
+            "CTF\u00b2 sums" if premultiplied else "multiplying the reference",
+        )  # fmt: skip
+    return replace(table, ctf_premultiplied=premultiplied), f"--ctf-form {form}"

@@ -44,7 +44,9 @@ from faml.io.mrc import read_header
 from faml.io.particles import ParticleTable
 
 __all__ = [
+    "CTF_FLAG",
     "STACKS_KEY",
+    "ctf_form",
     "find_tomograms_star",
     "is_relion5_table",
     "optics_pixel_size",
@@ -58,6 +60,8 @@ __all__ = [
 
 #: Key of ``ParticleTable.optics`` holding ``data_general``'s ``rlnTomoSubTomosAre2DStacks``.
 STACKS_KEY = "rlnTomoSubTomosAre2DStacks"
+#: The optics column of the CTF form (:attr:`faml.io.particles.ParticleTable.ctf_premultiplied`).
+CTF_FLAG = "rlnCtfDataAreCtfPremultiplied"
 _SUB = ("rlnTomoSubtomogramRot", "rlnTomoSubtomogramTilt", "rlnTomoSubtomogramPsi")
 _ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 _ORIGINS = ("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")
@@ -154,6 +158,54 @@ def _pixel_size(optics: pd.DataFrame | None, particles: pd.DataFrame, where: Pat
     return optics_pixel_size(optics, particles, [round(float(v), 6) for v in sizes], where)
 
 
+def _used_values(optics: pd.DataFrame, particles: pd.DataFrame, values, where) -> dict:
+    """``{optics group: value}`` of the groups the particles use (``values``: one per row).
+
+    Without ``rlnOpticsGroup`` in both blocks every row counts (keyed by its row number).
+    A particle's group that is not in ``optics`` raises ``ValueError``.
+    """
+    if "rlnOpticsGroup" in optics.columns and "rlnOpticsGroup" in particles.columns:
+        by_group = dict(zip(optics["rlnOpticsGroup"], values, strict=True))
+        unknown = [g for g in particles["rlnOpticsGroup"] if g not in by_group]
+        if unknown:
+            raise ValueError(
+                f"{where}: rlnOpticsGroup {unknown[0]!r} of a particle is not in data_optics "
+                f"(groups: {', '.join(str(g) for g in by_group)})"
+            )
+        return {g: by_group[g] for g in sorted(set(particles["rlnOpticsGroup"]))}
+    return {i + 1: v for i, v in enumerate(values)}
+
+
+def ctf_form(
+    optics: pd.DataFrame | None, particles: pd.DataFrame, where: str | os.PathLike[str]
+) -> bool:
+    """The CTF form of a 3D particle set: ``rlnCtfDataAreCtfPremultiplied`` of its optics.
+
+    ``False`` (RELION's default) when the optics block or the column is absent: RELION 3.0
+    sets, WarpTools' 3D exports (3D CTF volumes) and RELION 3.0 signed-CTF sets are not
+    premultiplied. Only the groups the particles use count.
+
+    Raises
+    ------
+    ValueError
+        When the particles' optics groups differ in the flag: faml takes one CTF form per
+        data set.
+    """
+    if not isinstance(optics, pd.DataFrame) or CTF_FLAG not in optics.columns or not len(optics):
+        return False
+    flags = [bool(int(float(v))) for v in optics[CTF_FLAG]]
+    used = _used_values(optics, particles, flags, where)
+    if len(set(used.values())) > 1:
+        first = {v: g for g, v in reversed(list(used.items()))}
+        a, b = sorted(first.values())
+        raise ValueError(
+            f"{where}: optics group {a} has {CTF_FLAG} {int(used[a])}, group {b} "
+            f"{int(used[b])}: faml takes one CTF form per data set; run the premultiplied "
+            "particles and the others separately"
+        )
+    return next(iter(used.values()))
+
+
 def optics_pixel_size(
     optics: pd.DataFrame, particles: pd.DataFrame, sizes, where: str | os.PathLike[str]
 ) -> float | None:
@@ -168,17 +220,7 @@ def optics_pixel_size(
         A particle's group that is not in ``optics``, pixel sizes that differ between the
         particles, or a pixel size that is not positive.
     """
-    if "rlnOpticsGroup" in optics.columns and "rlnOpticsGroup" in particles.columns:
-        by_group = dict(zip(optics["rlnOpticsGroup"], sizes, strict=True))
-        unknown = [g for g in particles["rlnOpticsGroup"] if g not in by_group]
-        if unknown:
-            raise ValueError(
-                f"{where}: rlnOpticsGroup {unknown[0]!r} of a particle is not in data_optics "
-                f"(groups: {', '.join(str(g) for g in by_group)})"
-            )
-        used = {float(by_group[g]) for g in particles["rlnOpticsGroup"]}
-    else:
-        used = {float(v) for v in sizes}
+    used = {float(v) for v in _used_values(optics, particles, sizes, where).values()}
     if len(used) > 1:
         raise ValueError(f"{where}: particles have different pixel sizes {sorted(used)}")
     pixel = used.pop() if used else None
@@ -196,6 +238,7 @@ def table_from_blocks(
     weight_paths: list[str | None],
     tilt_range: tuple[float, float] = (-60.0, 60.0),
     voxel_size: float | None = None,
+    ctf_premultiplied: bool | None = None,
 ) -> ParticleTable:
     """A :class:`ParticleTable` of a RELION 5 particle set whose volumes are ``paths``.
 
@@ -203,6 +246,9 @@ def table_from_blocks(
     ``rlnTomoSubTomosAre2DStacks`` and every optics group (``table.optics``: one value per
     column, or a tuple per group when there are several), each particle's optics group and
     other columns (``table.extra``), ``rlnTomoName`` and the subtomogram angles.
+    ``ctf_premultiplied``: the volumes' CTF form; ``None`` reads it from the optics block
+    (:func:`ctf_form`; a 2D-stack set's flag describes its images, not faml's
+    reconstructions of them).
     """
     star = Path(star)
     particles = blocks["particles"]
@@ -221,6 +267,8 @@ def table_from_blocks(
         if "rlnOpticsGroup" in particles.columns
         else [1]
     )
+    if ctf_premultiplied is None:
+        ctf_premultiplied = ctf_form(optics, particles, star)
     optics_values = _optics_values(optics, groups)
     optics_values[STACKS_KEY] = int(is_stacks(blocks))
     n = len(particles)
@@ -241,6 +289,7 @@ def table_from_blocks(
         subtomo_rotations=subtomo,
         extra=extra,
         optics=optics_values,
+        ctf_premultiplied=ctf_premultiplied,
     )
 
 
@@ -353,9 +402,12 @@ def relion5_blocks(
         "rlnImagePixelSize": table.voxel_size,
         "rlnImageSize": table.box,
         "rlnTomoSubtomogramBinning": 1.0,
-        "rlnCtfDataAreCtfPremultiplied": 0,
     }
     values = {**defaults, **optics_values}
+    if stacks:  # the 2D images' form as read (faml's reconstruction took 1 when absent)
+        values.setdefault(CTF_FLAG, 1)
+    else:  # the form faml read, or --ctf-form's
+        values[CTF_FLAG] = int(table.ctf_premultiplied)
     if "rlnTomoTiltSeriesPixelSize" not in values:
         binning = values["rlnTomoSubtomogramBinning"]
         values["rlnTomoTiltSeriesPixelSize"] = (

@@ -2,14 +2,19 @@
 
 Read: RELION 3.1 / 4 / 5 layouts (``data_optics`` + ``data_particles``, optionally
 ``data_general``) and the single-block RELION 3.0 layout. Image names are resolved relative
-to the STAR file's folder first, then to the current folder (RELION writes them relative to
-its project folder). The voxel size comes from the optics group's ``rlnImagePixelSize``, else
-``rlnPixelSize`` / ``rlnDetectorPixelSize``, else the first particle's MRC header, else the
-caller's ``voxel_size``. ``rlnCtfImage`` (a 3D weight per particle) replaces the tilt range
-for that particle. RELION 5 ``rlnTomoSubtomogramRot/Tilt/Psi`` are read as the subtomogram
-frame and kept. RELION 5 sets (a ``data_general`` block or ``rlnTomo*`` optics columns), their
-optimisation sets and 2D-stack sets are read by :mod:`faml.io.relion5` and
-:mod:`faml.io.tiltstacks` (2D stacks need a cache folder for their reconstructions) and are
+to the STAR file's folder first, then to the two folders above it and the current folder
+(RELION writes them relative to its project folder; its STAR files sit in
+``PROJECT/Type/jobNNN/``). The voxel size comes from the optics group's
+``rlnImagePixelSize``, else ``rlnPixelSize`` / ``rlnDetectorPixelSize``, else the first
+particle's MRC header, else the caller's ``voxel_size``. ``rlnCtfImage`` (a 3D weight per
+particle) replaces the tilt range for that particle. The CTF form
+(:attr:`~faml.io.particles.ParticleTable.ctf_premultiplied`) is the optics block's
+``rlnCtfDataAreCtfPremultiplied`` (:func:`faml.io.relion5.ctf_form`); without it the set is
+not premultiplied (RELION 3.0 sets, signed CTFs, WarpTools' 3D exports). RELION 5
+``rlnTomoSubtomogramRot/Tilt/Psi`` are read as the subtomogram frame and kept. RELION 5
+sets (a ``data_general`` block or ``rlnTomo*`` optics columns), their optimisation sets and
+2D-stack sets are read by :mod:`faml.io.relion5` and :mod:`faml.io.tiltstacks` (2D stacks
+need a cache folder for their reconstructions) and are
 written back in RELION 5's layout (:func:`faml.io.relion5.write_relion5_star`).
 
 Write: RELION 3.1+ layout with an optics block (``rlnImagePixelSize``, ``rlnImageSize``,
@@ -17,7 +22,8 @@ Write: RELION 3.1+ layout with an optics block (``rlnImagePixelSize``, ``rlnImag
 defaults) and per particle ``rlnImageName``, ``rlnAngleRot/Tilt/Psi``,
 ``rlnOriginX/Y/ZAngst`` (minus the displacement, Angstrom), ``rlnClassNumber``,
 ``rlnMaxValueProbDistribution``, plus the columns read (e.g. ``rlnTomoName``,
-``rlnCtfImage``, coordinates) unchanged.
+``rlnCtfImage``, coordinates) unchanged; ``rlnCtfDataAreCtfPremultiplied`` is the table's
+CTF form.
 """
 
 from __future__ import annotations
@@ -57,14 +63,16 @@ def _resolve(
     where: str | None = None,
     strict: bool = True,
 ) -> str:
-    """The absolute file of an image name: relative to the STAR file's folder, or the cwd.
+    """The absolute file of an image name, relative to the first folder that has it.
 
+    The STAR file's folder, the two above it (RELION names files relative to its project
+    folder, and a job's STAR file sits in ``PROJECT/Type/jobNNN/``), then the cwd.
     ``where`` (``"x.star: particle 3 (rlnImageName)"``) names the row in the error;
     ``strict=False`` returns the path beside the STAR file when there is none (the caller's
     checks then report it).
     """
     path = name.split("@")[-1]  # "1@stack.mrcs" style: a 3D particle is one whole file
-    for base in (star_dir, Path.cwd()):
+    for base in (star_dir, *star_dir.parents[:2], Path.cwd()):
         candidate = (base / path) if not os.path.isabs(path) else Path(path)
         if candidate.is_dir():
             prefix = f"{where}: " if where else ""
@@ -74,13 +82,16 @@ def _resolve(
     if not strict:
         return str(star_dir / path) if not os.path.isabs(path) else path
     prefix = f"{where}: " if where else ""
-    raise ValueError(f"{prefix}no such file {path!r} (relative to {star_dir} or {Path.cwd()})")
+    raise ValueError(
+        f"{prefix}no such file {path!r} (relative to {star_dir}, the two folders above it or "
+        f"{Path.cwd()})"
+    )
 
 
 _NUMERIC = ("rlnAngle", "rlnOrigin", "rlnCoordinate", "rlnTomoSubtomogram", "rlnOpticsGroup",
             "rlnPixelSize", "rlnDetectorPixelSize", "rlnImagePixelSize", "rlnClassNumber",
             "rlnDefocus", "rlnRandomSubset", "rlnVoltage", "rlnSphericalAberration",
-            "rlnAmplitudeContrast", "rlnImageSize")  # fmt: skip
+            "rlnAmplitudeContrast", "rlnImageSize", "rlnCtfDataAreCtfPremultiplied")  # fmt: skip
 
 
 def _row_line(path: Path, block: str, row: int) -> int | None:
@@ -288,6 +299,7 @@ def read_particles_star(
         subtomo_rotations=subtomo,
         extra=extra,
         optics=optics_values,
+        ctf_premultiplied=relion5.ctf_form(optics, particles, path),
     )
 
 
@@ -322,11 +334,14 @@ def write_particles_star(
     classes: np.ndarray,
     max_probability: np.ndarray,
     random_subset: np.ndarray | None = None,
+    *,
+    relion5_version: int = 50001,
 ) -> None:
     """Write faml's result for every particle as a RELION 3.1+ particles STAR file (atomic).
 
     Tables read from a RELION 5 set are written in RELION 5's layout instead
-    (:func:`faml.io.relion5.write_relion5_star`, poses relative to the subtomogram frame).
+    (:func:`faml.io.relion5.write_relion5_star`, poses relative to the subtomogram frame,
+    its ``version``: ``relion5_version``, 30001 for RELION 3.1's tools).
 
     Parameters
     ----------
@@ -344,10 +359,11 @@ def write_particles_star(
     random_subset
         Optional `(n,)` half-set (1 or 2) of each particle (``rlnRandomSubset``).
     """
-    from faml.io.relion5 import is_relion5_table, write_relion5_star
+    from faml.io.relion5 import CTF_FLAG, is_relion5_table, write_relion5_star
 
     if is_relion5_table(table):
-        write_relion5_star(path, table, rotations, shifts, classes, max_probability, random_subset)
+        write_relion5_star(path, table, rotations, shifts, classes, max_probability,
+                           random_subset, version=relion5_version)  # fmt: skip
         return
     n = len(table)
     # RELION's ObservationModel needs voltage, Cs and amplitude contrast in every optics
@@ -363,6 +379,7 @@ def write_particles_star(
     }
     columns.update(table.optics)
     columns.update({"rlnImagePixelSize": table.voxel_size, "rlnImageSize": table.box})
+    columns[CTF_FLAG] = int(table.ctf_premultiplied)  # as read, or --ctf-form's
     optics = pd.DataFrame({k: [v] for k, v in columns.items()})
     cols: dict[str, object] = {"rlnImageName": list(table.names)}
     if table.tomo_names is not None:

@@ -59,25 +59,27 @@ Frames with ``rlnTomoVisibleFrames`` 0 (the particle outside that image) are lef
 
 What faml's engine expects of X and W
 -------------------------------------
-faml's likelihood and M-step (:mod:`faml.ml.em`) model a particle as ``X = T_phi A + noise``
-where ``W > 0``, with ``W`` a per-voxel precision weight: the average is
-``sum g W Y / sum g W``. So ``X`` must be the *CTF-corrected* particle and ``W`` how well each
-voxel is measured, not RELION's premultiplied pair (data ``sum c y``, weight ``sum c²``),
-whose ratio only the reconstruction takes. With ``c_f = CTF_f h_f`` the total modulation of
-frame ``f`` and ``v`` the trilinear insertion weights (on a twice-padded grid):
+faml's engine (DESIGN.md section 2) takes a particle in one of RELION's two CTF forms; the
+reconstruction is the *premultiplied* pair, ``D = C * T_phi A + noise`` with noise variance
+``∝ C``, whose M-step is ``sum T^-1(D) / sum T^-1(C)`` — RELION's own pair (data
+``sum c y``, weight ``sum c²``), which keeps every frame's information without dividing by
+a CTF that crosses zero. With ``c_f = CTF_f h_f`` the total modulation of frame ``f`` and
+``v`` the trilinear insertion weights (on a twice-padded grid):
 
 * CTF-premultiplied images (``rlnCtfDataAreCtfPremultiplied 1``, WarpTools' and RELION's
   stacks: ``y = CTF * raw``, the raw image carrying ``c P`` plus noise): the data term is
   ``D = sum v h y`` (the matched filter's remaining factor ``h``) and ``C = sum v c²``;
   otherwise ``D = sum v c y``. Either way ``D = C P + noise`` with noise variance ``∝ C``.
-* ``X = D / max(C, 0.001 V)`` (``V = sum v``, the sampling density): the CTF-corrected
-  particle, Wiener-floored where the mean ``c²`` of a voxel is under 0.1 % (the amplitude
-  contrast alone gives ``Q² ≈ 0.005`` at DC);
-* ``W = C / V``: the mean ``c²`` of the frames reaching a voxel, in ``[0, 1]``, 0 where no
-  frame reaches it or beyond Nyquist — the same quantity faml's simulator writes
-  (:mod:`faml.simulate.tiltseries`), and RELION's ``rlnCtfImage`` (CTF² with dose-weighted
-  sampling) normalised by the sampling density.
+* Both are divided by ``V = sum v``, the sampling density (a per-voxel constant of the
+  insertion, not of the CTF: the pair keeps its meaning): the volume ``X = D / V`` and the
+  weight ``W = C / V``, the mean ``c²`` of the frames reaching a voxel (about ``[0, 1]``:
+  ``rlnCtfScalefactor`` above 1 may take it over 1), 0 where no frame reaches it or beyond
+  Nyquist — the same quantity faml's simulator writes (:mod:`faml.simulate.tiltseries`),
+  and RELION's ``rlnCtfImage`` (CTF² with dose-weighted sampling) normalised by the
+  sampling density. ``X / W`` where ``W`` is not tiny is the CTF-corrected particle.
 
+The returned table is marked premultiplied (``ParticleTable.ctf_premultiplied``), whatever
+the 2D images' flag (which says only how ``D`` was formed).
 The subtomogram is then restricted in Fourier space to ``W > 0`` (as the simulator does).
 :func:`prepare_stacks` writes the volumes and weights into a cache folder of the run's output
 directory and returns a :class:`~faml.io.particles.ParticleTable` whose written
@@ -114,8 +116,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_WIENER_FLOOR = 1e-3
-_CACHE_VERSION = 3
+_CACHE_VERSION = 4  # 4: the premultiplied pair (D / V, C / V); 3 wrote X = D / C
 
 #: ``F = diag(1, 1, -1)`` (as a row to multiply by): faml's box frame for 2D-stack particles
 #: is RELION's subtomogram frame mirrored in z (module docstring, "Handedness").
@@ -263,9 +264,9 @@ def reconstruct_particle(
     Returns
     -------
     volume, weight
-        `(n, n, n)` float32 CTF-corrected subtomogram ``(z, y, x)`` and its
-        `(n, n, n//2+1)` float32 weight (``rfftn`` layout, DC at ``[0, 0, 0]``); see the
-        module docstring.
+        The CTF-premultiplied pair: `(n, n, n)` float32 subtomogram ``D / V`` ``(z, y, x)``
+        and its `(n, n, n//2+1)` float32 CTF² weight ``C / V >= 0`` (``rfftn`` layout, DC at
+        ``[0, 0, 0]``); see the module docstring.
     """
     # faml.simulate imports faml.io: its pieces are imported here, not at module level.
     from faml.simulate._kernels import insert_planes
@@ -333,9 +334,8 @@ def reconstruct_particle(
     _hermitian_planes(acc_ctf2, False)
     _hermitian_planes(acc_w, False)
     reached = acc_w > 1e-6
-    denom = np.maximum(acc_ctf2, _WIENER_FLOOR * acc_w)
     x_m = np.zeros_like(acc_data)
-    np.divide(acc_data, denom, out=x_m, where=reached & (denom > 0))
+    np.divide(acc_data, acc_w, out=x_m, where=reached)
     mean_c2 = np.zeros_like(acc_w)
     np.divide(acc_ctf2, acc_w, out=mean_c2, where=reached)
     weight = mean_c2[::2, ::2, ::2]  # the n-grid frequencies
@@ -343,7 +343,7 @@ def reconstruct_particle(
     radius = np.sqrt(
         kz[:, None, None] ** 2 + kz[None, :, None] ** 2 + np.arange(n // 2 + 1)[None, None] ** 2
     )
-    weight = np.where(radius <= n / 2, np.clip(weight, 0.0, 1.0), 0.0).astype(np.float32)
+    weight = np.where(radius <= n / 2, np.maximum(weight, 0.0), 0.0).astype(np.float32)
     vol_m = np.fft.fftshift(scipy.fft.irfftn(x_m, s=(m, m, m), workers=1))
     vol = vol_m[o : o + n, o : o + n, o : o + n]
     spec = scipy.fft.rfftn(vol, workers=1) * (weight > 0)
@@ -397,10 +397,12 @@ def prepare_stacks(
     Returns
     -------
     ParticleTable
-        Volumes and weights from the cache; ``names`` are the original stacks (absolute), so
-        that faml's results STAR is a RELION 5 2D-stack set with faml's poses.
+        Volumes and weights from the cache, CTF-premultiplied (module docstring); ``names``
+        are the original stacks (absolute), so that faml's results STAR is a RELION 5
+        2D-stack set with faml's poses.
     """
     from faml.io.relion5 import find_tomograms_star, table_from_blocks
+    from faml.io.star import _resolve_all
 
     particles_star = Path(particles_star)
     if blocks is None:
@@ -409,11 +411,7 @@ def prepare_stacks(
     series = read_tomograms_star(tomo_path)
     particles = blocks["particles"]
     optics = blocks.get("optics")
-    star_dir = particles_star.resolve().parent
-    stacks = [star_dir / str(name).split("@")[-1] for name in particles["rlnImageName"]]
-    for p in stacks:
-        if not p.exists():
-            raise ValueError(f"particle stack {p} not found")
+    stacks = [Path(p) for p in _resolve_all(particles_star, particles, "rlnImageName", True)]
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     stamp = _fingerprint([particles_star, tomo_path, *stacks])
@@ -471,7 +469,9 @@ def prepare_stacks(
                     "fingerprint": stamp,
                     "particles": str(particles_star.resolve()),
                     "tomograms": str(tomo_path.resolve()),
-                    "note": "faml's CTF-corrected subtomograms X, weights W (faml.io.tiltstacks)",
+                    "version": _CACHE_VERSION,
+                    "note": "faml's CTF-premultiplied subtomograms D / V and CTF² weights "
+                    "C / V (faml.io.tiltstacks)",
                 },
                 indent=1,
             )
@@ -485,4 +485,5 @@ def prepare_stacks(
         paths=[str(p.resolve()) for p in data_paths],
         names=[str(p) for p in stacks],
         weight_paths=[str(p.resolve()) for p in weight_paths],
+        ctf_premultiplied=True,
     )

@@ -4,8 +4,13 @@
 is valid, the data are float (mode 2 float32 or mode 12 float16: integer and complex modes
 are refused), 3D, cubic, of the data set's box and voxel size (1e-3 A), and the file is as
 long as its header says (not truncated); its weight volume (``rlnCtfImage``), when it has
-one, has the full-cube `(N, N, N)` or half `(N, N, N//2+1)` shape, finite values in [0, 1]
-and is not all zero; else its tilt range satisfies -90 < min < max < 90. With
+one, has the full-cube `(N, N, N)` or half `(N, N, N//2+1)` shape, finite values in the
+range of the set's CTF form (``[-1, 1]`` not premultiplied, ``>= 0`` premultiplied:
+:func:`faml.geometry.wedge.weight_from_volume`) and is not all zero; else its tilt range
+satisfies -90 < min < max < 90. When every weight breaks its form's range, or every weight
+of a premultiplied set is zero, that is one line for the set (the flag is the likelier
+mistake than every file), not one per particle. What the weights hold (their range, whether
+binary) is kept for the run's plan (:class:`WeightSummary`). With
 ``check_data`` every particle is read once, one at a time (memory stays flat), for NaN / Inf
 voxels and constant volumes. Globally: ``classes`` is at most the number of good particles,
 and the mask (a file or an array) has the box's shape, values in [0, 1] and is not empty.
@@ -23,7 +28,7 @@ from dataclasses import dataclass, field
 import mrcfile
 import numpy as np
 
-__all__ = ["ParticleProblem", "ValidationReport", "validate_table"]
+__all__ = ["ParticleProblem", "ValidationReport", "WeightSummary", "validate_table"]
 
 _VOXEL_TOLERANCE = 1e-3  # Angstrom
 _FLOAT_MODES = {2: "float32", 12: "float16"}
@@ -45,6 +50,34 @@ class ParticleProblem:
 
 
 @dataclass
+class WeightSummary:
+    """What the readable weight files (``rlnCtfImage``) of a set hold, as the checks read them.
+
+    ``files``: how many were read; ``low``, ``high``: the smallest and largest value of any;
+    ``binary``: every value of every one is 0 or 1.
+    """
+
+    files: int = 0
+    low: float = np.inf
+    high: float = -np.inf
+    binary: bool = True
+
+    def add(self, low: float, high: float, binary: bool) -> None:
+        """Count one more weight file."""
+        self.files += 1
+        self.low, self.high = min(self.low, low), max(self.high, high)
+        self.binary = self.binary and binary
+
+    def kind(self) -> str | None:
+        """``"signed"`` (values below 0), ``"binary"`` (0 and 1 only), ``"abs"``, or ``None``."""
+        if not self.files:
+            return None
+        if self.low < 0:
+            return "signed"
+        return "binary" if self.binary else "abs"
+
+
+@dataclass
 class ValidationReport:
     """The problems found: per particle, and global (not tied to one particle)."""
 
@@ -53,6 +86,7 @@ class ValidationReport:
     problems: list[str] = field(default_factory=list)
     seconds_headers: float = 0.0
     seconds_data: float = 0.0
+    weights: WeightSummary = field(default_factory=WeightSummary)
 
     @property
     def ok(self) -> bool:
@@ -120,16 +154,32 @@ def _header_problem(path: str, box: int | None, voxel_size: float | None, what: 
     return None, shape
 
 
-def _weight_problem(path: str, box: int) -> str | None:
+@dataclass(frozen=True)
+class _Weight:
+    """One weight file as read: the problem (or ``None``) and, when it was read, its values.
+
+    ``form``: the problem is its values' range for the set's CTF form; ``zero``: all zero.
+    """
+
+    problem: str | None
+    low: float = 0.0
+    high: float = 0.0
+    binary: bool = False
+    read: bool = False
+    form: bool = False
+    zero: bool = False
+
+
+def _weight_problem(path: str, box: int, premultiplied: bool) -> _Weight:
     from faml.geometry.wedge import weight_from_volume
 
     problem, shape = _header_problem(path, None, None, "weight")
     if problem:
-        return f"weight {path}: {problem}"
+        return _Weight(f"weight {path}: {problem}")
     full, half = (box,) * 3, (box, box, box // 2 + 1)
     if shape not in (full, half):
         z, y, x = shape
-        return (
+        return _Weight(
             f"weight {path} is {x} x {y} x {z} (x, y, z); for box {box} it must be the full "
             f"cube {box} x {box} x {box} or the half volume {box // 2 + 1} x {box} x {box}"
         )
@@ -138,12 +188,54 @@ def _weight_problem(path: str, box: int) -> str | None:
             warnings.simplefilter("ignore", RuntimeWarning)
             with mrcfile.open(path, permissive=True) as m:
                 data = np.array(m.data, dtype=np.float32)
-        w = weight_from_volume(data, box)
     except (ValueError, OSError) as exc:
-        return f"weight {path}: {exc}"
-    if not np.any(w > 0):
-        return f"weight {path} is all zero"
-    return None
+        return _Weight(f"weight {path}: {exc}")
+    finite = bool(np.all(np.isfinite(data)))
+    values = {}
+    if finite:
+        binary = bool(np.all((data == 0) | (data == 1)))
+        values = dict(low=float(data.min()), high=float(data.max()), binary=binary, read=True)
+    try:
+        w = weight_from_volume(data, box, premultiplied)
+    except ValueError as exc:  # the shape is right: non-finite, or out of the form's range
+        return _Weight(f"weight {path}: {exc}", **values, form=finite)
+    if not np.any(w != 0):
+        return _Weight(f"weight {path} is all zero", **values, zero=True)
+    return _Weight(None, **values)
+
+
+def _set_problem(weights: dict[int, _Weight], premultiplied: bool) -> str | None:
+    """One line for the whole set, or ``None``.
+
+    When every weight breaks the form's range, or (premultiplied) every weight is zero.
+    ``weights``: those of the particles whose weight file was read, by particle.
+    """
+    n = len(weights)
+    if not n:
+        return None
+    low = min(w.low for w in weights.values())
+    high = max(w.high for w in weights.values())
+    all_ = "the one particle" if n == 1 else f"all {n} particles"
+    if premultiplied and all(w.zero for w in weights.values()):
+        return (
+            f"the CTF\u00b2 sums (rlnCtfImage) of {all_} of this CTF-premultiplied set are zero "
+            "everywhere: they measure no frequency"
+        )
+    if n < 2 or not all(w.form for w in weights.values()):
+        return None
+    if premultiplied:
+        return (
+            f"the weights (rlnCtfImage) of {all_} go down to {low:.4g}, but CTF-premultiplied "
+            "data carry CTF\u00b2 sums (>= 0): a signed CTF belongs to data that are not "
+            "premultiplied (rlnCtfDataAreCtfPremultiplied 0 in the optics block, or --ctf-form "
+            "multiplied)"
+        )
+    return (
+        f"the weights (rlnCtfImage) of {all_} lie outside [-1, 1] (min {low:.4g}, max "
+        f"{high:.4g}), the range of data that are not CTF-premultiplied: CTF\u00b2 sums (RELION "
+        "4/5 pseudo-subtomograms) need rlnCtfDataAreCtfPremultiplied 1 in the optics block, or "
+        "--ctf-form premultiplied"
+    )
 
 
 def _data_problem(path: str) -> str | None:
@@ -209,7 +301,9 @@ def validate_table(table, *, classes: int = 1, mask=None, check_data: bool = Tru
     report = ValidationReport(len(table))
     t0 = time.perf_counter()
     header_ok = []
-    weights_seen: dict[str, str | None] = {}
+    premultiplied = bool(getattr(table, "ctf_premultiplied", False))
+    weights_seen: dict[str, _Weight] = {}
+    weights_read: dict[int, _Weight] = {}
     ranges = np.asarray(table.tilt_ranges, dtype=np.float64)
     no_weight = [i for i, w in enumerate(table.weight_paths) if w is None]
     common_range = None
@@ -225,8 +319,10 @@ def validate_table(table, *, classes: int = 1, mask=None, check_data: bool = Tru
         wp = table.weight_paths[i]
         if problem is None and wp is not None:
             if wp not in weights_seen:
-                weights_seen[wp] = _weight_problem(wp, box)
-            problem = weights_seen[wp]
+                weights_seen[wp] = _weight_problem(wp, box, premultiplied)
+            problem = weights_seen[wp].problem
+            if weights_seen[wp].read:
+                weights_read[i] = weights_seen[wp]
         if problem is None and wp is None and common_range is None:
             lo, hi = ranges[i]
             if not -90.0 < lo < hi < 90.0:
@@ -236,6 +332,14 @@ def validate_table(table, *, classes: int = 1, mask=None, check_data: bool = Tru
         else:
             header_ok.append(i)
     report.seconds_headers = time.perf_counter() - t0
+    for w in weights_seen.values():
+        if w.read and w.problem is None:
+            report.weights.add(w.low, w.high, w.binary)
+    whole_set = _set_problem(weights_read, premultiplied)
+    if whole_set:
+        report.problems.append(whole_set)
+        report.particles = [p for p in report.particles if p.index not in weights_read]
+        header_ok = [i for i in header_ok if i not in weights_read]
     if check_data:
         t0 = time.perf_counter()
         for i in header_ok:

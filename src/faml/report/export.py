@@ -10,8 +10,14 @@ class this writes:
   as faml does);
 - ``particles.star`` (RELION 3.1+, optics block; poses, ``rlnOrigin*Angst``,
   ``rlnClassNumber``, ``rlnRandomSubset``; image and weight names absolute, so RELION can
-  run from any project folder) and, with K > 1, ``class_KKK_particles.star`` per class;
-- ``relion_refine.txt``: the commands to run.
+  run from any project folder; ``rlnCtfDataAreCtfPremultiplied`` the set's CTF form) and,
+  with K > 1, ``class_KKK_particles.star`` per class;
+- ``relion_refine.txt``: the commands to run; for a CTF-premultiplied set, which RELION
+  versions read its CTF² sums as they are (4 and 5) and what RELION 3.1 needs instead
+  (``sqrt(C)`` as ``rlnCtfImage``: 3.1 squares a premultiplied 3D CTF image, measured with
+  ``relion_reconstruct`` 3.1 in ``benchmarks/relion31_premultiplied.py``); with
+  ``relion_version="3.1"`` the export is for RELION 3.1: those ``sqrt(C)`` in ``ctf_sqrt/``
+  and a RELION 3.1 STAR file.
 """
 
 from __future__ import annotations
@@ -26,8 +32,9 @@ import mrcfile
 import numpy as np
 
 from faml.evaluate.maps import fsc_resolution, lowpass
+from faml.geometry.wedge import read_weight
 from faml.io.atomic import atomic_path, write_text_atomic
-from faml.io.mrc import read_volume
+from faml.io.mrc import read_volume, write_volume
 from faml.io.star import read_particles_star, write_particles_star
 from faml.report._run import read_run_files
 
@@ -71,6 +78,7 @@ def export_relion(
     *,
     lowpass_angstrom: float | None = None,
     edge_shells: float = 3.0,
+    relion_version: str = "5",
 ) -> RelionExport:
     """Export a finished run for ``relion_refine --ref`` (see the module docstring).
 
@@ -84,12 +92,18 @@ def export_relion(
         Low-pass of every map; default each class's half-set FSC 0.143 resolution.
     edge_shells
         Width of the raised-cosine edge of the low-pass, Fourier shells.
+    relion_version
+        ``"4"`` or ``"5"``: the weights as they are. ``"3.1"``: a RELION 3.1 STAR file, and
+        a CTF-premultiplied set's weights as ``sqrt(C)`` (``ctf_sqrt/`` in ``out``): RELION
+        3.1 squares a premultiplied 3D CTF image (module docstring).
 
     Raises
     ------
     ValueError
         If the run has not finished or a particle file cannot be found.
     """
+    if relion_version not in ("3.1", "4", "5"):
+        raise ValueError(f"RELION version {relion_version!r}: faml exports for 3.1, 4 or 5")
     run_dir = Path(run_dir)
     star = run_dir / "particles.star"
     if not star.exists():
@@ -115,14 +129,19 @@ def export_relion(
             f"{star} has {len(table)} particles, iteration {last.number} {last.classes.size}"
         )
     extra = dict(table.extra)
+    sqrt_weights = relion_version == "3.1" and table.ctf_premultiplied
     if any(w is not None for w in table.weight_paths):
-        extra["rlnCtfImage"] = tuple(table.weight_paths)
+        weights = _sqrt_weights(table, folder / "ctf_sqrt") if sqrt_weights else table.weight_paths
+        extra["rlnCtfImage"] = tuple(weights)
     table = replace(table, names=table.paths, extra=extra)
+    version = {"relion5_version": 30001} if relion_version == "3.1" else {}
     with np.load(last.folder / "particles.npz") as z:
         rotations, shifts, halves = z["rotations"], z["shifts"], z["halves"]
     classes, maxp = last.classes, last.max_probability
     out_star = folder / "particles.star"
-    write_particles_star(out_star, table, rotations, shifts, classes + 1, maxp, halves + 1)
+    write_particles_star(
+        out_star, table, rotations, shifts, classes + 1, maxp, halves + 1, **version
+    )
     class_stars: dict[int, Path] = {}
     if run.classes > 1:
         for k in range(run.classes):
@@ -132,12 +151,13 @@ def export_relion(
             path = folder / f"class_{k + 1:03d}_particles.star"
             write_particles_star(
                 path, table.subset(idx), rotations[idx], shifts[idx], classes[idx] + 1,
-                maxp[idx], halves[idx] + 1,
+                maxp[idx], halves[idx] + 1, **version,
             )  # fmt: skip
             class_stars[k] = path
     commands = folder / "relion_refine.txt"
     write_text_atomic(
-        commands, _commands(folder, maps, resolutions, class_stars, run, table, extra)
+        commands,
+        _commands(folder, maps, resolutions, class_stars, run, table, extra, sqrt_weights),
     )
     logger.info("RELION export of %s in %s", run_dir, folder)
     return RelionExport(
@@ -145,7 +165,41 @@ def export_relion(
     )
 
 
-def _commands(folder, maps, resolutions, class_stars, run, table, extra) -> str:
+def _sqrt_weights(table, folder: Path) -> list[str | None]:
+    """``sqrt(C)`` of each CTF² sum ``C`` of a premultiplied table, written once per file.
+
+    Half volumes (``rfftn`` layout, `(N, N, N//2+1)`: RELION takes them as they are) named
+    by the first particle that uses them; ``None`` stays ``None``.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    written: dict[str, str] = {}
+    for i, w in enumerate(table.weight_paths):
+        if w is not None and w not in written:
+            written[w] = str((folder / f"particle_{i + 1:06d}_ctf.mrc").resolve())
+            c = read_weight(w, table.box, premultiplied=True)
+            write_volume(written[w], np.sqrt(c), table.voxel_size)
+    return [None if w is None else written[w] for w in table.weight_paths]
+
+
+_PREMULTIPLIED_31 = [
+    "# For RELION 3.1: these particles are CTF-premultiplied (rlnCtfDataAreCtfPremultiplied 1),",
+    "# and each rlnCtfImage (in ctf_sqrt/) is sqrt(C), the square root of the particle's CTF^2",
+    "# sum C, since RELION 3.1 squares a premultiplied 3D CTF image. For RELION 4 or 5 export",
+    "# again without --relion-version 3.1 (rlnCtfImage = C).",
+]
+
+_PREMULTIPLIED = [
+    "# These particles are CTF-premultiplied (rlnCtfDataAreCtfPremultiplied 1 in the optics",
+    "# block): each rlnCtfImage is the particle's CTF^2 sum C, as RELION 4 and 5 write and read",
+    "# 3D pseudo-subtomograms (their 3D CTF images hold CTF^2): run these commands with them.",
+    "# RELION 3.1 squares a premultiplied 3D CTF image (relion_reconstruct 3.1 rebuilds",
+    "# sum D / sum C^2 from this file): for RELION 3.1 give each particle rlnCtfImage = sqrt(C)",
+    "# with the same flag: faml export --relion-version 3.1 writes them (faml's",
+    "# benchmarks/relion31_premultiplied.py measures both).",
+]
+
+
+def _commands(folder, maps, resolutions, class_stars, run, table, extra, sqrt_weights) -> str:
     diameter = 2.0 * float(run.config.get("mask_radius", 0.45)) * run.box * run.voxel_size
     has_weights = "rlnCtfImage" in extra
     lines = [
@@ -160,6 +214,8 @@ def _commands(folder, maps, resolutions, class_stars, run, table, extra) -> str:
             "# These particles have no rlnCtfImage: RELION then sees no missing wedge.",
             "# Give each particle a 3D weight (rlnCtfImage) and add --ctf for tomography data.",
         ]
+    elif table.ctf_premultiplied:
+        lines += _PREMULTIPLIED_31 if sqrt_weights else _PREMULTIPLIED
     common = [
         "--auto_refine", "--split_random_halves", "--particle_diameter", f"{diameter:.0f}",
         "--flatten_solvent", "--zero_mask", "--sym", "C1", "--healpix_order", "2",
