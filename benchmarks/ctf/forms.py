@@ -19,13 +19,13 @@ neighbours and noise images (:mod:`faml.simulate.crowded`):
 For each form: the oracle (the true poses through faml's averaging, FSC-filtered) and
 reference-free faml runs (defaults with the particle mask, radius 0.38 of the box: on this
 set the defaults without it do not find the poses), scored against the truth (share of poses
-within 15 degrees, FSC 0.5, masked correlation) and by the map's amplitude relative to the truth's per Fourier shell
-(:func:`faml.evaluate.maps.amplitude_ratio`, normalised to its median over shells 2 up to the
-FSC 0.5 shell: flat means CTF-corrected). Between forms: the FSC of the maps (aligned) and the
-share of particles whose poses agree within 3 degrees (after the global transform between
-the runs). RELION 3.1 (``relion_refine --ctf``, as ``benchmarks/real/crowded.py`` runs it) on
-the flipped form gives the reference row; its runs are kept in ``OUT/relion-seedS`` and
-re-scored, not rerun.
+within 15 degrees, FSC 0.5, masked correlation) and by the map's amplitude relative to the
+truth's per Fourier shell (:func:`faml.evaluate.maps.amplitude_ratio`, normalised to its
+median over shells 2 up to the FSC 0.5 shell: flat means CTF-corrected). Between forms: the
+FSC of the maps (aligned) and the share of particles whose poses agree within 3 degrees
+(after the global transform between the runs). RELION 3.1 (``relion_refine --ctf``, as
+``benchmarks/real/crowded.py`` runs it) on the flipped form gives the reference row; its
+runs are kept in ``OUT/relion-seedS`` and re-scored, not rerun.
 
 Output: ``OUT/results.json`` and ``OUT/table.md``.
 """
