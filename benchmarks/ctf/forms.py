@@ -102,7 +102,7 @@ def score(vol, rotations, shifts, truth) -> dict:
 
 def oracle(sim: Path, truth) -> dict:
     table = read_particles_star(sim / "particles.star")
-    o = oracle_average(table, truth.rotations, truth.shifts, truth.classes - 1)
+    o = oracle_average(table, truth.rotations, truth.shifts, np.zeros(len(truth.rotations), int))
     return score(o.maps[0], None, None, truth)
 
 
