@@ -36,16 +36,19 @@ import argparse
 import json
 import subprocess
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import scipy.fft
+import starfile
 
 from faml.evaluate.maps import align_map, amplitude_ratio, default_mask, score_map
 from faml.evaluate.oracle import oracle_average
 from faml.evaluate.poses import pose_errors
+from faml.geometry.euler import euler_to_matrix
 from faml.geometry.transform import transform_volume
+from faml.io.mrc import read_volume
 from faml.io.star import read_particles_star
 from faml.ml.config import RunConfig
 from faml.ml.engine import run
@@ -76,10 +79,11 @@ def simulate(form: str, out: Path, n: int, snr: float, seed: int) -> Path:
 
 def flatness(vol: np.ndarray, truth, s) -> dict:
     """Amplitude ratio per shell (``s``: the map's :class:`MapScore`), normalised to its
-    median over shells 2 .. the FSC 0.5 shell."""
+    median over shells 2 .. the last shell below the FSC 0.5 resolution."""
     ratio = amplitude_ratio(vol, truth.maps[0], s.global_rotation, s.global_shift)
-    fsc05_angstrom = s.resolution_05
-    last = int(np.clip(np.floor(BOX * VOXEL / fsc05_angstrom), 2, BOX // 2 - 1))
+    # the shells below the FSC 0.5 resolution, the one it falls in left out (there the map's
+    # FSC weighting, sqrt(2F / (1 + F)) < 0.82, is a low-pass by design)
+    last = int(np.clip(np.floor(BOX * VOXEL / s.resolution_05) - 1, 2, BOX // 2 - 1))
     shells = ratio[1 : last + 1] / np.median(ratio[2 : last + 1])
     return {
         "amplitude_ratio": [float(v) for v in shells],
@@ -106,13 +110,42 @@ def oracle(sim: Path, truth) -> dict:
     return score(o.maps[0], None, None, truth)
 
 
+@dataclass(frozen=True)
+class Finished:
+    """What a run left in its folder: the map, the poses, the verdict and the wall time."""
+
+    maps: np.ndarray
+    rotations: np.ndarray
+    shifts: np.ndarray
+    trusted: bool | None
+    seconds: float
+
+    @classmethod
+    def read(cls, folder: Path) -> Finished:
+        info = json.loads((folder / "run.json").read_text())
+        parts = starfile.read(folder / "particles.star", always_dict=True)["particles"]
+        angles = parts[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy()
+        origins = parts[["rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst"]].to_numpy()
+        return cls(
+            read_volume(folder / "class_001.mrc")[0][None],
+            euler_to_matrix(angles),
+            -origins / VOXEL,
+            info["verdict"]["trusted"],
+            float(info["seconds"]),
+        )
+
+
 def run_faml(sim: Path, out: Path, seed: int, truth, mask: float | None) -> tuple[dict, object]:
-    table = read_particles_star(sim / "particles.star")
-    t0 = time.perf_counter()
-    config = RunConfig(seed=seed, particle_mask_radius=mask)
-    result = run(table, out, config, workers=2, resume=(out / "run.json").exists())
+    """A faml run (or the one already finished in ``out``, re-scored) and its row."""
+    if not (out / "run.json").exists() or "verdict" not in json.loads(
+        (out / "run.json").read_text()
+    ):
+        table = read_particles_star(sim / "particles.star")
+        config = RunConfig(seed=seed, particle_mask_radius=mask)
+        run(table, out, config, workers=2, resume=(out / "run.json").exists())
+    result = Finished.read(out)
     row = score(result.maps[0], result.rotations, result.shifts, truth)
-    row.update(wall_s=time.perf_counter() - t0, trusted=result.verdict.trusted)
+    row.update(wall_s=result.seconds, trusted=result.trusted)
     return row, result
 
 
@@ -196,7 +229,7 @@ def main() -> None:
             for seed in (int(s) for s in args.relion_seeds.split(",") if s):
                 row = crowded.run_relion(sim, out, seed, truth, BOX)
                 relion_dir = out / f"relion-seed{seed}"
-                vol = crowded.read_volume(relion_dir / "run_it015_class001.mrc")[0]
+                vol = read_volume(relion_dir / "run_it015_class001.mrc")[0]
                 s = score_map(vol, truth.maps[0], truth.voxel_size)
                 row.update(flatness(vol, truth, s))
                 rows[f"RELION seed {seed}"] = row

@@ -1,0 +1,75 @@
+"""RELION 3.1 rebuilds faml's average of a CTF-premultiplied set from faml's export.
+
+Usage::
+
+    PYTHONPATH=src python benchmarks/ctf/relion_reconstruct_premultiplied.py RUN_DIR
+
+``RUN_DIR`` is a finished ``faml run`` on CTF-premultiplied particles (e.g.
+``benchmarks/ctf/forms.py``'s ``OUT/premultiplied-seed1``, RELION 4/5 pseudo-subtomograms
+written by ``faml simulate --ctf-form premultiplied``). The run is exported with ``faml export
+--to relion --relion-version 3.1`` (a RELION 3.1 STAR, ``rlnCtfDataAreCtfPremultiplied 1``,
+each ``rlnCtfImage`` the square root of the particle's CTF² sum, because RELION 3.1 squares
+a premultiplied 3D CTF image: ``benchmarks/relion31_premultiplied.py``), and
+``relion_reconstruct --ctf --3d_rot`` (Debian's ``relion`` 3.1.3, installed with ``apt-get``
+when missing) rebuilds the map at faml's poses. Printed: the masked correlation of RELION's
+map with faml's ``class_001.mrc``, as written and both low-passed to faml's band.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import scipy.fft
+
+from faml.geometry.masks import soft_sphere
+from faml.io.mrc import read_volume
+from faml.ml.fourier import shell_index
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from relion_reconstruct import ensure_relion, masked_correlation  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir")
+    args = parser.parse_args()
+    run_dir = Path(args.run_dir)
+    exe = ensure_relion()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "export"
+        subprocess.run(
+            [sys.executable, "-m", "faml", "export", str(run_dir), "--to", "relion",
+             "--relion-version", "3.1", "--out", str(out), "--quiet"],
+            check=True,
+        )  # fmt: skip
+        subprocess.run(
+            [exe, "--i", str(out / "particles.star"), "--o", str(Path(tmp) / "relion.mrc"),
+             "--ctf", "--3d_rot"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        relion, _ = read_volume(Path(tmp) / "relion.mrc")
+    faml, _ = read_volume(run_dir / "class_001.mrc")
+    box = faml.shape[0]
+    band = json.loads((run_dir / "run.json").read_text())["iterations"][-1]["band_shells"]
+    mask = soft_sphere(box, 0.45 * box - 3.0, edge=3.0)
+
+    def lowpass(v):
+        f = scipy.fft.rfftn(v)
+        f[shell_index(box) > band] = 0
+        return scipy.fft.irfftn(f, s=v.shape)
+
+    raw = masked_correlation(relion, faml, mask)
+    low = masked_correlation(lowpass(relion), lowpass(faml), mask)
+    print(
+        f"relion_reconstruct (3.1) of faml's premultiplied export vs faml's average: masked "
+        f"correlation {raw:.3f} (both low-passed to faml's band of {band} shells: {low:.3f})"
+    )
+
+
+if __name__ == "__main__":
+    main()
