@@ -36,7 +36,7 @@ import argparse
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +49,7 @@ from faml.evaluate.poses import pose_errors
 from faml.geometry.euler import euler_to_matrix
 from faml.geometry.transform import transform_volume
 from faml.io.mrc import read_volume
-from faml.io.star import read_particles_star
+from faml.io.star import read_particles_star, write_particles_star
 from faml.ml.config import RunConfig
 from faml.ml.engine import run
 from faml.ml.fourier import fsc, fsc_resolution
@@ -58,6 +58,9 @@ from faml.simulate.dataset import read_truth
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "real"))
 import crowded  # noqa: E402  (benchmarks/real/crowded.py: the RELION row)
+
+sys.path.insert(0, str(HERE.parent))
+from relion_reconstruct import ensure_relion  # noqa: E402
 
 STRUCTURE = HERE.parents[2] / "shared" / "data" / "structures" / "atomic" / "1u6g.pdb"
 BOX, VOXEL = 32, 10.0
@@ -104,9 +107,11 @@ def score(vol, rotations, shifts, truth) -> dict:
     return row
 
 
-def oracle(sim: Path, truth) -> dict:
+def oracle(sim: Path, truth, filtered: bool = True) -> dict:
+    """faml's average at the true poses (FSC-filtered as a run's map, or not)."""
     table = read_particles_star(sim / "particles.star")
-    o = oracle_average(table, truth.rotations, truth.shifts, np.zeros(len(truth.rotations), int))
+    classes = np.zeros(len(truth.rotations), int)
+    o = oracle_average(table, truth.rotations, truth.shifts, classes, filtered=filtered)
     return score(o.maps[0], None, None, truth)
 
 
@@ -133,6 +138,31 @@ class Finished:
             info["verdict"]["trusted"],
             float(info["seconds"]),
         )
+
+
+def relion_oracle(sim: Path, out: Path, truth) -> dict:
+    """``relion_reconstruct --ctf --3d_rot`` (RELION 3.1) at the true poses, scored (its map
+    is not filtered: compare it with faml's unfiltered oracle)."""
+    table = read_particles_star(sim / "particles.star")
+    n = len(table)
+    star = out / f"truth-{sim.name}.star"
+    names = [str((sim / p).resolve()) for p in table.paths]
+    weights = [str((sim / w).resolve()) for w in table.weight_paths]
+    table = replace(table, names=tuple(names), extra={**table.extra, "rlnCtfImage": tuple(weights)})
+    write_particles_star(
+        star, table, truth.rotations, truth.shifts, np.ones(n, int), np.ones(n),
+        relion5_version=30001,
+    )  # fmt: skip
+    volume = out / f"relion-oracle-{sim.name}.mrc"
+    subprocess.run(
+        [ensure_relion(), "--i", str(star), "--o", str(volume), "--ctf", "--3d_rot"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    vol = read_volume(volume)[0]
+    s = score_map(vol, truth.maps[0], truth.voxel_size)
+    row = {"corr": float(s.correlation), "fsc05": float(s.resolution_05)}
+    row.update(flatness(vol, truth, s))
+    return row
 
 
 def run_faml(sim: Path, out: Path, seed: int, truth, mask: float | None) -> tuple[dict, object]:
@@ -218,8 +248,11 @@ def main() -> None:
     for form in args.forms.split(","):
         sim = simulate(form, out, args.n, args.snr, args.sim_seed)
         truth = read_truth(sim)
-        rows = {"oracle": oracle(sim, truth)}
-        print(form, "oracle", rows["oracle"], flush=True)
+        rows = {"oracle": oracle(sim, truth), "oracle, unfiltered": oracle(sim, truth, False)}
+        print(form, "oracle", rows["oracle"], rows["oracle, unfiltered"], flush=True)
+        if form != "premultiplied" and not args.no_relion:  # RELION 3.1 squares C: see export
+            rows["RELION 3.1 oracle, unfiltered"] = relion_oracle(sim, out, truth)
+            print(form, "RELION oracle", rows["RELION 3.1 oracle, unfiltered"], flush=True)
         for seed in (int(s) for s in args.seeds.split(",")):
             rows[f"faml seed {seed}"], runs[form, seed] = run_faml(
                 sim, out / f"{form}-seed{seed}", seed, truth, args.particle_mask
