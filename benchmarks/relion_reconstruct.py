@@ -52,6 +52,23 @@ def masked_correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     return float(np.sum(a * b) / np.sqrt(np.sum(a * a) * np.sum(b * b)))
 
 
+def against_run(relion: np.ndarray, run_dir: Path) -> tuple[float, float, int]:
+    """Masked correlation of a RELION map with a faml run's ``class_001.mrc``: as written and
+    both low-passed to the run's last band; and that band (shells)."""
+    faml, _ = read_volume(run_dir / "class_001.mrc")
+    box = faml.shape[0]
+    band = json.loads((run_dir / "run.json").read_text())["iterations"][-1]["band_shells"]
+    mask = soft_sphere(box, 0.45 * box - 3.0, edge=3.0)
+
+    def lowpass(v):
+        f = scipy.fft.rfftn(v)
+        f[shell_index(box) > band] = 0
+        return scipy.fft.irfftn(f, s=v.shape)
+
+    raw = masked_correlation(relion, faml, mask)
+    return raw, masked_correlation(lowpass(relion), lowpass(faml), mask), band
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--particles", type=int, default=100)
@@ -77,17 +94,7 @@ def main() -> None:
             capture_output=True,
         )
         relion, _ = read_volume(tmp / "relion.mrc")
-        faml, _ = read_volume(tmp / "run" / "class_001.mrc")
-        band = json.loads((tmp / "run" / "run.json").read_text())["iterations"][-1]["band_shells"]
-        mask = soft_sphere(box, 0.45 * box - 3.0, edge=3.0)
-
-        def lowpass(v):
-            f = scipy.fft.rfftn(v)
-            f[shell_index(box) > band] = 0
-            return scipy.fft.irfftn(f, s=v.shape)
-
-        raw = masked_correlation(relion, faml, mask)
-        low = masked_correlation(lowpass(relion), lowpass(faml), mask)
+        raw, low, band = against_run(relion, tmp / "run")
         print(
             f"relion_reconstruct of faml's particles.star vs faml's average: masked correlation "
             f"{raw:.3f} (both low-passed to faml's band of {band} shells: {low:.3f})"

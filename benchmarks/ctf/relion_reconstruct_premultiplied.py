@@ -18,20 +18,15 @@ map with faml's ``class_001.mrc``, as written and both low-passed to faml's band
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import scipy.fft
-
-from faml.geometry.masks import soft_sphere
 from faml.io.mrc import read_volume
-from faml.ml.fourier import shell_index
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from relion_reconstruct import ensure_relion, masked_correlation  # noqa: E402
+from relion_reconstruct import against_run, ensure_relion  # noqa: E402
 
 
 def main() -> None:
@@ -53,18 +48,7 @@ def main() -> None:
             check=True, capture_output=True,
         )  # fmt: skip
         relion, _ = read_volume(Path(tmp) / "relion.mrc")
-    faml, _ = read_volume(run_dir / "class_001.mrc")
-    box = faml.shape[0]
-    band = json.loads((run_dir / "run.json").read_text())["iterations"][-1]["band_shells"]
-    mask = soft_sphere(box, 0.45 * box - 3.0, edge=3.0)
-
-    def lowpass(v):
-        f = scipy.fft.rfftn(v)
-        f[shell_index(box) > band] = 0
-        return scipy.fft.irfftn(f, s=v.shape)
-
-    raw = masked_correlation(relion, faml, mask)
-    low = masked_correlation(lowpass(relion), lowpass(faml), mask)
+    raw, low, band = against_run(relion, run_dir)
     print(
         f"relion_reconstruct (3.1) of faml's premultiplied export vs faml's average: masked "
         f"correlation {raw:.3f} (both low-passed to faml's band of {band} shells: {low:.3f})"
