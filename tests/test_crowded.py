@@ -104,13 +104,17 @@ def test_oracle_average_of_crowded_particles_matches_the_truth(tmp_path, hsp70):
     back = read_truth(tmp_path)
     table = read_particles_star(tmp_path / "particles.star")
     oracle = oracle_average(table, back.rotations, back.shifts, back.classes)
-    right = score_map(oracle.maps[0], back.maps[0], VOXEL)
-    assert masked_correlation(oracle.maps[0], back.maps[0]) > 0.85  # measured 0.88
-    assert right.resolution_05 < 32.0  # measured 28 A (Nyquist 20 A, structure at 20 A)
+    assert masked_correlation(oracle.maps[0], back.maps[0]) > 0.88  # measured 0.908
+    # unfiltered: the FSC filter's band depends on the half maps' FSC, which the CTF
+    # correction of one tomogram's shared CTF zeros lowers at 15 particles a half (the
+    # filtered oracle reached 38 A; 28 A before the CTF correction, with 0.885 correlation)
+    raw = oracle_average(table, back.rotations, back.shifts, back.classes, filtered=False)
+    right = score_map(raw.maps[0], back.maps[0], VOXEL)
+    assert right.resolution_05 < 30.0  # measured 26.7 A (Nyquist 20 A, structure at 20 A)
     # the same particles at shuffled rotations: a blob (this small structure is globular)
     rng = np.random.default_rng(0)
     shuffled = back.rotations[rng.permutation(30)]
-    wrong = oracle_average(table, shuffled, back.shifts, back.classes)
+    wrong = oracle_average(table, shuffled, back.shifts, back.classes, filtered=False)
     assert masked_correlation(wrong.maps[0], back.maps[0]) < right.correlation - 0.05
     assert score_map(wrong.maps[0], back.maps[0], VOXEL).resolution_05 > right.resolution_05 + 5
 
