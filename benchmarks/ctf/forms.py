@@ -191,7 +191,9 @@ def compare(a, b, voxel: float) -> dict:
     return {
         "fsc": [float(v) for v in curve],
         "fsc05": float(fsc_resolution(curve, BOX, voxel, 0.5)),
-        "within3": float(np.mean(err < 3.0)),
+        "fsc09_shell": int(np.argmax(curve[1:] < 0.9)),  # the last shell at 0.9 or more
+        "median_deg": float(np.median(err)),
+        **{f"within{d}": float(np.mean(err < d)) for d in (3, 5, 10, 15)},
     }
 
 
@@ -214,11 +216,16 @@ def table(results: dict) -> str:
     if results.get("pairs"):
         lines += [
             "",
-            "| runs compared | FSC 0.5 of the maps (A) | poses within 3 deg |",
-            "|---|---|---|",
+            "| runs compared | FSC of the maps >= 0.9 up to shell | FSC 0.5 (A) | pose "
+            "difference, median | within 3 / 5 / 10 / 15 deg |",
+            "|---|---|---|---|---|",
         ]
         for name, p in results["pairs"].items():
-            lines.append(f"| {name} | {p['fsc05']:.1f} | {100 * p['within3']:.0f}% |")
+            within = " / ".join(f"{100 * p[f'within{d}']:.0f}%" for d in (3, 5, 10, 15))
+            lines.append(
+                f"| {name} | {p['fsc09_shell']} | {p['fsc05']:.1f} | {p['median_deg']:.1f} deg | "
+                f"{within} |"
+            )
     return "\n".join(lines) + "\n"
 
 
