@@ -1057,7 +1057,7 @@ def _add_run(sub) -> None:
     )  # fmt: skip
     adv.add_argument(
         "--average-update", choices=("compensated", "paper"), default="compensated",
-        help="M-step average: S / max(W, 0.1 n), or the paper's eq. 10",
+        help="M-step average: S / max(W, 0.1 L) (L: n for binary wedges), or the paper's eq. 10",
     )  # fmt: skip
     adv.add_argument(
         "--paper-exact", action="store_true",

@@ -57,7 +57,7 @@ class RunConfig:
         ``"scaled"``: the reference's amplitude is fitted per candidate (profiled out);
         ``"plain"``: the paper's Gaussian likelihood of the average as it is.
     average_update
-        ``"compensated"``: the M-step's average is ``S / max(W, 0.1 n)``, the maximiser
+        ``"compensated"``: the M-step's average is ``S / max(W, 0.1 L)``, the maximiser
         (where a tenth of the weight observed a component); ``"paper"``: eq. 10,
         ``(S + (n - W) A_old) / n``, a step of ``W / n`` towards it that keeps part of the
         previous average everywhere. Measured on a K = 2 set (1U6G and the 50S subunit, 40

@@ -68,7 +68,7 @@ workers give the same sums to the last bit. M-step (:func:`m_step`):
 step towards ``S / W``, the maximiser, by ``W / n``),
 ``alpha = n / N``, ``sigma_r^2 = sum g d_r(A_new) / C_r`` from ``P``, ``S``, ``W``
 (the maximiser given the new averages), ``xi^2 = D / (3 N)`` (floored at one voxel);
-FA: ``A = S / max(W, 0.1 n)``.
+FA: ``A = S / max(W, 0.1 L)`` (:func:`compensated_mean`; ``L = n`` for binary wedges).
 """
 
 from __future__ import annotations
@@ -804,7 +804,7 @@ def m_step(
     """Parameters from the reduced statistics (paper eqs. 10-13, DESIGN.md 3.4).
 
     ``previous``: `(K, N, N, N//2 + 1)` the old averages (Fourier), or ``None`` at the start.
-    ``average_update``: ``"compensated"``, ``A = S / max(W, 0.1 n)`` (the maximiser of the
+    ``average_update``: ``"compensated"``, ``A = S / max(W, 0.1 L)`` (the maximiser of the
     expected log-likelihood where at least a tenth of the weight observed a component), or
     ``"paper"``, eq. 10 ``A = (S + (n - W) A_old) / n``. FA and the start always use the
     first.
