@@ -351,7 +351,8 @@ def class_frame(
     padded
         The particle's padded spectrum (:func:`~faml.align.fourier_rotation.padded_spectrum`).
     wedge
-        `(N, N, N//2 + 1)` its Fourier weight.
+        `(N, N, N//2 + 1)` its Fourier weight ``w``, or `(2, N, N, N//2 + 1)` ``w`` and ``w²``
+        (:func:`_with_square`, formed once per particle by the callers that need it often).
     rotations, shifts
         `(B, 3, 3)` and `(B, 3)` candidates ``(R, t)`` (particle = ``T_(R, t)`` class).
 
@@ -365,7 +366,8 @@ def class_frame(
     inv_r, inv_t = inverse_transform(rotations, shifts)
     y = rotated_points(padded, inv_r, band)
     y *= shift_phases(kzyx, inv_t, padded.box).astype(np.complex64)
-    return y, turned_weights(_with_square(wedge), kzyx, rotations)
+    stacked = wedge if np.ndim(wedge) == 4 else _with_square(wedge)
+    return y, turned_weights(stacked, kzyx, rotations)
 
 
 def _with_square(wedge: np.ndarray) -> np.ndarray:
@@ -558,8 +560,9 @@ def log_likelihoods(
 ) -> np.ndarray:  # fmt: skip
     """``log p(X | phi, k) + log p(t)`` of `(B,)` candidates of one class (module docstring).
 
-    ``shells``: the particle's :func:`particle_shells`; ``half``: its half-set (the
-    references of a gold-standard iteration).
+    ``wedge``: the particle's weight as :func:`class_frame` takes it; ``shells``: its
+    :func:`particle_shells`; ``half``: its half-set (the references of a gold-standard
+    iteration).
     """
     box = ctx.box
     n = box // 2 + 1
@@ -657,6 +660,7 @@ def process_particle(
     half = int(ctx.halves[i]) if half is None else int(half)
     padded = padded_spectrum(vol)
     shells = particle_shells(scipy.fft.rfftn(vol, workers=1), wedge)
+    weights = _with_square(wedge)  # w and w², gathered for every candidate batch
     clock = _lap(t, "fft", clock)
     if candidates is not None:
         given = candidates[int(i)]
@@ -690,7 +694,7 @@ def process_particle(
         best_m, max_p, n_sig, fit = 0, 1.0, 1, float(scores[best_k])
         clock = _lap(t, "estep", clock)
         _accumulate(
-            stats, padded, wedge, half, best_k, [1.0], rots[best_k][:1], shifts[best_k][:1],
+            stats, padded, weights, half, best_k, [1.0], rots[best_k][:1], shifts[best_k][:1],
             shells,
         )  # fmt: skip
     else:
@@ -706,7 +710,7 @@ def process_particle(
                 clock = _lap(t, "voronoi", clock)
             else:
                 nu = nus[k]
-            ll = log_likelihoods(ctx, k, padded, wedge, rots[k], shifts[k], shells, half)
+            ll = log_likelihoods(ctx, k, padded, weights, rots[k], shifts[k], shells, half)
             log_e.append(ctx.log_alpha[k] + np.log(nu) + ll)
         g, fit = responsibilities(np.concatenate(log_e))
         if not np.isfinite(fit):
@@ -729,7 +733,7 @@ def process_particle(
             gk = g[starts[k] : starts[k + 1]]
             sel = np.flatnonzero(gk > 0)
             if sel.size:
-                _accumulate(stats, padded, wedge, half, k, gk[sel], rots[k][sel],
+                _accumulate(stats, padded, weights, half, k, gk[sel], rots[k][sel],
                             shifts[k][sel], shells)  # fmt: skip
     _lap(t, "mstep", clock)
     stats.particles = 1
