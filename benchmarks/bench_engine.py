@@ -26,7 +26,7 @@ from scipy import ndimage  # noqa: E402
 
 from faml.demo import demo_structure  # noqa: E402
 from faml.io.particles import from_mrc_files  # noqa: E402
-from faml.ml.config import RunConfig  # noqa: E402
+from faml.ml.config import RunConfig, Tuning  # noqa: E402
 from faml.ml.engine import run  # noqa: E402
 from faml.simulate.fast import simulate_fast  # noqa: E402
 
@@ -46,16 +46,14 @@ def bench(box: int, method: str, particles: int, iterations: int, tmp: Path) -> 
         method=method,
         iterations=iterations,
         seed=1,
-        stop_pose_change_deg=0.0,
-        starts=1,
-        fa_iterations=0,
+        tuning=Tuning(stop_pose_change_deg=0.0, starts=1, fa_iterations=0),
     )
     result = run(table, tmp / f"run{box}{method}", cfg)
     its = result.history[2:] if len(result.history) > 2 else result.history[1:]
-    per = np.median([h["seconds_map_step"] for h in its]) / particles
+    per = np.median([h.seconds_map_step for h in its]) / particles
     stages = {}
-    for key in its[0]["map_step_seconds_by_stage"]:
-        stages[key] = np.median([h["map_step_seconds_by_stage"][key] for h in its]) / particles
+    for key in its[0].map_step_seconds_by_stage:
+        stages[key] = np.median([h.map_step_seconds_by_stage[key] for h in its]) / particles
     split = ", ".join(f"{k} {1e3 * v:.1f}" for k, v in stages.items())
     print(f"{box}^3 {method}: {1e3 * per:.1f} ms per particle-iteration | split (ms): {split}")
 

@@ -43,12 +43,10 @@ BATCH = [8]
 
 
 def _config():
-    from faml.ml.config import RunConfig
+    from faml.ml.config import RunConfig, Tuning
 
-    return RunConfig(
-        iterations=1, seed=1, starts=1, fa_iterations=0, stop_pose_change_deg=0.0,
-        chunk_size=BATCH[0],
-    )  # fmt: skip
+    tuning = Tuning(starts=1, fa_iterations=0, stop_pose_change_deg=0.0)
+    return RunConfig(iterations=1, seed=1, tuning=tuning)
 
 
 def _one_run(folder: Path, out: Path, workers: int) -> dict:
@@ -58,14 +56,14 @@ def _one_run(folder: Path, out: Path, workers: int) -> dict:
 
     executor = make_executor(workers, local_cluster=True)
     try:
-        result = run(from_mrc_files(folder), out, _config(), executor=executor)
+        result = run(from_mrc_files(folder), out, _config(), executor=executor, batch_size=BATCH[0])
         peaks = executor.client.run(_peak_rss_mib)
     finally:
         executor.close()
     it = result.history[1]
     return {
-        "iteration_s": it["seconds"],
-        "map_step_s": it["seconds_map_step"],
+        "iteration_s": it.seconds,
+        "map_step_s": it.seconds_map_step,
         "client_peak_mib": _peak_rss_mib(),
         "worker_peak_mib": sorted(peaks.values()),
     }

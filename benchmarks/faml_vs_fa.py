@@ -26,19 +26,24 @@ from faml.geometry.masks import soft_sphere
 from faml.geometry.rotations import rotation_distance
 from faml.io.particles import from_mrc_files
 from faml.ml.config import RunConfig
-from faml.ml.em import Stats, hard_chunk
-from faml.ml.engine import _halves, _state_after, filtered_average, run
+from faml.ml.em import hard_chunk
+from faml.ml.engine import run
+from faml.ml.mstep import update_model
+from faml.ml.phase import phase_of
+from faml.ml.state import filtered_average
+from faml.ml.stats import Stats
+from faml.ml.tasks import split_halves
 from faml.simulate.fast import simulate_fast
 
 
 def oracle_map(table, truth, config, mask):
-    halves = _halves(len(table), config.seed)
+    halves = split_halves(len(table), config.seed)
     items = [(i, 0, truth.rotations[i], truth.shifts[i]) for i in range(len(table))]
     _, stats = hard_chunk(table, items, 1, halves)
     total = Stats.zeros(1, table.box)
     total += stats
     fa = RunConfig(method="fa", seed=config.seed)
-    state = _state_after(total, None, fa, table.box, len(table), 0)
+    state = update_model(total, None, fa, phase_of(fa, 0), len(table), mask)
     return filtered_average(state, 0, mask)
 
 

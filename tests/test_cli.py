@@ -163,10 +163,10 @@ def tiny_particles(tmp_path):
 def test_plan_estimate_interrupt_continue_quiet(tiny_particles, tmp_path, capsys, monkeypatch):
     """The plan with the run's numbers, the time estimate, Ctrl-C after iteration 1 (exit 130,
     --continue named), then --continue --quiet: no INFO lines."""
-    import faml.ml.engine as engine
+    from faml.report import ReportHook
 
     out = tmp_path / "r"
-    report = engine._report
+    report = ReportHook.__call__
     calls = []
 
     def interrupt_after_first(*a, **k):
@@ -175,7 +175,7 @@ def test_plan_estimate_interrupt_continue_quiet(tiny_particles, tmp_path, capsys
         if len(calls) == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine, "_report", interrupt_after_first)
+    monkeypatch.setattr(ReportHook, "__call__", interrupt_after_first)
     args = [
         "run",
         str(tiny_particles),

@@ -13,8 +13,9 @@ from faml.geometry.rotations import random_rotations
 from faml.geometry.wedge import wedge_mask, whitened
 from faml.io.mrc import write_volume
 from faml.io.particles import ParticleTable, with_weight_scale
-from faml.ml.em import Stats, hard_particle, load_particle
+from faml.ml.em import hard_particle, load_particle
 from faml.ml.fourier import shell_index
+from faml.ml.stats import Stats
 
 BOX, N = 32, 40
 FORMS = ("wedge", "flipped", "signed", "premultiplied")

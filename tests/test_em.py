@@ -8,9 +8,12 @@ from scipy.spatial.transform import Rotation
 from conftest import make_dataset, polnet_map
 from faml.geometry.rotations import random_rotations
 from faml.io.particles import from_mrc_files
-from faml.ml.config import RunConfig
-from faml.ml.em import StepContext, m_step, process_chunk, reference_points
+from faml.ml.config import RunConfig, Tuning
+from faml.ml.em import StepContext, process_particle
 from faml.ml.fourier import shell_index
+from faml.ml.mstep import m_step
+from faml.ml.phase import phase_of
+from faml.ml.stats import reference_points
 
 BAND_E = 10
 
@@ -46,7 +49,7 @@ def em_step(table, candidates, averages, alpha, sigma2, xi, config):
     """One E-step (at the given parameters) and M-step: the log-likelihood and new parameters."""
     ctx = StepContext(
         config=config,
-        iteration=1,
+        phase=phase_of(config, 1),
         box=table.box,
         log_alpha=np.log(alpha),
         sigma2=sigma2,
@@ -54,15 +57,18 @@ def em_step(table, candidates, averages, alpha, sigma2, xi, config):
         align=(),
         references=reference_points(averages, BAND_E),
         band_e=BAND_E,
-        halves=np.arange(len(table)) % 2,
     )
-    _, stats = process_chunk(ctx, table, np.arange(len(table)), candidates=candidates)
-    m = m_step(stats, averages, config.method, sigma2, len(table), config.average_update)
+    stats = sum(
+        (process_particle(ctx, table, i, i % 2, candidates)[1] for i in range(1, len(table))),
+        start=process_particle(ctx, table, 0, 0, candidates)[1],
+    )
+    m = m_step(stats, averages, config.method, sigma2, len(table), config.tuning.average_update)
     return stats.loglik, m
 
 
+@pytest.mark.parametrize("likelihood", ["plain", "scaled"])
 @pytest.mark.parametrize("update", ["paper", "compensated"])
-def test_fixed_candidate_em_step_never_lowers_the_likelihood(two_class_set, update):
+def test_fixed_candidate_em_step_never_lowers_the_likelihood(two_class_set, update, likelihood):
     table, structures, rots, shifts, _ = two_class_set
     rng = np.random.default_rng(5)
     candidates = fixed_candidates(rots, shifts, rng)
@@ -78,7 +84,12 @@ def test_fixed_candidate_em_step_never_lowers_the_likelihood(two_class_set, upda
     alpha = np.array([0.2, 0.8])
     sigma2 = np.full(box // 2 + 1, 1e3)
     xi = 6.0
-    config = RunConfig(classes=2, min_responsibility=0.0, likelihood="plain", average_update=update)
+    config = RunConfig(
+        classes=2,
+        tuning=Tuning(
+            min_responsibility=0.0, likelihood=likelihood, average_update=update, fa_iterations=0
+        ),
+    )
     history = []
     for _ in range(6):
         loglik, m = em_step(table, candidates, averages, alpha, sigma2, xi, config)
@@ -106,6 +117,8 @@ def test_neighbour_rings_lie_at_multiples_of_the_step():
             angles = rotation_distance(extra[ring, c], np.repeat(rots[c][None], 6, axis=0))
             np.testing.assert_allclose(angles, 5.0 * (ring + 1), atol=1e-6)
     np.testing.assert_array_equal(t[3:].reshape(2, 2, 6, 3)[1, 1], np.repeat(shifts[1:2], 6, 0))
-    assert neighbour_step_deg(RunConfig(local_step_deg=None), 8) == pytest.approx(57.29578 / 8)
-    assert neighbour_step_deg(RunConfig(local_step_deg=None), 2) == 15.0
+    assert neighbour_step_deg(RunConfig(tuning=Tuning(local_step_deg=None)), 8) == pytest.approx(
+        57.29578 / 8
+    )
+    assert neighbour_step_deg(RunConfig(tuning=Tuning(local_step_deg=None)), 2) == 15.0
     assert neighbour_step_deg(RunConfig(), 8) == 5.0

@@ -12,9 +12,12 @@ from faml.align import fast_align
 from faml.geometry.euler import euler_to_matrix
 from faml.geometry.rotations import rotation_distance
 from faml.io.particles import from_mrc_files
-from faml.ml.config import RunConfig
+from faml.ml.config import RunConfig, Tuning
+from faml.ml.em import hard_chunk
 from faml.ml.engine import run
 from faml.ml.fourier import fsc
+from faml.ml.mstep import compensated_mean
+from faml.ml.tasks import split_halves
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +61,10 @@ def test_resume_after_kill_matches_uninterrupted(k1_data, tmp_path):
     folder, _ = k1_data
     table = from_mrc_files(folder).subset(np.arange(24))
     cfg = RunConfig(
-        classes=1, iterations=4, seed=4, stop_pose_change_deg=0.0, starts=2, start_iterations=2
+        classes=1,
+        iterations=4,
+        seed=4,
+        tuning=Tuning(stop_pose_change_deg=0.0, starts=2, start_iterations=2),
     )
     full = run(table, tmp_path / "full", cfg)
     # Killed during iteration 4 (after the starts): 3 complete, 4 half-written.
@@ -87,11 +93,13 @@ def test_resume_skips_a_checkpoint_whose_checksum_fails_and_removes_temporaries(
     undisturbed run; a temporary file left by an interrupted write is removed."""
     import logging
 
-    from faml.ml.engine import last_complete_iteration
+    from faml.ml.rundir import last_complete_iteration
 
     folder, _ = k1_data
     table = from_mrc_files(folder).subset(np.arange(16))
-    cfg = RunConfig(classes=1, iterations=3, seed=2, stop_pose_change_deg=0.0, starts=1)
+    cfg = RunConfig(
+        classes=1, iterations=3, seed=2, tuning=Tuning(stop_pose_change_deg=0.0, starts=1)
+    )
     full = run(table, tmp_path / "full", cfg)
     manifest = json.loads((tmp_path / "full" / "iterations" / "003" / "manifest.json").read_text())
     assert set(manifest["sha256"]) == {"model.npz", "particles.npz", "class_001.mrc"}
@@ -120,7 +128,9 @@ def test_the_best_fitting_start_continues(k1_data, tmp_path):
     folder, _ = k1_data
     table = from_mrc_files(folder).subset(np.arange(24))
     cfg = RunConfig(
-        iterations=3, seed=2, starts=3, start_iterations=2, start_band=5, fa_iterations=0
+        iterations=3,
+        seed=2,
+        tuning=Tuning(starts=3, start_iterations=2, start_band=5, fa_iterations=0),
     )
     result = run(table, tmp_path / "run", cfg)
     out = tmp_path / "run"
@@ -149,19 +159,28 @@ def test_the_best_fitting_start_continues(k1_data, tmp_path):
 def test_workers_give_the_same_answer(k1_data, tmp_path):
     folder, _ = k1_data
     table = from_mrc_files(folder).subset(np.arange(16))
-    cfg = RunConfig(classes=1, iterations=2, seed=3, chunk_size=4)
-    serial = run(table, tmp_path / "s", cfg, workers=1)
-    parallel = run(table, tmp_path / "p", cfg, workers=2)
+    cfg = RunConfig(classes=1, iterations=2, seed=3)
+    serial = run(table, tmp_path / "s", cfg, workers=1, batch_size=4)
+    parallel = run(table, tmp_path / "p", cfg, workers=2, batch_size=4)
     np.testing.assert_array_equal(serial.maps, parallel.maps)
     np.testing.assert_array_equal(serial.rotations, parallel.rotations)
 
 
 def test_fa_runs_and_is_hard(k1_data, tmp_path):
+    """FA's average is the wedge-compensated mean of the particles placed at their best
+    poses, each with weight 1: recomputed from the returned poses, the same sums."""
     folder, _ = k1_data
     table = from_mrc_files(folder).subset(np.arange(12))
-    result = run(table, tmp_path / "fa", RunConfig(method="fa", iterations=2, seed=1))
-    assert np.all(result.max_probability == 1.0)
+    cfg = RunConfig(method="fa", iterations=2, seed=1, tuning=Tuning(starts=1))
+    result = run(table, tmp_path / "fa", cfg)
     assert np.isfinite(result.maps).all()
+    halves = split_halves(len(table), cfg.seed)
+    items = [(i, 0, result.rotations[i], result.shifts[i]) for i in range(len(table))]
+    _, stats = hard_chunk(table, items, 1, halves)
+    S, W = stats.dense()
+    hard = compensated_mean(S[:, 0].sum(0), W[:, 0].sum(0), stats.level[:, 0].sum(0))
+    np.testing.assert_allclose(result.state.averages[0], hard, rtol=1e-9, atol=1e-9)
+    assert not result.converged and result.n_iterations == 2
 
 
 def test_more_classes_than_particles_is_refused(k1_data, tmp_path):
@@ -238,7 +257,7 @@ def test_sigkill_mid_run_then_continue(k1_data, tmp_path):
     while not (killed / "starts" / "01" / "iterations" / "001" / "manifest.json").exists():
         assert time.time() < deadline and proc.poll() is None, "run ended before iteration 1"
         time.sleep(0.02)
-    time.sleep(0.3)  # inside the first start's iteration 2
+    # the first start's iteration 1 is saved: the run is inside its iteration 2
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (killed / "particles.star").exists()
@@ -258,7 +277,9 @@ def test_fa_iterations_come_first_then_the_likelihood(k1_data, tmp_path):
     is FAML (a log-likelihood); no early stop during the FA ones."""
     folder, _ = k1_data
     table = from_mrc_files(folder).subset(np.arange(16))
-    cfg = RunConfig(iterations=3, seed=1, starts=1, fa_iterations=2, stop_pose_change_deg=180.0)
+    cfg = RunConfig(
+        iterations=3, seed=1, tuning=Tuning(starts=1, fa_iterations=2, stop_pose_change_deg=180.0)
+    )
     result = run(table, tmp_path / "run", cfg)
     entries = json.loads((tmp_path / "run" / "run.json").read_text())["iterations"]
     assert [e["iteration"] for e in entries] == [0, 1, 2, 3]
@@ -266,7 +287,7 @@ def test_fa_iterations_come_first_then_the_likelihood(k1_data, tmp_path):
     assert entries[3]["log_likelihood"] < 0.0
     assert result.state.iteration == 3
     with pytest.raises(ValueError, match="fa_iterations"):
-        RunConfig(fa_iterations=-1)
+        RunConfig(tuning=Tuning(fa_iterations=-1))
 
 
 @pytest.mark.slow

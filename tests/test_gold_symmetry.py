@@ -16,10 +16,12 @@ from faml.geometry.rotations import random_rotations, rotation_about_axis
 from faml.geometry.symmetry import parse_symmetry, symmetry_correlation, symmetry_frame
 from faml.geometry.transform import transform_volume
 from faml.io.particles import from_mrc_files
-from faml.ml.config import RunConfig
-from faml.ml.em import Stats, _frame_points, symmetrize_stats
-from faml.ml.engine import _halves, run
+from faml.ml.config import RunConfig, Tuning
+from faml.ml.engine import run
 from faml.ml.fourier import fsc, mask_corrected_fsc
+from faml.ml.mstep import symmetrize_stats
+from faml.ml.stats import Stats, frame_points
+from faml.ml.tasks import split_halves
 
 
 def _blobs(box: int, group: str) -> np.ndarray:
@@ -82,7 +84,7 @@ def test_symmetrised_sums_equal_the_symmetrised_map():
     rng = np.random.default_rng(3)
     vol = _blobs(box, "C1") + rng.normal(0, 0.05, (box,) * 3).astype(np.float32)
     vol *= soft_sphere(box, 12.0)
-    flat = _frame_points(box, band)[1]
+    flat = frame_points(box, band)[1]
     stats = Stats.zeros(1, box, band)
     stats.S[0, 0] = scipy.fft.rfftn(vol).reshape(-1)[flat]
     stats.W[0, 0] = 1.0
@@ -105,7 +107,7 @@ def test_symmetrised_sums_equal_the_symmetrised_map():
 def test_a_symmetric_run_gives_a_symmetric_map_close_to_the_truth(tmp_path):
     truth = _blobs(32, "D3")
     make_dataset(tmp_path / "p", [truth], 16, 0.5, seed=2)
-    cfg = RunConfig(iterations=4, seed=1, starts=1, fa_iterations=2, symmetry="D3")
+    cfg = RunConfig(iterations=4, seed=1, symmetry="D3", tuning=Tuning(starts=1, fa_iterations=2))
     result = run(from_mrc_files(tmp_path / "p"), tmp_path / "run", cfg)
     g = parse_symmetry("D3")
     final = result.maps[0]
@@ -128,7 +130,7 @@ def split_set(tmp_path_factory):
     """Half-set 0 holds only the 80S ribosome, half-set 1 only the 1U6G complex: a half map
     that ever sees the other half's particles is pulled towards the other structure."""
     n, seed = 24, 4
-    halves = _halves(n, seed)
+    halves = split_halves(n, seed)
     a, b = polnet_map("4v4r"), polnet_map("1u6g")
     root = tmp_path_factory.mktemp("gold")
     make_dataset(root / "a", [a], int(np.sum(halves == 0)), 0.3, seed=1)
@@ -154,7 +156,9 @@ def _half_scores(out, structures):
 
 def test_gold_standard_halves_never_see_each_other(split_set, tmp_path):
     folder, structures, seed = split_set
-    cfg = RunConfig(iterations=4, seed=seed, starts=1, fa_iterations=1, gold_standard=True)
+    cfg = RunConfig(
+        iterations=4, seed=seed, gold_standard=True, tuning=Tuning(starts=1, fa_iterations=1)
+    )
     run(from_mrc_files(folder), tmp_path / "gold", cfg)
     scores = _half_scores(tmp_path / "gold", structures)
     assert scores[0, 0] > scores[0, 1] + 0.2 and scores[1, 1] > scores[1, 0] + 0.2, scores
@@ -169,7 +173,7 @@ def test_gold_standard_halves_never_see_each_other(split_set, tmp_path):
 
 def test_without_gold_standard_no_half_maps_and_an_optimistic_note(split_set, tmp_path):
     folder, _, seed = split_set
-    cfg = RunConfig(iterations=2, seed=seed, starts=1, fa_iterations=1)
+    cfg = RunConfig(iterations=2, seed=seed, tuning=Tuning(starts=1, fa_iterations=1))
     run(from_mrc_files(folder), tmp_path / "joint", cfg)
     assert not list((tmp_path / "joint").glob("*half*"))
     text = (tmp_path / "joint" / "model.star").read_text()

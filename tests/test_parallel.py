@@ -18,8 +18,10 @@ import pytest
 
 from conftest import make_dataset
 from faml.io.particles import from_mrc_files
-from faml.ml.config import RunConfig
-from faml.ml.engine import _chunks, last_complete_iteration, run
+from faml.ml.config import RunConfig, Tuning
+from faml.ml.engine import run
+from faml.ml.rundir import last_complete_iteration
+from faml.ml.tasks import chunks as _chunks
 from faml.parallel import (
     DaskExecutor,
     ExecutorLost,
@@ -179,7 +181,8 @@ def data(tmp_path_factory, ribosome32):
     return folder
 
 
-CONFIG = RunConfig(classes=2, iterations=3, seed=4, chunk_size=4, starts=1, fa_iterations=1)
+BATCH = 4  # particles per task: several tasks per worker
+CONFIG = RunConfig(classes=2, iterations=3, seed=4, tuning=Tuning(starts=1, fa_iterations=1))
 
 
 def _outputs(out: Path):
@@ -200,7 +203,7 @@ def _same(a, b):
 @pytest.fixture(scope="module")
 def serial_run(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("serial") / "run"
-    run(from_mrc_files(data), out, CONFIG)
+    run(from_mrc_files(data), out, CONFIG, batch_size=BATCH)
     return _outputs(out)
 
 
@@ -209,7 +212,7 @@ def test_local_clusters_match_the_serial_run(data, serial_run, tmp_path, workers
     executor = make_executor(workers, local_cluster=True)
     try:
         assert executor.workers == workers
-        run(from_mrc_files(data), tmp_path / "run", CONFIG, executor=executor)
+        run(from_mrc_files(data), tmp_path / "run", CONFIG, executor=executor, batch_size=BATCH)
     finally:
         executor.close()
     _same(_outputs(tmp_path / "run"), serial_run)
@@ -230,8 +233,7 @@ def test_tasks_shrink_at_the_end_and_cover_every_particle_once(n, size, workers)
 
 @pytest.mark.parametrize("batch", [1, 3, 7, 18])
 def test_batch_size_does_not_change_the_result(data, serial_run, tmp_path, batch):
-    cfg = RunConfig(**{**CONFIG.to_dict(), "chunk_size": batch})
-    run(from_mrc_files(data), tmp_path / "run", cfg)
+    run(from_mrc_files(data), tmp_path / "run", CONFIG, batch_size=batch)
     _same(_outputs(tmp_path / "run"), serial_run)
 
 
@@ -337,7 +339,7 @@ def _run_in_thread(table, out, cfg, executor):
 
     def target():
         try:
-            box["result"] = run(table, out, cfg, executor=executor)
+            box["result"] = run(table, out, cfg, executor=executor, batch_size=BATCH)
         except BaseException as exc:  # noqa: BLE001 - handed to the test
             box["error"] = exc
 
@@ -400,7 +402,7 @@ def test_a_lost_scheduler_stops_the_run_and_continue_finishes_it(data, serial_ru
         again.wait(2)
         executor = connect(again.address)
         try:
-            run(from_mrc_files(data), out, CONFIG, executor=executor, resume=True)
+            run(from_mrc_files(data), out, CONFIG, executor=executor, resume=True, batch_size=BATCH)
         finally:
             executor.close()
     finally:

@@ -84,14 +84,17 @@ def test_gold_standard_report_shows_model_star(tmp_path):
     """A tiny --gold-standard run: the mask-corrected FSC of model.star, its 0.143
     resolution, the independence of the halves and links to the half maps."""
     from faml.io.particles import from_mrc_files
-    from faml.ml.config import RunConfig
+    from faml.ml.config import RunConfig, Tuning
     from faml.ml.engine import run
+    from faml.report import ReportHook
 
     make_dataset(tmp_path / "p", [polnet_map("1bxn", 24)], 8, 1.0, seed=5)
     table = from_mrc_files(str(tmp_path / "p"), tilt_range=(-60.0, 60.0))
     out = tmp_path / "gold"
-    config = RunConfig(gold_standard=True, iterations=2, fa_iterations=1, starts=1, seed=1)
-    run(table, out, config)
+    config = RunConfig(
+        gold_standard=True, iterations=2, seed=1, tuning=Tuning(fa_iterations=1, starts=1)
+    )
+    run(table, out, config, on_iteration=ReportHook())
     page = (out / "report.html").read_text()
     assert 'id="final"' in page
     model = starfile.read(out / "model.star", always_dict=True)
@@ -141,9 +144,9 @@ def test_a_run_in_progress_still_reports(tiny_run, tmp_path):
 
 
 def test_a_failing_report_only_warns(tmp_path, caplog):
-    from faml.ml.engine import _report
+    from faml.report import ReportHook
 
-    _report(tmp_path)  # an empty folder: nothing to report
+    ReportHook()(tmp_path, None)  # an empty folder: nothing to report
     assert "could not write the run report" in caplog.text
     assert not (tmp_path / "report.html").exists()
 
@@ -232,23 +235,24 @@ def test_report_renders_in_chromium(tiny_run, tmp_path):
     assert len(np.unique(np.round(gray, 2))) > 50
 
 
-def test_the_report_takes_at_most_its_share_of_a_run(monkeypatch):
-    from faml.ml import engine
+def test_the_report_takes_at_most_its_share_of_a_run(monkeypatch, tmp_path):
+    from faml.report import live
 
     now = [0.0]
-    monkeypatch.setattr(engine.time, "perf_counter", lambda: now[0])
-    clock = engine._Throttle(0.1)
-    assert clock.due()  # the first one always
+    monkeypatch.setattr(live.time, "perf_counter", lambda: now[0])
+    written = []
 
-    def costs_two_seconds():
+    def costs_two_seconds(out, info=None):
         now[0] += 2.0
+        written.append(info)
 
-    clock.timed(costs_two_seconds)
-    written = 1
+    monkeypatch.setattr(live, "write_report", costs_two_seconds)
+    hook = live.ReportHook(0.1)
+    hook(tmp_path, {"iteration": 0})  # the first one always
     for _ in range(100):  # iterations of 1 s each
         now[0] += 1.0
-        if clock.due():
-            clock.timed(costs_two_seconds)
-            written += 1
-    assert written == 1 + 100 // 20  # one every 20 s of iterations: 2 s / 0.1
-    assert 2.0 * written / now[0] <= 0.1 + 2.0 / now[0]
+        hook(tmp_path, {"iteration": 1})
+    assert len(written) == 1 + 100 // 20  # one every 20 s of iterations: 2 s / 0.1
+    assert 2.0 * len(written) / now[0] <= 0.1 + 2.0 / now[0]
+    hook(tmp_path, None)  # the end of the run: always, with run.json
+    assert len(written) == 2 + 100 // 20 and written[-1] is None

@@ -15,7 +15,7 @@ from faml.geometry.symmetry import parse_symmetry
 from faml.geometry.wedge import wedge_mask
 from faml.io.mrc import write_volume
 from faml.io.particles import from_mrc_files
-from faml.ml.config import RunConfig
+from faml.ml.config import RunConfig, Tuning
 from faml.ml.em import load_particle
 from faml.ml.engine import run
 from faml.ml.verdict import MIN_START_AGREEMENT, judge, start_agreement
@@ -43,25 +43,24 @@ def test_start_agreement_counts_symmetry_copies_as_the_same_pose():
 
 
 def test_judge_names_each_failed_check_and_what_it_could_not_assess():
-    history = [{"band_shells": 4}, {"band_shells": 4, "median_pose_change_deg": 120.0}]
     rng = np.random.default_rng(5)
     a, b = random_rotations(50, rng), random_rotations(50, rng)
-    v = judge(history, 4, a, b)
+    v = judge(4, band_shells=4, pose_change_deg=120.0, rotations=a, second_rotations=b)
     assert not v.trusted and len(v.reasons) == 3
     assert v.evidence["start_agreement"] < MIN_START_AGREEMENT
     assert "cannot be trusted" in v.sentence()
-    good = [{"band_shells": 8, "median_pose_change_deg": 0.5}]
-    v = judge(good, 4, a, a @ random_rotations(1, rng)[0])
+    good = {"band_shells": 8, "pose_change_deg": 0.5}
+    v = judge(4, **good, rotations=a, second_rotations=a @ random_rotations(1, rng)[0])
     assert v.trusted and v.reasons == () and v.evidence["start_agreement"] == 1.0
     # disagreeing starts: trusted only when the run out-fits the second by the margin
-    fitted = [{"band_shells": 8, "median_pose_change_deg": 0.5, "log_likelihood": -1000.0}]
-    v = judge(fitted, 4, a, b, second_loglik=-1000.0 - 4.0 * 50)
+    fitted = {**good, "log_likelihood": -1000.0, "rotations": a, "second_rotations": b}
+    v = judge(4, **fitted, second_loglik=-1000.0 - 4.0 * 50)
     assert v.trusted is False and "4.0 nats per particle" in v.reasons[0]
-    v = judge(fitted, 4, a, b, second_loglik=-1000.0 - 6.0 * 50)
+    v = judge(4, **fitted, second_loglik=-1000.0 - 6.0 * 50)
     assert v.trusted is True and v.evidence["second_start_worse"]
     assert v.evidence["loglik_margin_per_particle"] == pytest.approx(6.0)
     assert "worse optimum" in v.sentence()
-    v = judge(good, 4)  # no second start: undetermined, not trusted
+    v = judge(4, **good)  # no second start: undetermined, not trusted
     assert v.trusted is None and v.not_assessed and v.evidence["start_agreement"] is None
     assert "undetermined" in v.sentence()
 
@@ -112,7 +111,9 @@ def easy_and_noise(tmp_path_factory, ribosome32):
 
 
 def test_a_run_on_pure_noise_is_not_trusted_and_one_on_clear_data_is(easy_and_noise, tmp_path):
-    cfg = RunConfig(iterations=4, seed=1, starts=3, start_iterations=2, fa_iterations=2)
+    cfg = RunConfig(
+        iterations=4, seed=1, tuning=Tuning(starts=3, start_iterations=2, fa_iterations=2)
+    )
     verdicts = {}
     for name in ("easy", "noise"):
         out = tmp_path / name
@@ -128,7 +129,9 @@ def test_a_run_on_pure_noise_is_not_trusted_and_one_on_clear_data_is(easy_and_no
 
 def test_the_verification_resumes_to_the_same_verdict(easy_and_noise, tmp_path):
     table = from_mrc_files(easy_and_noise / "easy")
-    cfg = RunConfig(iterations=4, seed=3, starts=2, start_iterations=2, fa_iterations=2)
+    cfg = RunConfig(
+        iterations=4, seed=3, tuning=Tuning(starts=2, start_iterations=2, fa_iterations=2)
+    )
     whole = run(table, tmp_path / "whole", cfg)
     out = tmp_path / "cut"
     run(table, out, cfg)
@@ -172,7 +175,9 @@ def test_a_runner_up_that_fits_much_better_is_kept(monkeypatch, easy_and_noise, 
     import faml.ml.engine as engine
 
     table = from_mrc_files(easy_and_noise / "easy")
-    cfg = RunConfig(iterations=4, seed=3, starts=2, start_iterations=2, fa_iterations=2)
+    cfg = RunConfig(
+        iterations=4, seed=3, tuning=Tuning(starts=2, start_iterations=2, fa_iterations=2)
+    )
     real = engine._verification
 
     def better(job, out, history, final, resume):
@@ -182,8 +187,8 @@ def test_a_runner_up_that_fits_much_better_is_kept(monkeypatch, easy_and_noise, 
     monkeypatch.setattr(engine, "_verification", better)
     result = run(table, tmp_path / "run", cfg)
     entry = result.history[-1]
-    assert entry["kept_runner_up"] is True
-    assert entry["log_likelihood"] - entry["log_likelihood_chosen_start"] > 5.0 * len(table)
+    assert entry.kept_runner_up is True
+    assert entry.log_likelihood - entry.log_likelihood_chosen_start > 5.0 * len(table)
     assert result.verdict.trusted is True  # the two starts agree here: no margin needed
     with np.load(tmp_path / "run" / "verify" / "iterations" / "004" / "particles.npz") as z:
         np.testing.assert_array_equal(result.rotations, z["rotations"])  # the runner-up's

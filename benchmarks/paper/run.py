@@ -140,7 +140,7 @@ def run_method(
     ev = evaluate_run(out, folder, oracle=method == "faml").to_dict()
     (out / "evaluation.json").write_text(json.dumps(ev, indent=1))
     s = ev["summary"]
-    per_iter = [h["seconds"] for h in result.history[1:]]
+    per_iter = [h.seconds for h in result.history[1:]]
     return {
         "pearson": s["mean_correlation"],
         "pearson_per_class": [c["map"]["correlation"] for c in ev["classes"]],

@@ -33,6 +33,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -47,11 +48,14 @@ from faml.evaluate.poses import pose_errors  # noqa: E402
 from faml.io.mrc import read_volume  # noqa: E402
 from faml.io.relion5 import star_poses  # noqa: E402
 from faml.io.star import read_particles_star  # noqa: E402
-from faml.ml.config import RunConfig  # noqa: E402
+from faml.ml.config import RunConfig, Tuning  # noqa: E402
 from faml.ml.engine import run  # noqa: E402
 
 VOXEL = 12.0
 VERDICT_WORD = {True: "trusted", False: "NOT trusted", None: "undetermined"}
+
+
+TUNING_FIELDS = {f.name for f in fields(Tuning)}
 
 
 def _value(text: str):
@@ -117,7 +121,9 @@ def main() -> None:
             print(f"## {name}: oracle {base['oracle']}, random poses {base['random poses']}",
                   flush=True)  # fmt: skip
             for seed in (int(x) for x in args.seeds.split(",")):
-                config = RunConfig(method=args.method, seed=seed, **options)
+                tuned = {k: v for k, v in options.items() if k in TUNING_FIELDS}
+                product = {k: v for k, v in options.items() if k not in TUNING_FIELDS}
+                config = RunConfig(method=args.method, seed=seed, **product, tuning=Tuning(**tuned))
                 t0 = time.perf_counter()
                 result = run(table, tmp / f"{name}-{seed}", config, workers=args.workers)
                 wall = time.perf_counter() - t0

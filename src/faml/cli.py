@@ -86,14 +86,17 @@ def _cmd_align(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
     from pathlib import Path
 
     from faml.geometry.masks import reference_mask
     from faml.io.mrc import read_volume
     from faml.io.particles import with_ctf_form
-    from faml.ml.config import RunConfig
+    from faml.ml.config import RunConfig, Tuning
     from faml.ml.engine import run
+    from faml.ml.phase import iterations_in_all, random_starts
     from faml.parallel import make_executor
+    from faml.report import ReportHook
 
     tilt = (float(args.tilt_range[0]), float(args.tilt_range[1]))
     if not -90.0 < tilt[0] < tilt[1] < 90.0:
@@ -110,34 +113,37 @@ def _cmd_run(args: argparse.Namespace) -> int:
         mask=read_volume(args.mask)[0] if args.mask else None,
         diameter=args.particle_diameter,
     )
-    scan_step = None if args.no_scan else args.scan_step
-    likelihood, voronoi, local = args.likelihood, args.voronoi, args.local_candidates
-    update, starts, fa_iterations = args.average_update, args.starts, args.fa_iterations
+    tuning = Tuning(
+        max_candidates=args.candidates,
+        scan_step_deg=None if args.no_scan else args.scan_step,
+        likelihood=args.likelihood,
+        voronoi=args.voronoi,
+        local_candidates=args.local_candidates,
+        local_rings=args.local_rings,
+        average_update=args.average_update,
+        starts=args.starts,
+        start_iterations=args.start_iterations,
+        fa_iterations=args.fa_iterations,
+        grid_iterations=args.grid_iterations,
+        verify=not args.no_verify,
+    )
     if args.paper_exact:
-        scan_step, likelihood, voronoi, local = None, "plain", True, 0
-        update, starts, fa_iterations = "paper", 1, 0
+        paper = Tuning.paper()
+        tuning = replace(
+            tuning, **{k: getattr(paper, k) for k in (
+                "scan_step_deg", "likelihood", "voronoi", "local_candidates", "average_update",
+                "starts", "fa_iterations")},
+        )  # fmt: skip
     config = RunConfig(
         classes=args.classes,
         method=args.method,
         iterations=args.iterations,
         seed=args.seed,
-        max_candidates=args.candidates,
         max_shift=args.max_shift,
-        scan_step_deg=scan_step,
-        likelihood=likelihood,
-        voronoi=voronoi,
-        local_candidates=local,
-        local_rings=args.local_rings,
-        average_update=update,
-        starts=starts,
-        start_iterations=args.start_iterations,
-        fa_iterations=fa_iterations,
-        chunk_size=args.batch_size,
         gold_standard=args.gold_standard,
         symmetry=args.symmetry,
         particle_mask_radius=_particle_mask_radius(args, table),
-        grid_iterations=args.grid_iterations,
-        verify=not args.no_verify,
+        tuning=tuning,
     )
     _check_out(args, table, config)
     _record_inputs(Path(args.out), table, config, dropped)
@@ -153,7 +159,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         for line in plan_lines(args, table, config, executor, ctf_form=ctf_row):
             logger.info("%s", line)
         executor.on_progress = IterationClock(
-            _iterations_in_all(config), max(1, executor.workers), starts_included=config.starts > 1
+            iterations_in_all(config),
+            max(1, executor.workers),
+            starts_included=random_starts(config) > 1,
         )
         result = run(
             table,
@@ -161,8 +169,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             config,
             mask=mask,
             executor=executor,
+            batch_size=args.batch_size,
             resume=args.resume,
             command_line=sys.argv if args.argv is None else args.argv,
+            on_iteration=ReportHook(),
         )
     finally:
         executor.close()
@@ -326,14 +336,6 @@ def _record_inputs(out, table, config, dropped) -> None:
         write_text_atomic(out / "dropped_particles.txt", "\n".join(lines) + "\n")
 
 
-def _iterations_in_all(cfg) -> int:
-    """Iterations a run does at most, those of every random start included."""
-    first = min(cfg.start_iterations, cfg.iterations)
-    if cfg.starts > 1 and first >= 2:
-        return cfg.starts * first + cfg.iterations - first
-    return cfg.iterations
-
-
 def _n(count: int, noun: str) -> str:
     """``1 iteration``, ``2 iterations``."""
     return f"{count} {noun}" + ("" if count == 1 else "s")
@@ -346,7 +348,7 @@ def _particle_mask_radius(args: argparse.Namespace, table) -> float | None:
     diameter (its soft edge outside, as the reference mask's); else the default reference
     mask's radius.
     """
-    from faml.ml.config import RunConfig
+    from faml.geometry.masks import DEFAULT_MASK_RADIUS
     from faml.ml.em import PARTICLE_MASK_EDGE
 
     if not args.particle_mask:
@@ -355,7 +357,7 @@ def _particle_mask_radius(args: argparse.Namespace, table) -> float | None:
         edge = PARTICLE_MASK_EDGE
         share = (args.particle_diameter / 2.0 / table.voxel_size + edge) / table.box
         return float(min(max(share, 0.1), 0.6))
-    return RunConfig.mask_radius
+    return DEFAULT_MASK_RADIUS
 
 
 def _duration(seconds: float) -> str:
@@ -401,17 +403,19 @@ def plan_lines(
     """
     from pathlib import Path
 
+    from faml.ml.phase import random_starts, start_iterations
+
     cfg = config
     if cfg.method == "fa":
         method = "fa (alignment only, hard assignments)"
-    elif cfg.fa_iterations:
-        warm_up = _n(min(cfg.fa_iterations, cfg.iterations), "iteration")
+    elif cfg.tuning.fa_iterations:
+        warm_up = _n(min(cfg.tuning.fa_iterations, cfg.iterations), "iteration")
         method = f"faml, FA warm-up for the first {warm_up}"
     else:
         method = "faml (maximum likelihood from the first iteration)"
-    if cfg.starts > 1 and min(cfg.start_iterations, cfg.iterations) >= 2:
-        each = _n(cfg.start_iterations, "iteration")
-        starts = f"{cfg.starts} random starts of {each} each, the best continues"
+    if random_starts(cfg) > 1:
+        each = _n(start_iterations(cfg), "iteration")
+        starts = f"{random_starts(cfg)} random starts of {each} each, the best continues"
     else:
         starts = "1 random start"
     if args.mask:
@@ -453,7 +457,7 @@ def plan_lines(
         ("gold standard", gold),
         ("mask", mask),
         ("particle mask", particles),
-        ("map step", f"{where}, {cfg.chunk_size} particles per task"),
+        ("map step", f"{where}, {args.batch_size} particles per task"),
         ("output", f"{out}" + (" (--continue: after its last complete iteration)"
                                if args.resume else "")),
     ]  # fmt: skip
@@ -1294,7 +1298,7 @@ def _saved_iteration(out) -> str:
     """What ``--continue`` would resume from in the run folder ``out``."""
     from pathlib import Path
 
-    from faml.ml.engine import last_complete_iteration
+    from faml.ml.rundir import last_complete_iteration
 
     out = Path(out)
     done = last_complete_iteration(out)

@@ -19,6 +19,7 @@ from faml.io.mrc import read_volume
 from faml.io.particles import from_mrc_files
 from faml.ml.config import RunConfig
 from faml.ml.engine import run
+from faml.report import ReportHook
 from faml.simulate.fast import simulate_fast
 
 __all__ = ["demo_structure", "run_demo"]
@@ -51,7 +52,10 @@ def run_demo(
     )
     table = from_mrc_files(out / "particles")
     config = RunConfig(classes=1, iterations=iterations, seed=seed)
-    result = run(table, out / "run", config, workers=workers, command_line=["faml", "demo"])
+    result = run(
+        table, out / "run", config, workers=workers, command_line=["faml", "demo"],
+        on_iteration=ReportHook(),
+    )  # fmt: skip
     score = score_map(result.maps[0], structure, voxel)
     errors = rotation_distance(result.rotations @ score.global_rotation, truth.rotations)
     figures = {

@@ -2,7 +2,7 @@
 
 "The best any method can do with these particles": the same statistics as a run's M-step
 (:func:`faml.ml.em.hard_chunk` places each particle in its class's frame with weight 1), the
-same wedge-compensated mean (:func:`faml.ml.em.compensated_mean`), and the same filtering as
+same wedge-compensated mean (:func:`faml.ml.mstep.compensated_mean`), and the same filtering as
 the engine's ``filtered_average``: the particles are split into two random halves, the FSC
 between the half averages gives per class the weights ``sqrt(2 F / (1 + F))`` up to the band
 where the FSC first drops below 0.143 (the largest band over the classes, at least
@@ -20,8 +20,10 @@ import scipy.fft
 
 from faml.evaluate.maps import default_mask
 from faml.io.particles import ParticleTable, with_weight_scale
-from faml.ml.em import Stats, compensated_mean, hard_chunk
+from faml.ml.em import hard_chunk
 from faml.ml.fourier import band_from_fsc, fsc, fsc_filter, shell_index
+from faml.ml.mstep import compensated_mean
+from faml.ml.stats import Stats
 
 __all__ = ["OracleAverage", "oracle_average"]
 

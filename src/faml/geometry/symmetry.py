@@ -5,13 +5,13 @@ lie in the xy plane, one of them along x. A group is listed by its rotations ``R
 `(G, 3, 3)` acting on ``(x, y, z)`` about the box centre ``N // 2``
 (:mod:`faml.geometry.transform`).
 
-Two uses in a run (:mod:`faml.ml.engine`):
+Two uses in a run (:mod:`faml.ml.mstep`):
 
 - :func:`symmetry_frame` finds, once, the rigid transform that brings a reference-free
   average into the group's frame (its centre of mass to the box centre, its n-fold axis to
   z, for Dn a two-fold axis to x): a coarse search over axis directions on a low-passed
   copy, then a local refinement on the map itself;
-- the M-step's sums are averaged over the group (:func:`faml.ml.em.symmetrize_stats`),
+- the M-step's sums are averaged over the group (:func:`faml.ml.mstep.symmetrize_stats`),
   ``S_sym(k) = 1/G sum_g S(R_g^T k)`` and the same for the weights ``W``, so that every
   symmetry copy of a particle fills its share of the others' missing wedges.
 """

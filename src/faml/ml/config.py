@@ -1,47 +1,39 @@
-"""Typed run configuration of the FAML / FA engine."""
+"""Typed run configuration of the FAML / FA engine.
+
+Two objects decide a run's result (and so go into ``run.json`` and the fingerprint that
+``faml run --continue`` compares):
+
+- :class:`RunConfig`, what a user decides: classes, method, iterations, seed, symmetry, gold
+  standard, masks, the largest shift;
+- :class:`Tuning` (``RunConfig.tuning``), the measured departures from the paper and the
+  search's settings, with today's defaults and the paper's preset (:meth:`Tuning.paper`,
+  ``faml run --paper-exact``).
+
+How the map step is split into tasks (``--batch-size``, the workers) never changes a result
+and is not part of either: it is an argument of :func:`faml.ml.engine.run`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 
-__all__ = ["RunConfig"]
+from faml.geometry.masks import DEFAULT_MASK_RADIUS
+from faml.geometry.symmetry import parse_symmetry
+
+__all__ = ["RunConfig", "Tuning"]
 
 
 @dataclass(frozen=True)
-class RunConfig:
-    """Everything that decides a run's result (and so goes into ``run.json``).
+class Tuning:
+    """The measured departures from the paper and the search's settings.
+
+    Every field changes the result; the defaults are the measured ones (each entry says
+    what was measured), :meth:`paper` gives the paper's method as written.
 
     Attributes
     ----------
-    classes
-        ``K``, number of classes (1: averaging only).
-    method
-        ``"faml"`` (candidates + maximum likelihood) or ``"fa"`` (alignment only, hard).
-    iterations
-        Most iterations; the run stops earlier when classes and poses stop changing.
-    seed
-        The one seed of every random choice.
     max_candidates
         ``M``, candidates per particle and class from the fast alignment.
-    max_shift
-        Largest translation searched (voxels); default ``box / 4``.
-    voronoi_samples
-        ``S``, Monte-Carlo points of the Voronoi weights.
-    mask_radius
-        Radius of the default soft spherical mask, as a fraction of the box (used when no
-        mask file is given).
-    min_band
-        Smallest band (Fourier shells) used for alignment and likelihood, whatever the FSC.
-    band_margin
-        Shells beyond the FSC resolution included in the likelihood (as RELION).
-    stop_class_change
-        Early stop when fewer than this share of particles changed class ...
-    stop_pose_change_deg
-        ... and the median change of the best rotation is below this (degrees). Measured
-        reference-free (60 particles of 1U6G, SNR 0.01, four seeds): stopping at 1 degree
-        ended after 7-10 iterations with 78, 68, 83 and 68% of poses within 15 degrees;
-        running all 12 gave 83, 70, 85 and 78% (the median change was still 0.4-0.9 degrees
-        and the band still moving).
     scan_step_deg
         Rotation step of the phase-aware coarse scan that adds candidates to the magnitude
         search (:mod:`faml.align.scan`); ``None``: magnitude search only (the paper).
@@ -89,6 +81,8 @@ class RunConfig:
         SNR 0.02. A Voronoi cell is the pose volume a candidate would stand for if the
         likelihood were flat over it; the likelihood peaks within a few degrees, so a
         lone, wrong candidate far from the others gets a large cell and too much weight.
+    voronoi_samples
+        ``S``, Monte-Carlo points of the Voronoi weights.
     min_responsibility
         Candidates whose responsibility is below this share of the particle's largest one
         are left out of the M-step sums (the rest renormalised); 0 keeps every candidate.
@@ -123,6 +117,139 @@ class RunConfig:
         fits the data better by :data:`faml.ml.verdict.MIN_LOGLIK_MARGIN` nats per particle
         over the same shells, its result is kept instead of the chosen start's. Costs the
         iterations after the starts once more (about +60% at the defaults).
+    grid_iterations
+        FAML: the first iterations (from 1) whose candidates are the ``grid_candidates``
+        most probable poses of the scan's whole rotation x shift grid
+        (:func:`faml.align.fast.grid_candidates`: every rotation of the 15 degree grid, every
+        shift of the scan's shift grid, scored by the likelihood's weights) instead of the
+        fast alignment's: a soft search over all orientations while the resolution is low,
+        as RELION's first iterations. 0 (default): the fast alignment throughout. Measured
+        reference-free on EMPIAR-10499 (40 particles, gold standard, particle mask, three
+        seeds): masked correlation with the set's map 0.62 / 0.65 / 0.59 with the grid in
+        every iteration, 0.47 / 0.48 / 0.60 without; neither found the set's poses (0-3%
+        within 15 degrees), so it is not the default.
+    grid_candidates
+        Poses kept per particle and class in a grid iteration.
+    min_band
+        Smallest band (Fourier shells) used for alignment and likelihood, whatever the FSC.
+    band_margin
+        Shells beyond the FSC resolution included in the likelihood (as RELION).
+    stop_class_change
+        Early stop when fewer than this share of particles changed class ...
+    stop_pose_change_deg
+        ... and the median change of the best rotation is below this (degrees). Measured
+        reference-free (60 particles of 1U6G, SNR 0.01, four seeds): stopping at 1 degree
+        ended after 7-10 iterations with 78, 68, 83 and 68% of poses within 15 degrees;
+        running all 12 gave 83, 70, 85 and 78% (the median change was still 0.4-0.9 degrees
+        and the band still moving).
+    """
+
+    max_candidates: int = 20
+    scan_step_deg: float | None = 15.0
+    scan_band: int | None = None
+    scan_candidates: int = 10
+    likelihood: str = "scaled"
+    average_update: str = "compensated"
+    local_candidates: int = 2
+    local_step_deg: float | None = 5.0
+    local_rings: int = 2
+    voronoi: bool = False
+    voronoi_samples: int = 10000
+    min_responsibility: float = 1e-4
+    fa_iterations: int = 6
+    starts: int = 3
+    start_iterations: int = 3
+    start_band: int = 6
+    verify: bool = True
+    grid_iterations: int = 0
+    grid_candidates: int = 300
+    min_band: int = 4
+    band_margin: int = 2
+    stop_class_change: float = 0.005
+    stop_pose_change_deg: float = 0.3
+
+    @classmethod
+    def paper(cls) -> Tuning:
+        """The paper's method as written (``faml run --paper-exact``).
+
+        Magnitude-only candidates, the plain likelihood, Voronoi weights, no neighbours,
+        eq. 10's average update, one random start, no FA warm-up.
+        """
+        return cls(
+            scan_step_deg=None, likelihood="plain", voronoi=True, local_candidates=0,
+            average_update="paper", starts=1, fa_iterations=0,
+        )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        step_ok = self.local_step_deg is None or 0.0 < self.local_step_deg <= 30.0
+        if self.local_candidates < 0 or not step_ok or self.local_rings < 1:
+            raise ValueError(
+                f"local_candidates must be >= 0, local_step_deg in (0, 30] (or None) and "
+                f"local_rings >= 1, got {self.local_candidates}, {self.local_step_deg}, "
+                f"{self.local_rings}"
+            )
+        if self.average_update not in ("compensated", "paper"):
+            raise ValueError(
+                f"average_update must be 'compensated' or 'paper', got {self.average_update!r}"
+            )
+        if self.likelihood not in ("scaled", "plain"):
+            raise ValueError(f"likelihood must be 'scaled' or 'plain', got {self.likelihood!r}")
+        if self.max_candidates < 1:
+            raise ValueError(f"max_candidates must be at least 1, got {self.max_candidates}")
+        if self.voronoi_samples < 100:
+            raise ValueError(f"voronoi_samples must be at least 100, got {self.voronoi_samples}")
+        if not 0.0 <= self.min_responsibility < 1.0:
+            raise ValueError(
+                f"min_responsibility must lie in [0, 1), got {self.min_responsibility}"
+            )
+        if self.starts < 1 or (self.starts > 1 and self.start_iterations < 2):
+            raise ValueError(
+                f"starts must be at least 1 and start_iterations at least 2 with several "
+                f"starts, got {self.starts} and {self.start_iterations}"
+            )
+        if self.start_band < 2:
+            raise ValueError(f"start_band must be at least 2 shells, got {self.start_band}")
+        if self.fa_iterations < 0:
+            raise ValueError(f"fa_iterations must be >= 0, got {self.fa_iterations}")
+        if self.grid_iterations < 0 or self.grid_candidates < 1:
+            raise ValueError(
+                f"grid_iterations must be >= 0 and grid_candidates >= 1, got "
+                f"{self.grid_iterations} and {self.grid_candidates}"
+            )
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What a user decides about a run.
+
+    With :class:`Tuning`, everything that decides its result (and so goes into ``run.json``).
+
+    Attributes
+    ----------
+    classes
+        ``K``, number of classes (1: averaging only).
+    method
+        ``"faml"`` (candidates + maximum likelihood) or ``"fa"`` (alignment only, hard).
+    iterations
+        Most iterations; the run stops earlier when classes and poses stop changing.
+    seed
+        The one seed of every random choice.
+    symmetry
+        Point group of the averages, ``"C1"`` (none), ``"Cn"`` or ``"Dn"`` (RELION's axes:
+        n-fold about z, the 2-fold of Dn about x). The averages are brought to the group's
+        frame once (:mod:`faml.geometry.symmetry`) and their sums symmetrised after.
+    gold_standard
+        Refine the two random halves (``rlnRandomSubset``) independently once the common
+        start is over (the iterations up to ``fa_iterations``, at least the random start):
+        each particle is aligned and scored against its own half's average, filtered by the
+        FSC between the halves (as RELION's auto-refine), so that FSC is an honest
+        resolution estimate. Off: both halves use the joint average and the FSC between
+        them is optimistic.
+    max_shift
+        Largest translation searched (voxels); default ``box / 4``.
+    mask_radius
+        Radius of the default soft spherical mask, as a fraction of the box (used when no
+        mask file is given).
     particle_mask_radius
         Each particle's background (its mean outside the sphere) is subtracted and the
         particle multiplied by a soft sphere of this radius (a share of the box, raised-cosine
@@ -148,123 +275,40 @@ class RunConfig:
         Not the default: the radius must fit the particle (RELION asks for
         ``--particle_diameter`` for the same reason; ``faml run --particle-mask
         --particle-diameter D``), and the white-noise benchmarks have not been rerun with it.
-    grid_iterations
-        FAML: the first iterations (from 1) whose candidates are the ``grid_candidates``
-        most probable poses of the scan's whole rotation x shift grid
-        (:func:`faml.align.fast.grid_candidates`: every rotation of the 15 degree grid, every
-        shift of the scan's shift grid, scored by the likelihood's weights) instead of the
-        fast alignment's: a soft search over all orientations while the resolution is low,
-        as RELION's first iterations. 0 (default): the fast alignment throughout. Measured
-        reference-free on EMPIAR-10499 (40 particles, gold standard, particle mask, three
-        seeds): masked correlation with the set's map 0.62 / 0.65 / 0.59 with the grid in
-        every iteration, 0.47 / 0.48 / 0.60 without; neither found the set's poses (0-3%
-        within 15 degrees), so it is not the default.
-    grid_candidates
-        Poses kept per particle and class in a grid iteration.
-    gold_standard
-        Refine the two random halves (``rlnRandomSubset``) independently once the common
-        start is over (the iterations up to ``fa_iterations``, at least the random start):
-        each particle is aligned and scored against its own half's average, filtered by the
-        FSC between the halves (as RELION's auto-refine), so that FSC is an honest
-        resolution estimate. Off: both halves use the joint average and the FSC between
-        them is optimistic.
-    symmetry
-        Point group of the averages, ``"C1"`` (none), ``"Cn"`` or ``"Dn"`` (RELION's axes:
-        n-fold about z, the 2-fold of Dn about x). The averages are brought to the group's
-        frame once (:mod:`faml.geometry.symmetry`) and their sums symmetrised after.
-    chunk_size
-        Particles per task of the map step (``--batch-size``). The results do not depend on
-        it, nor on the number of workers (:class:`faml.parallel.TreeSum`); larger batches
-        mean fewer tasks, smaller ones a finer balance between workers.
+    tuning
+        The measured departures from the paper and the search's settings
+        (:class:`Tuning`; ``Tuning.paper()``: the paper as written).
     """
 
     classes: int = 1
     method: str = "faml"
     iterations: int = 15
     seed: int = 0
-    max_candidates: int = 20
-    max_shift: float | None = None
-    voronoi_samples: int = 10000
-    mask_radius: float = 0.45
-    min_band: int = 4
-    band_margin: int = 2
-    stop_class_change: float = 0.005
-    stop_pose_change_deg: float = 0.3
-    scan_step_deg: float | None = 15.0
-    scan_band: int | None = None
-    scan_candidates: int = 10
-    likelihood: str = "scaled"
-    average_update: str = "compensated"
-    local_candidates: int = 2
-    local_step_deg: float | None = 5.0
-    local_rings: int = 2
-    voronoi: bool = False
-    min_responsibility: float = 1e-4
-    fa_iterations: int = 6
-    starts: int = 3
-    start_iterations: int = 3
-    start_band: int = 6
-    verify: bool = True
-    particle_mask_radius: float | None = None
-    grid_iterations: int = 0
-    grid_candidates: int = 300
-    gold_standard: bool = False
     symmetry: str = "C1"
-    chunk_size: int = 8
+    gold_standard: bool = False
+    max_shift: float | None = None
+    mask_radius: float = DEFAULT_MASK_RADIUS
+    particle_mask_radius: float | None = None
+    tuning: Tuning = field(default_factory=Tuning)
 
     def __post_init__(self) -> None:
         if self.classes < 1:
             raise ValueError(f"--classes must be at least 1, got {self.classes}")
         if self.method not in ("faml", "fa"):
             raise ValueError(f"--method must be 'faml' or 'fa', got {self.method!r}")
-        step_ok = self.local_step_deg is None or 0.0 < self.local_step_deg <= 30.0
-        if self.local_candidates < 0 or not step_ok or self.local_rings < 1:
-            raise ValueError(
-                f"local_candidates must be >= 0, local_step_deg in (0, 30] (or None) and "
-                f"local_rings >= 1, got {self.local_candidates}, {self.local_step_deg}, "
-                f"{self.local_rings}"
-            )
-        if self.average_update not in ("compensated", "paper"):
-            raise ValueError(
-                f"average_update must be 'compensated' or 'paper', got {self.average_update!r}"
-            )
-        if self.likelihood not in ("scaled", "plain"):
-            raise ValueError(f"likelihood must be 'scaled' or 'plain', got {self.likelihood!r}")
         if self.iterations < 1:
             raise ValueError(f"--iterations must be at least 1, got {self.iterations}")
-        if self.max_candidates < 1:
-            raise ValueError(f"max_candidates must be at least 1, got {self.max_candidates}")
-        if self.voronoi_samples < 100:
-            raise ValueError(f"voronoi_samples must be at least 100, got {self.voronoi_samples}")
         if not 0.1 <= self.mask_radius <= 0.5:
             raise ValueError(f"mask_radius must lie in [0.1, 0.5], got {self.mask_radius}")
-        if not 0.0 <= self.min_responsibility < 1.0:
-            raise ValueError(
-                f"min_responsibility must lie in [0, 1), got {self.min_responsibility}"
-            )
-        if self.starts < 1 or (self.starts > 1 and self.start_iterations < 2):
-            raise ValueError(
-                f"starts must be at least 1 and start_iterations at least 2 with several "
-                f"starts, got {self.starts} and {self.start_iterations}"
-            )
-        if self.start_band < 2:
-            raise ValueError(f"start_band must be at least 2 shells, got {self.start_band}")
-        if self.fa_iterations < 0:
-            raise ValueError(f"fa_iterations must be >= 0, got {self.fa_iterations}")
-        from faml.geometry.symmetry import parse_symmetry
-
         parse_symmetry(self.symmetry)  # a clear error for a group faml does not know
         r = self.particle_mask_radius
         if r is not None and not 0.1 <= r <= 0.6:
             raise ValueError(f"particle_mask_radius must lie in [0.1, 0.6], got {r}")
-        if self.grid_iterations < 0 or self.grid_candidates < 1:
-            raise ValueError(
-                f"grid_iterations must be >= 0 and grid_candidates >= 1, got "
-                f"{self.grid_iterations} and {self.grid_candidates}"
-            )
-        if self.chunk_size < 1:
-            raise ValueError(f"chunk_size must be at least 1, got {self.chunk_size}")
+
+    def tuned(self, **changes) -> RunConfig:
+        """Return this configuration with some :class:`Tuning` fields changed."""
+        return replace(self, tuning=replace(self.tuning, **changes))
 
     def to_dict(self) -> dict:
-        """Plain dict for ``run.json``."""
+        """Plain dict for ``run.json`` (the tuning as a nested dict under ``"tuning"``)."""
         return asdict(self)

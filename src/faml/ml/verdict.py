@@ -36,19 +36,24 @@ two checks alone do not confirm a structure.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from faml.geometry.rotations import rotation_distance
+from faml.geometry.symmetry import parse_symmetry
 
 __all__ = [
     "MAX_FINAL_POSE_CHANGE_DEG",
     "MIN_START_AGREEMENT",
     "Verdict",
     "judge",
+    "judge_run",
     "start_agreement",
 ]
+
+logger = logging.getLogger(__name__)
 
 MIN_START_AGREEMENT = 0.3
 """Smallest share of particles on which the chosen start agrees with another start."""
@@ -194,8 +199,11 @@ def _largest_consistent(ra, rb, ops, tolerance_deg) -> int:
 
 
 def judge(
-    history: list[dict],
     min_band: int,
+    *,
+    band_shells: int | None = None,
+    pose_change_deg: float | None = None,
+    log_likelihood: float | None = None,
     rotations: np.ndarray | None = None,
     second_rotations: np.ndarray | None = None,
     symmetry: np.ndarray | None = None,
@@ -203,24 +211,26 @@ def judge(
     second_classes: np.ndarray | None = None,
     second_loglik: float | None = None,
 ) -> Verdict:
-    """The run's verdict from its per-iteration history and two independent starts' poses.
+    """The run's verdict from its last iteration and two independent starts' poses.
 
     Parameters
     ----------
-    history
-        The run's per-iteration entries (``band_shells``, ``median_pose_change_deg``).
     min_band
-        The run's smallest band (``RunConfig.min_band``).
+        The run's smallest band (``Tuning.min_band``).
+    band_shells, pose_change_deg, log_likelihood
+        The run's last iteration: its band, the median change of the particles' best
+        rotation, its log-likelihood (:class:`faml.ml.state.IterationRecord`); ``None``:
+        not known (no iteration after the start).
     rotations, second_rotations
         `(n, 3, 3)` the particles' final rotations in the run and in a second, independent
-        start continued as far (``RunConfig.verify``); ``None``: agreement not assessed.
+        start continued as far (``Tuning.verify``); ``None``: agreement not assessed.
     symmetry
         `(G, 3, 3)` the point group of the maps, for :func:`start_agreement`.
     classes, second_classes
         `(n,)` the particles' classes in the two runs (``None``: one class).
     second_loglik
         The second start's log-likelihood in its last iteration, over the same shells as
-        the run's (``history[-1]["log_likelihood"]``). When the two starts disagree, a run
+        the run's ``log_likelihood``. When the two starts disagree, a run
         that fits the data better by at least :data:`MIN_LOGLIK_MARGIN` nats per particle is
         still trusted: the second start ended in a worse optimum (measured on a crowded
         simulation, 1U6G at SNR 0.02: runs with 85% and 63% of poses within 15 degrees whose
@@ -236,7 +246,7 @@ def judge(
             rotations, second_rotations, symmetry, classes_a=classes, classes_b=second_classes
         )
         evidence["start_agreement"] = agreement
-        loglik = (history[-1] if history else {}).get("log_likelihood")
+        loglik = log_likelihood
         margin = None
         if loglik is not None and second_loglik is not None:
             margin = (loglik - second_loglik) / max(rotations.shape[0], 1)
@@ -260,8 +270,7 @@ def judge(
     else:
         evidence["start_agreement"] = None
         missing.append("agreement of two random starts (one start, or --no-verify)")
-    last = history[-1] if history else {}
-    change = last.get("median_pose_change_deg")
+    change = pose_change_deg
     evidence["final_pose_change_deg"] = change
     if change is None:
         missing.append("pose change (no iteration after the start)")
@@ -270,7 +279,7 @@ def judge(
             f"the poses were still moving (median change {change:.1f} degrees in the last "
             f"iteration)"
         )
-    band = last.get("band_shells")
+    band = band_shells
     evidence["band_shells"] = band
     if band is not None and band <= min_band:
         reasons.append(
@@ -279,3 +288,28 @@ def judge(
         )
     trusted = False if reasons else (None if evidence["start_agreement"] is None else True)
     return Verdict(trusted, tuple(reasons), evidence, tuple(missing))
+
+
+def judge_run(config, last, results, check) -> Verdict:
+    """:func:`judge` on a run's last record, its particles and its verification.
+
+    ``last``: the run's last :class:`~faml.ml.state.IterationRecord`; ``check``: the
+    verification's ``(results, log-likelihood)`` (``None``: none). Logged as a warning when
+    the result cannot be trusted.
+    """
+    group = parse_symmetry(config.symmetry)
+    check_results, check_loglik = (None, None) if check is None else check
+    verdict = judge(
+        config.tuning.min_band,
+        band_shells=last.band_shells,
+        pose_change_deg=last.median_pose_change_deg,
+        log_likelihood=last.log_likelihood,
+        rotations=np.stack([r.rotation for r in results]),
+        second_rotations=None if check is None else np.stack([r.rotation for r in check_results]),
+        symmetry=None if group.trivial else group.rotations(),
+        classes=np.array([r.klass for r in results]),
+        second_classes=None if check is None else np.array([r.klass for r in check_results]),
+        second_loglik=check_loglik,
+    )
+    (logger.warning if verdict.trusted is False else logger.info)("verdict: %s", verdict.sentence())
+    return verdict

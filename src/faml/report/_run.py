@@ -7,9 +7,10 @@ What is read, newest first:
 - while a run goes on there is no ``run.json``: the summary the engine hands to the report
   writer (kept in ``report/run_info.json``) and the history of the newest complete
   iteration's ``manifest.json``;
-- ``iterations/NNN/`` with a ``manifest.json`` (complete iterations only): ``model.npz``
-  (FSC per class, band, alpha, sigma2, xi; the averages are not loaded), ``particles.npz``
-  (classes, rotations, max probability, n_significant) and ``class_KKK.mrc``;
+- ``iterations/NNN/`` with a ``manifest.json`` (complete iterations only), read by
+  :mod:`faml.ml.rundir` (the checkpoint format is written and read there only): the FSC per
+  class, band, alpha, the particles' classes, rotations, max probability, n_significant,
+  and ``class_KKK.mrc``;
 - of a finished run, ``model.star`` (the final FSC curves per class, RELION's layout; its
   first line says whether the halves were refined independently) and the names of the
   unfiltered half maps ``class_KKK_halfH_unfil.mrc`` (gold-standard runs).
@@ -25,50 +26,16 @@ from pathlib import Path
 import numpy as np
 
 from faml.io.mrc import read_header
+from faml.ml.rundir import (
+    INFO_FILE,
+    IterationSummary,
+    complete_iterations,
+    read_history,
+    read_iteration_summary,
+)
 
-INFO_FILE = Path("report") / "run_info.json"
-"""Where the running engine's summary is kept (relative to the run directory)."""
-
-
-@dataclass(frozen=True)
-class IterationFiles:
-    """One complete iteration of a run.
-
-    Attributes
-    ----------
-    number
-        Iteration (0: the random start).
-    folder
-        ``iterations/NNN``.
-    fsc
-        `(K, N//2 + 1)` half-set FSC per class.
-    band
-        Fourier shells used (the resolution the engine works at).
-    alpha
-        `(K,)` class priors.
-    classes
-        `(n,)` 0-based best class per particle.
-    rotations
-        `(n, 3, 3)` best rotation per particle.
-    max_probability
-        `(n,)` largest responsibility per particle (1 for FA).
-    n_significant
-        `(n,)` candidates that carry 90% of the particle's weight.
-    """
-
-    number: int
-    folder: Path
-    fsc: np.ndarray
-    band: int
-    alpha: np.ndarray
-    classes: np.ndarray
-    rotations: np.ndarray
-    max_probability: np.ndarray
-    n_significant: np.ndarray
-
-    def class_map(self, klass: int) -> Path:
-        """``class_KKK.mrc`` of 0-based ``klass`` (FSC-filtered and masked)."""
-        return self.folder / f"class_{klass + 1:03d}.mrc"
+IterationFiles = IterationSummary
+"""One complete iteration of a run (:class:`faml.ml.rundir.IterationSummary`)."""
 
 
 MODEL_CURVES = {
@@ -173,22 +140,6 @@ class RunFiles:
         return self.info.get("config") or {}
 
 
-def _read_iteration(folder: Path) -> IterationFiles:
-    with np.load(folder / "model.npz") as z:
-        number, fsc, band = int(z["iteration"]), np.asarray(z["fsc"]), int(z["band"])
-        alpha = np.asarray(z["alpha"])
-    with np.load(folder / "particles.npz") as z:
-        classes, rotations = np.asarray(z["classes"]), np.asarray(z["rotations"])
-        maxp, nsig = np.asarray(z["max_probability"]), np.asarray(z["n_significant"])
-    return IterationFiles(number, folder, fsc, band, alpha, classes, rotations, maxp, nsig)
-
-
-def complete_iterations(folder: Path) -> list[Path]:
-    """``iterations/NNN`` folders with a ``manifest.json``, oldest first."""
-    found = sorted((folder / "iterations").glob("[0-9][0-9][0-9]"))
-    return [f for f in found if (f / "manifest.json").exists()]
-
-
 def read_run_files(folder: str | os.PathLike[str], info: dict | None = None) -> RunFiles:
     """Read a run directory (complete or in progress) for the report.
 
@@ -217,11 +168,11 @@ def read_run_files(folder: str | os.PathLike[str], info: dict | None = None) -> 
     elif info is None:
         cached = folder / INFO_FILE
         info = json.loads(cached.read_text()) if cached.exists() else {}
-    iterations = [_read_iteration(f) for f in done]
+    iterations = [read_iteration_summary(f) for f in done]
     if complete and isinstance(info.get("iterations"), list):
         history = info["iterations"]
     else:
-        history = json.loads((done[-1] / "manifest.json").read_text())["history"]
+        history = read_history(done[-1])
     header = read_header(iterations[-1].class_map(0))
     box = int(info.get("box") or header.shape[0])
     voxel = float(info.get("voxel_size") or header.voxel_size or 1.0)

@@ -1,0 +1,129 @@
+"""What kind of iteration iteration ``i`` of a run is: one function of the config and ``i``.
+
+A run's iterations differ by a few rules, each measured (:class:`~faml.ml.config.Tuning`):
+
+- the first ``fa_iterations`` (counted from 1, the random starts' included) run as FA, each
+  particle at its best candidate, before the likelihood takes over (FAML runs);
+- the first ``grid_iterations`` of a FAML run take their candidates from the scan's whole
+  grid;
+- with the gold standard, each half-set is aligned to its own half's average once the
+  common start (the random start and the FA warm-up) is over;
+- with a point group, the averages are turned into the group's frame after the M-step of
+  :func:`symmetry_frame_iteration` and the sums of every later iteration are symmetrised;
+- during the random starts (and the verification of the runner-up start) the band is held,
+  so that the starts' fits compare; elsewhere it follows the FSC;
+- the stopping rule applies once the FA warm-up and the grid iterations are over, and not
+  while starts are compared or a start is verified.
+
+:func:`phase_of` gives all of that as one :class:`Phase`; the engine, the map step and the
+M-step read it and nothing else of these rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from faml.geometry.symmetry import parse_symmetry
+from faml.ml.config import RunConfig
+
+__all__ = [
+    "Phase",
+    "iterations_in_all",
+    "phase_of",
+    "random_starts",
+    "start_iterations",
+    "symmetry_frame_iteration",
+]
+
+
+@dataclass(frozen=True)
+class Phase:
+    """The rules of one iteration.
+
+    Attributes
+    ----------
+    iteration
+        The iteration (1-based; 0 is the random start, which has no phase).
+    method
+        ``"fa"`` or ``"faml"``: how this iteration weighs the candidates.
+    grid
+        Candidates from the scan's whole rotation x shift grid (FAML only).
+    halves_independent
+        Each half-set meets only its own half's averages (the gold standard).
+    symmetrize
+        The sums are averaged over the point group before the M-step.
+    to_symmetry_frame
+        After the M-step the averages are turned into the group's frame.
+    held_band
+        The band the next iteration uses, instead of the one the FSC gives (``None``).
+    may_stop
+        The stopping rule applies after this iteration.
+    """
+
+    iteration: int
+    method: str
+    grid: bool
+    halves_independent: bool
+    symmetrize: bool
+    to_symmetry_frame: bool
+    held_band: int | None
+    may_stop: bool
+
+
+def symmetry_frame_iteration(config: RunConfig) -> int:
+    """The iteration after whose M-step the averages go into the symmetry frame.
+
+    The sums of every later iteration are symmetrised (half the FA warm-up, at least 1).
+    """
+    return max(1, config.tuning.fa_iterations // 2)
+
+
+def phase_of(
+    config: RunConfig, iteration: int, *, held_band: int | None = None, comparing: bool = False
+) -> Phase:
+    """The rules of iteration ``iteration`` of a run with ``config``.
+
+    ``held_band``: the band to hold the model at after this iteration (random starts,
+    verification); ``comparing``: the iteration belongs to starts being compared or a start
+    being verified, which run a fixed number of iterations (no stopping rule).
+    """
+    t = config.tuning
+    method = "fa" if iteration <= t.fa_iterations else config.method
+    symmetric = not parse_symmetry(config.symmetry).trivial
+    frame_at = symmetry_frame_iteration(config)
+    return Phase(
+        iteration=iteration,
+        method=method,
+        grid=method == "faml" and iteration <= t.grid_iterations,
+        halves_independent=config.gold_standard and iteration > t.fa_iterations,
+        symmetrize=symmetric and iteration > frame_at,
+        to_symmetry_frame=symmetric and iteration == frame_at,
+        held_band=held_band,
+        may_stop=not comparing and iteration > max(t.fa_iterations, t.grid_iterations),
+    )
+
+
+def start_iterations(config: RunConfig) -> int:
+    """Iterations each random start runs before the best one is chosen (0: no choice)."""
+    last = min(config.tuning.start_iterations, config.iterations)
+    return last if random_starts(config) > 1 else 0
+
+
+def random_starts(config: RunConfig) -> int:
+    """How many random starts are compared (1: a single start, nothing to compare).
+
+    Several starts need at least two iterations each: the first runs at the random start's
+    band, so only later ones compare.
+    """
+    t = config.tuning
+    if t.starts > 1 and min(t.start_iterations, config.iterations) >= 2:
+        return t.starts
+    return 1
+
+
+def iterations_in_all(config: RunConfig) -> int:
+    """Iterations a run does at most, those of every random start included."""
+    first = start_iterations(config)
+    if first:
+        return config.tuning.starts * first + config.iterations - first
+    return config.iterations

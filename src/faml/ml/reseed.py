@@ -1,0 +1,97 @@
+"""Re-seeding classes that have (nearly) emptied, instead of letting them die."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from faml.io.particles import ParticleTable
+from faml.ml.config import RunConfig
+from faml.ml.em import ParticleResult
+from faml.ml.fourier import band_from_fsc, fsc
+from faml.ml.mstep import compensated_mean
+from faml.ml.state import ModelState
+from faml.ml.tasks import Batch, map_assigned, reduce
+from faml.parallel import Executor
+
+__all__ = ["RESEED_SHARE", "reseed"]
+
+logger = logging.getLogger(__name__)
+
+RESEED_SHARE = 0.25
+"""A class with a prior below ``RESEED_SHARE / K`` is re-seeded (see :func:`reseed`)."""
+
+
+def reseed(
+    executor: Executor,
+    table: ParticleTable,
+    state: ModelState,
+    results: list[ParticleResult],
+    config: RunConfig,
+    halves: np.ndarray,
+    batch_size: int,
+) -> tuple[ModelState, list[ParticleResult]]:
+    """``state`` and ``results`` with every (nearly) empty class re-seeded.
+
+    Rule: while a class ``k`` holds less than ``RESEED_SHARE / K`` of the particles (by its
+    prior ``alpha_k``), the worse-fitting half (lowest log-likelihood for FAML, lowest
+    correlation for FA) of the particles whose best class is the largest class is moved to
+    ``k`` with their current poses; ``k``'s average becomes the wedge-compensated mean of
+    those particles (its half-set averages and FSC those of their halves) and ``alpha``
+    follows the new counts. Particles that fit the dominant average worst are the likeliest
+    to belong to another structure. ``batch_size``: particles per task of the executor.
+    Returns the inputs themselves when no class needed it.
+    """
+    K = config.classes
+    if K == 1:
+        return state, results
+    averages = state.averages.copy()
+    half_averages = None if state.half_averages is None else state.half_averages.copy()
+    curves = state.fsc.copy()
+    alpha = state.alpha.copy()
+    results = list(results)
+    changed = False
+    for k in range(K):
+        if alpha[k] >= RESEED_SHARE / K:
+            continue
+        counts = np.bincount([r.klass for r in results], minlength=K)
+        big = int(np.argmax(counts))
+        members = [r for r in results if r.klass == big]
+        if len(members) < 2:
+            continue
+        members.sort(key=lambda r: r.fit)
+        moved = members[: len(members) // 2]
+        items = [(leaf, r.index, k, r.rotation, r.shift) for leaf, r in enumerate(moved)]
+        tasks = [
+            Batch.of(table, [it[1] for it in part], halves, len(items), tuple(part))
+            for part in (items[s : s + batch_size] for s in range(0, len(items), batch_size))
+        ]
+        shared = (K, config.particle_mask_radius)
+        _, total = reduce(executor, map_assigned, shared, tasks, f"re-seeding class {k + 1}")
+        S, W = total.dense()
+        s, w = S[:, k], W[:, k]  # (2, ...)
+        averages[k] = compensated_mean(s.sum(axis=0), w.sum(axis=0), total.level[:, k].sum(0))
+        halves_k = [compensated_mean(s[h], w[h], total.level[h, k]) for h in (0, 1)]
+        curves[k] = fsc(halves_k[0], halves_k[1])
+        if half_averages is not None:
+            half_averages[:, k] = halves_k
+        for r in moved:
+            results[r.index] = ParticleResult(
+                r.index, k, r.rotation, r.shift, r.max_probability, r.n_significant, r.fit
+            )
+        counts = np.bincount([r.klass for r in results], minlength=K)
+        alpha = counts / counts.sum()
+        changed = True
+        logger.info(
+            "class %d held %.1f%% of the particles: re-seeded with the %d worst-fitting "
+            "particles of class %d", k + 1, 100 * state.alpha[k], len(moved), big + 1,
+        )  # fmt: skip
+    if not changed:
+        return state, results
+    band = max(band_from_fsc(c) for c in curves)
+    band = int(np.clip(band, config.tuning.min_band, table.box // 2 - 1))
+    reseeded = ModelState(
+        state.iteration, averages, curves, band, alpha, state.sigma2, state.xi, half_averages
+    )
+    return reseeded, results
