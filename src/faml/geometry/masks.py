@@ -6,7 +6,10 @@ import numpy as np
 
 from faml.geometry.axes import box_center
 
-__all__ = ["reference_mask", "soft_sphere"]
+__all__ = ["DEFAULT_MASK_RADIUS", "default_mask", "reference_mask", "soft_sphere"]
+
+DEFAULT_MASK_RADIUS = 0.45
+"""The default soft spherical reference mask of a run: share of the box, 3-voxel cosine edge."""
 
 
 def soft_sphere(box: int, radius: float, edge: float = 3.0) -> np.ndarray:
@@ -23,6 +26,11 @@ def soft_sphere(box: int, radius: float, edge: float = 3.0) -> np.ndarray:
         return (r <= radius).astype(np.float32)
     m = np.clip((radius + edge - r) / edge, 0.0, 1.0)
     return (0.5 - 0.5 * np.cos(np.pi * m)).astype(np.float32)
+
+
+def default_mask(box: int) -> np.ndarray:
+    """`(N, N, N)` float32 soft sphere of the engine's default mask (radius ``0.45 N``)."""
+    return soft_sphere(box, DEFAULT_MASK_RADIUS * box - 3.0, edge=3.0)
 
 
 def reference_mask(
