@@ -26,6 +26,7 @@ import scipy.fft
 from _data import ribosome
 from faml.align import AlignSettings, align_to, prepare_average
 from faml.align import fast as fast_module
+from faml.align import prepared as prepared_module
 from faml.align._sphere import analyse, synthesise
 from faml.align.fourier_rotation import padded_spectrum, rotated_spectra
 from faml.align.shells import sample_shells
@@ -87,7 +88,7 @@ def score_figures(reference, rng):
     wedge = wedge_mask(box, (-60, 60))
     (p,), _, _ = particles(reference, 1, 0.0, rng, wedge)
     prepared = prepare_average(reference, st)
-    grid, radii, degrees, keep = fast_module._shell_setup(st)
+    grid, radii, degrees, keep = prepared_module._shell_setup(st)
     pft = scipy.fft.rfftn(p)
     w2 = wedge * wedge * fast_module._band_mask(box, st.resolved_band_limit)
     ws, wm = sample_shells(np.stack([w2, w2 * np.abs(pft)]), radii, grid).astype(float)

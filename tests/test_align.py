@@ -57,9 +57,9 @@ def test_so3_correlation_equals_quadrature(even):
 
 def _shell_functions(particle, wedge, average, settings):
     """The rotational-score inputs p0, p1 (particle) and q0, q1 (average) on the shells."""
-    from faml.align import fast
+    from faml.align import fast, prepared
 
-    grid, radii, degrees, keep = fast._shell_setup(settings)
+    grid, radii, degrees, keep = prepared._shell_setup(settings)
     pft = scipy.fft.rfftn(particle)
     w2 = wedge * wedge * fast._band_mask(settings.box, settings.resolved_band_limit)
     w2_s, w2m_s = sample_shells(np.stack([w2, w2 * np.abs(pft)]), radii, grid).astype(float)

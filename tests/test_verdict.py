@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import make_dataset, transform_reference
-from faml.align import AlignSettings, prepare_average
-from faml.align.fast import grid_candidates
+from faml.align import AlignSettings, grid_candidates, prepare_average
 from faml.align.scan import rotation_grid
 from faml.geometry.masks import soft_sphere
 from faml.geometry.rotations import random_rotations, rotation_distance

@@ -32,13 +32,17 @@ premultiplied form ``D = w X``, ``C = w^2`` (:mod:`faml.align.translate`).
    band 8): a candidate within 15 degrees for 48% / 82% of particles at SNR 0.01 / 0.02
    without the scan, 98% / 100% with it (an exhaustive 7.5 degree, 1-voxel search: 98% /
    100%).
+
+The pieces live in their own modules and are importable from here too: the settings
+(:class:`~faml.align.settings.AlignSettings`) in :mod:`faml.align.settings`, the average's
+precomputation (:func:`~faml.align.prepared.prepare_average`) in :mod:`faml.align.prepared`,
+and the whole-grid candidates (:func:`~faml.align.grid_search.grid_candidates`) in
+:mod:`faml.align.grid_search`. This module holds the candidate search itself.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -46,17 +50,20 @@ import numpy as np
 import scipy.fft
 from scipy.spatial.transform import Rotation
 
-from faml.align._sphere import analyse, sphere_grid
-from faml.align.fourier_rotation import (
-    PaddedSpectrum,
-    crop_half_spectrum,
-    crop_volume,
-    padded_spectrum,
-    rotated_cross_spectra,
-)
+from faml.align._sphere import analyse
+from faml.align.fourier_rotation import crop_half_spectrum, rotated_cross_spectra
+from faml.align.grid_search import grid_candidates
 from faml.align.peaks import find_peaks
-from faml.align.scan import ScanReference, scan, scan_reference, shift_grid
-from faml.align.shells import default_band_limit, sample_shells, shell_degree_caps
+from faml.align.prepared import (
+    PreparedAverage,
+    _check_volume,
+    _check_weight,
+    _shell_setup,
+    prepare_average,
+)
+from faml.align.scan import scan
+from faml.align.settings import AlignSettings, _scan_shifts, _scan_weights, st_step_deg
+from faml.align.shells import sample_shells
 from faml.align.so3 import euler_grid, so3_correlate
 from faml.align.translate import (
     CrossSpectra,
@@ -74,6 +81,7 @@ __all__ = [
     "prepare_average",
     "align_to",
     "fast_align",
+    "grid_candidates",
 ]
 
 
@@ -108,265 +116,6 @@ class Candidate:
         return matrix_to_euler(self.rotation)
 
 
-@dataclass(frozen=True)
-class AlignSettings:
-    """Parameters of the fast alignment for one box size.
-
-    Attributes
-    ----------
-    box
-        ``N``, the cubic box side in voxels.
-    max_candidates
-        ``M``: at most this many candidates are returned.
-    max_shift
-        Largest translation searched, voxels (sphere radius). Default ``N / 4``.
-    band_limit
-        Outermost Fourier shell (voxels) used by the rotational search. Default ``N // 2 - 1``.
-    degree
-        Spherical harmonic band limit ``L``. Default ``N // 2`` (16 at 32^3, 32 at 64^3).
-    shell_weights
-        Optional `(band_limit,)` non-negative weight per shell ``1..band_limit`` of the
-        rotational score (e.g. an SNR estimate). Default: proportional to the radius ``r``.
-        Measured on the 32^3 ribosome test set (+-60 wedge, 200 particles aligned to the
-        true map): a candidate within 10 degrees at SNR 0.1 for 90.5% of particles with
-        equal weights, 94.5% with ``r`` (95% with ``r^2``, 94% with ``sqrt(r)``); within
-        15 degrees at SNR 0.02 for 35% (equal), 48.5% (``r``), 43% (``sqrt(r)``).
-        Down-weighting outer shells (``1/r``, a Gaussian low-pass) lost 10-25 points.
-    refine
-        Refine rotations below the grid step and shifts below a voxel.
-    translation_box
-        Box (even, ``<= N``) at which candidates are scored, shifted and polished: the
-        particle and average Fourier-cropped to it. Default ``N`` up to 32^3, else
-        ``max(32, N // 2)``: the rotational search already used the full band, and the
-        ranking and shifts need the low frequencies most (shifts stay sub-voxel).
-    polish
-        How many of the best candidates get a final local refinement of their rotation on
-        the wedge-constrained (phase-aware) correlation itself: the magnitude score's
-        maximum sits a few degrees off the truth under a missing wedge, the correlation's
-        does not. Each round is a 6-point stencil (step: half the grid step, halved per
-        round) and a parabola per axis.
-    proposals
-        How many maxima of the rotational score go to the translation stage, of which the
-        best ``max_candidates`` by constrained correlation are kept. Default
-        ``max_candidates``.
-    polish_rounds
-        Rounds of polishing. Measured on 50 noise-free 32^3 poses (+-60 wedge): one round
-        leaves a median error of 0.26 degrees (max 1.8), two rounds 0.05 (max 0.17) for
-        about 25% more time.
-    scan_step_deg
-        Rotation step of the phase-aware coarse scan (:mod:`faml.align.scan`), or ``None``
-        for none. Its ``scan_candidates`` best rotations (no two within 1.5 steps), with
-        their best shifts, join the magnitude search's proposals before the candidates are
-        ranked by the constrained correlation.
-    scan_shift_step
-        Shift step of the scan's grid (voxels of the full box).
-    scan_max_shift
-        Radius of the scan's shift grid (voxels of the full box); default ``max_shift``.
-        The cost of the scan grows with its cube: measured at 32^3, band 6, 15 degrees,
-        37 ms per particle at radius 8 and 18 ms at radius 4 (with the magnitude search).
-    scan_band
-        Band limit of the scan (voxels of the full box). Default: ``band_limit``, at most
-        the translation stage's band.
-    scan_shell_weights
-        Weight per shell ``0, 1, ...`` (of the full box; the last value serves beyond) of the
-        scan's correlation (e.g. ``1 / sigma_r^2`` of the noise: the matched filter), or
-        ``None`` for equal weights.
-    """
-
-    box: int
-    max_candidates: int = 20
-    max_shift: float | None = None
-    band_limit: int | None = None
-    degree: int | None = None
-    shell_weights: tuple[float, ...] | None = None
-    refine: bool = True
-    polish: int = 1
-    polish_rounds: int = 1
-    proposals: int | None = None
-    translation_box: int | None = None
-    scan_step_deg: float | None = None
-    scan_shift_step: float = 2.0
-    scan_max_shift: float | None = None
-    scan_candidates: int = 10
-    scan_band: int | None = None
-    scan_shell_weights: tuple[float, ...] | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("box", "max_candidates", "polish", "polish_rounds"):
-            if not isinstance(getattr(self, name), (int, np.integer)):
-                raise ValueError(f"{name} must be an integer, got {getattr(self, name)!r}")
-        if self.box < 8:
-            raise ValueError(f"box must be at least 8 voxels, got {self.box}")
-        if self.translation_box is not None and not (
-            self.translation_box == self.box
-            or (
-                8 <= self.translation_box < self.box
-                and self.translation_box % 2 == 0
-                and self.box % 2 == 0
-            )
-        ):
-            raise ValueError(
-                f"translation_box must be even, >= 8 and <= {self.box} (and the box even), "
-                f"got {self.translation_box}"
-            )
-        if self.polish < 0 or self.polish_rounds < 0:
-            raise ValueError(
-                f"polish and polish_rounds must be >= 0, got {self.polish}, {self.polish_rounds}"
-            )
-        if self.max_candidates < 1:
-            raise ValueError(f"max_candidates must be >= 1, got {self.max_candidates}")
-        if self.max_shift is not None and not 0 <= self.max_shift < self.box / 2:
-            raise ValueError(f"max_shift must lie in [0, {self.box / 2}), got {self.max_shift}")
-        if self.band_limit is not None and not 2 <= self.band_limit <= self.box // 2 - 1:
-            raise ValueError(
-                f"band_limit must lie in [2, {self.box // 2 - 1}] for a {self.box}^3 box, "
-                f"got {self.band_limit}"
-            )
-        if self.degree is not None and not 6 <= self.degree <= 128:
-            # Below L = 6 the Euler grid is coarser than 25 degrees: measured errors of
-            # 30-170 degrees at L = 2-3 against 1.3 at L = 7.
-            raise ValueError(f"degree must lie in [6, 128], got {self.degree}")
-        if self.scan_step_deg is not None and not 1.0 <= self.scan_step_deg <= 90.0:
-            raise ValueError(f"scan_step_deg must lie in [1, 90], got {self.scan_step_deg}")
-        if self.scan_shift_step <= 0 or self.scan_candidates < 1:
-            raise ValueError(
-                f"scan_shift_step must be > 0 and scan_candidates >= 1, got "
-                f"{self.scan_shift_step}, {self.scan_candidates}"
-            )
-        if self.scan_shell_weights is not None:
-            ssw = np.asarray(self.scan_shell_weights, dtype=np.float64)
-            if ssw.ndim != 1 or ssw.size < 2 or np.any(ssw < 0) or not np.all(np.isfinite(ssw)):
-                raise ValueError(
-                    "scan_shell_weights must be finite non-negative values for shells 0, 1, ..."
-                    f" (of the full box), got {ssw!r}"
-                )
-        if self.shell_weights is not None:
-            sw = np.asarray(self.shell_weights, dtype=np.float64)
-            if (
-                sw.shape != (self.resolved_band_limit,)
-                or np.any(sw < 0)
-                or not np.all(np.isfinite(sw))
-            ):
-                raise ValueError(
-                    f"shell_weights must be {self.resolved_band_limit} finite non-negative "
-                    f"values (shells 1..{self.resolved_band_limit}), got shape {sw.shape}"
-                )
-
-    @property
-    def resolved_shell_weights(self) -> np.ndarray:
-        """`(band_limit,)` float64 shell weights with the default (``r``) applied."""
-        if self.shell_weights is None:
-            return np.arange(1, self.resolved_band_limit + 1, dtype=np.float64)
-        return np.asarray(self.shell_weights, dtype=np.float64)
-
-    @property
-    def resolved_proposals(self) -> int:
-        """``proposals`` with its default applied (never fewer than ``max_candidates``)."""
-        return max(self.max_candidates, self.proposals or self.max_candidates)
-
-    @property
-    def resolved_translation_box(self) -> int:
-        """The translation box actually used (see ``translation_box``)."""
-        if self.translation_box is not None:
-            return int(self.translation_box)
-        if self.box <= 32 or self.box % 2:
-            return self.box
-        half = self.box // 2
-        return max(32, half + half % 2)
-
-    @property
-    def translation_band_limit(self) -> int:
-        """Band limit (in ``translation_box`` voxels) of the translation stage."""
-        tb = self.resolved_translation_box
-        return min(self.resolved_band_limit, default_band_limit(tb))
-
-    @property
-    def resolved_scan_band(self) -> int:
-        """The scan's band limit in voxels of the translation box."""
-        tb = self.resolved_translation_box
-        band = self.resolved_band_limit if self.scan_band is None else int(self.scan_band)
-        return max(2, min(int(round(band * tb / self.box)), self.translation_band_limit))
-
-    @property
-    def resolved_max_shift(self) -> float:
-        """``max_shift`` with its default applied (voxels of the full box)."""
-        return self.box / 4 if self.max_shift is None else float(self.max_shift)
-
-    @property
-    def resolved_band_limit(self) -> int:
-        """``band_limit`` with its default applied."""
-        return default_band_limit(self.box) if self.band_limit is None else int(self.band_limit)
-
-    @property
-    def resolved_degree(self) -> int:
-        """``degree`` with its default applied."""
-        return self.box // 2 if self.degree is None else int(self.degree)
-
-
-@dataclass(frozen=True)
-class PreparedAverage:
-    """What the fast alignment needs of an average, computed once and reused per particle.
-
-    Attributes
-    ----------
-    settings
-        The settings it was prepared for.
-    volume
-        `(N, N, N)` float32 real-space average, ``(z, y, x)``.
-    coeffs
-        `(2, S, n_l, L + 1)` harmonic coefficients of ``q0`` and ``q1`` on the shells.
-    padded
-        The padded spectrum of the average cropped to ``settings.resolved_translation_box``,
-        from which rotated copies are drawn (:mod:`faml.align.fourier_rotation`).
-    """
-
-    settings: AlignSettings
-    volume: np.ndarray
-    coeffs: np.ndarray
-    padded: PaddedSpectrum
-    _scan: list = field(default_factory=list, repr=False, compare=False)
-
-    def scan_reference(self) -> ScanReference:
-        """The average rotated to the scan's grid (computed on first use, then kept).
-
-        Kept twice: on this object, and in a small per-process cache keyed by the content of
-        the spectrum, so that a worker process that receives the same average with every task
-        of an iteration (pickled afresh each time) computes it once per iteration, not once
-        per task.
-        """
-        if not self._scan:
-            st = self.settings
-            key = (
-                hashlib.blake2b(self.padded.real.tobytes(), digest_size=16).digest(),
-                hashlib.blake2b(self.padded.imag.tobytes(), digest_size=16).digest(),
-                st.resolved_scan_band,
-                st.scan_step_deg,
-            )
-            ref = _SCAN_CACHE.pop(key, None)
-            if ref is None:
-                ref = scan_reference(self.padded, st.resolved_scan_band, st.scan_step_deg)
-            _SCAN_CACHE[key] = ref  # newest last
-            while len(_SCAN_CACHE) > _SCAN_CACHE_SIZE:
-                _SCAN_CACHE.popitem(last=False)
-            self._scan.append(ref)
-        return self._scan[0]
-
-
-_SCAN_CACHE_SIZE = 4
-"""Scan references kept per process (one per class average of the current iteration)."""
-
-_SCAN_CACHE: OrderedDict = OrderedDict()
-
-
-def _check_volume(name: str, v: np.ndarray) -> np.ndarray:
-    v = np.asarray(v)
-    if v.ndim != 3 or len(set(v.shape)) != 1:
-        raise ValueError(f"{name} must be a cubic (N, N, N) volume, got shape {v.shape}")
-    if not np.all(np.isfinite(v)):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return np.ascontiguousarray(v, dtype=np.float32)
-
-
 @lru_cache(maxsize=16)
 def _band_mask(box: int, band_limit: int) -> np.ndarray:
     """`(N, N, N//2 + 1)` float32 ``rfftn``-layout sphere ``|k| <= band_limit + 1/2`` voxels."""
@@ -376,40 +125,6 @@ def _band_mask(box: int, band_limit: int) -> np.ndarray:
     mask = (kz**2 + ky**2 + kx**2 <= (band_limit + 0.5) ** 2).astype(np.float32)
     mask.setflags(write=False)
     return mask
-
-
-def _shell_setup(settings: AlignSettings):
-    L = settings.resolved_degree
-    grid = sphere_grid(L)
-    radii = np.arange(1, settings.resolved_band_limit + 1)
-    degrees = np.arange(0, L + 1, 2)
-    caps = shell_degree_caps(radii, L)
-    keep = degrees[None, :] <= caps[:, None]  # (S, n_l)
-    return grid, radii, degrees, keep
-
-
-def prepare_average(average: np.ndarray, settings: AlignSettings) -> PreparedAverage:
-    """Precompute the average's shell harmonics (``q0``, ``q1``) for :func:`align_to`.
-
-    Parameters
-    ----------
-    average
-        `(N, N, N)` real-space average, ``(z, y, x)``.
-    settings
-        Alignment settings for this box.
-    """
-    average = _check_volume("average", average)
-    if average.shape[0] != settings.box:
-        raise ValueError(
-            f"average is {average.shape[0]}^3 but the settings are for {settings.box}^3"
-        )
-    grid, radii, degrees, keep = _shell_setup(settings)
-    mag = np.abs(scipy.fft.rfftn(average, workers=1)).astype(np.float32)
-    q0 = sample_shells(mag[None], radii, grid)[0].astype(np.float64)  # (S, nt, np)
-    q0 -= np.einsum("j,sjk->s", grid.weights, q0)[:, None, None] / (4 * np.pi)
-    coeffs = analyse(np.stack([q0, q0 * q0]), grid, degrees) * keep[None, :, :, None]
-    coarse = crop_volume(average, settings.resolved_translation_box)
-    return PreparedAverage(settings, average, coeffs, padded_spectrum(coarse))
 
 
 class _Stopwatch:
@@ -467,20 +182,6 @@ def _rotational_score(data_ft, weight, prepared, clock):
     score = c0 / np.sqrt(np.maximum(c1, 1e-12 * top))
     clock.lap("so3")
     return score
-
-
-def _check_weight(weight: np.ndarray, box: int) -> np.ndarray:
-    """``weight`` (``w``, signed allowed) as float32, its layout and values checked."""
-    half = (box, box, box // 2 + 1)
-    weight = np.asarray(weight, dtype=np.float32)
-    if weight.shape != half:
-        raise ValueError(
-            f"wedge must be the particle's Fourier weight in rfftn layout {half}, "
-            f"got {weight.shape}"
-        )
-    if not np.all(np.isfinite(weight)) or not np.abs(weight).max() > 0:
-        raise ValueError("the wedge (Fourier weight) must be finite and not all zero")
-    return weight
 
 
 def align_to(
@@ -564,74 +265,6 @@ def align_to(
         Candidate(rotations[i], shifts[i], float(scores[i]), float(values[i]))
         for i in range(len(scores))
     ]
-
-
-def grid_candidates(
-    particle: np.ndarray,
-    wedge: np.ndarray,
-    prepared: PreparedAverage,
-    count: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The ``count`` best poses of the whole rotation x shift grid of the scan.
-
-    ``particle`` and ``wedge`` as for :func:`align_to`. Every rotation of
-    :func:`~faml.align.scan.rotation_grid` (``settings.scan_step_deg``) and every shift of
-    the scan's grid is scored by the phase-aware correlation with the scan's shell weights;
-    no magnitude search, no translation stage, no polishing. At the scan's band the
-    likelihood of a pose (the average's amplitude profiled out) grows with that score, so
-    these are the grid's most probable poses: a reference-free iteration at low
-    resolution draws its candidates from here (coarse-to-fine marginalisation).
-
-    Returns
-    -------
-    tuple of np.ndarray
-        `(m, 3, 3)` rotations, `(m, 3)` shifts (voxels ``(x, y, z)`` of the full box) and
-        `(m,)` scores, best first, ``m <= count``.
-    """
-    st = prepared.settings
-    if st.scan_step_deg is None:
-        raise ValueError("grid_candidates needs settings with a scan_step_deg")
-    particle = _check_volume("particle", particle)
-    tbox = st.resolved_translation_box
-    wedge = _check_weight(wedge, particle.shape[0])
-    data_ft = crop_half_spectrum(scipy.fft.rfftn(particle, workers=1) * wedge, tbox)
-    scale = tbox / st.box
-    rotations, shifts, scores = scan(
-        prepared.scan_reference(),
-        data_ft,
-        crop_half_spectrum(wedge * wedge, tbox),
-        _scan_shifts(st),
-        _scan_weights(st),
-        count,
-        0.0,
-        coarse_to_fine=False,
-    )
-    return rotations, shifts / scale, scores
-
-
-def _scan_shifts(st: AlignSettings) -> np.ndarray:
-    """The scan's shift grid, in voxels of the translation box.
-
-    ``scan_max_shift`` (at most ``max_shift``) and ``scan_shift_step`` are given in voxels of
-    the full box.
-    """
-    scale = st.resolved_translation_box / st.box
-    radius = min(st.resolved_max_shift, st.scan_max_shift or np.inf)
-    return shift_grid(radius * scale, st.scan_shift_step * scale)
-
-
-def _scan_weights(st: AlignSettings) -> np.ndarray | None:
-    """The scan's shell weights at the translation box's shells ``0..resolved_scan_band``."""
-    if st.scan_shell_weights is None:
-        return None
-    w = np.asarray(st.scan_shell_weights, dtype=np.float64)
-    full = np.rint(np.arange(st.resolved_scan_band + 1) * st.box / st.resolved_translation_box)
-    return w[np.minimum(full.astype(int), w.size - 1)]
-
-
-def st_step_deg(settings: AlignSettings) -> float:
-    """The Euler grid's coarsest step (degrees) for these settings."""
-    return euler_grid(settings.resolved_degree).step_deg
 
 
 def _cross(prepared: PreparedAverage, data_ft, weight, rotations) -> CrossSpectra:

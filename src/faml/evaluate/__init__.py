@@ -6,13 +6,7 @@ score) are public for benchmarks and tests.
 """
 
 from faml.evaluate.classes import Classification, confusion_matrix, match_classes
-from faml.evaluate.evaluation import (
-    ClassScore,
-    MapEvaluation,
-    RunEvaluation,
-    evaluate_map,
-    evaluate_run,
-)
+from faml.evaluate.evaluation import evaluate_map, evaluate_run
 from faml.evaluate.maps import (
     MapAlignment,
     MapScore,
@@ -25,6 +19,7 @@ from faml.evaluate.maps import (
 )
 from faml.evaluate.oracle import OracleAverage, oracle_average
 from faml.evaluate.poses import PoseErrors, pose_errors
+from faml.evaluate.results import ClassScore, MapEvaluation, RunEvaluation
 from faml.evaluate.symmetry import (
     SymmetryScore,
     cyclic_operators,

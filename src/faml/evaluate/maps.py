@@ -35,7 +35,7 @@ from scipy.spatial.transform import Rotation
 
 from faml.align import fast_align
 from faml.geometry.axes import box_center, matrix_xyz_to_zyx, xyz_to_zyx
-from faml.geometry.masks import soft_sphere
+from faml.geometry.masks import default_mask
 from faml.geometry.rotations import distinct, rotation_distance
 from faml.geometry.transform import transform_volume
 from faml.ml.fourier import fsc, fsc_resolution, shell_power
@@ -148,11 +148,6 @@ def _check_cube(name: str, v: np.ndarray) -> np.ndarray:
     if not np.all(np.isfinite(v)):
         raise ValueError(f"{name} contains NaN or infinite values")
     return v
-
-
-def default_mask(box: int) -> np.ndarray:
-    """`(N, N, N)` float32 soft sphere of the engine's default mask (radius ``0.45 N``)."""
-    return soft_sphere(box, 0.45 * box - 3.0, edge=3.0)
 
 
 def masked_correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:

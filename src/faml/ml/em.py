@@ -62,8 +62,7 @@ import numpy as np
 import scipy.fft
 from scipy.special import logsumexp
 
-from faml.align import AlignSettings, PreparedAverage, align_to, prepare_average
-from faml.align.fast import grid_candidates
+from faml.align import AlignSettings, PreparedAverage, align_to, grid_candidates, prepare_average
 from faml.align.fourier_rotation import PaddedSpectrum, padded_spectrum
 from faml.geometry.masks import soft_sphere
 from faml.geometry.rotations import axis_stencil, random_rotations

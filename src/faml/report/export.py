@@ -32,6 +32,7 @@ import mrcfile
 import numpy as np
 
 from faml.evaluate.maps import fsc_resolution, lowpass
+from faml.geometry.masks import DEFAULT_MASK_RADIUS
 from faml.geometry.wedge import read_weight
 from faml.io.atomic import atomic_path, write_text_atomic
 from faml.io.mrc import read_volume, write_volume
@@ -200,7 +201,9 @@ _PREMULTIPLIED = [
 
 
 def _commands(folder, maps, resolutions, class_stars, run, table, extra, sqrt_weights) -> str:
-    diameter = 2.0 * float(run.config.get("mask_radius", 0.45)) * run.box * run.voxel_size
+    diameter = (
+        2.0 * float(run.config.get("mask_radius", DEFAULT_MASK_RADIUS)) * run.box * run.voxel_size
+    )
     has_weights = "rlnCtfImage" in extra
     lines = [
         f"# faml export of {run.folder.resolve()} ({run.classes} class(es), "
