@@ -13,6 +13,7 @@ import errno
 import logging
 import sys
 
+from faml.cli.out_folder import RunMismatch
 from faml.cli.run import InputProblems
 
 
@@ -136,6 +137,8 @@ def explain(exc: BaseException, args: argparse.Namespace) -> tuple[str, str | No
     if isinstance(exc, OSError):
         text = exc.strerror or str(exc)
         return (f"{text}: {exc.filename}" if exc.filename else text), None, 1
+    if isinstance(exc, RunMismatch):  # --continue: the line says what to do
+        return str(exc), None, 2
     if isinstance(exc, ValueError):  # faml's own checks: already a sentence for the user
         text = str(exc)
         if isinstance(exc, InputProblems) and exc.droppable:

@@ -1,7 +1,9 @@
 """``faml run``'s output folder: writable, not among the inputs, and the run it holds.
 
-A run records its particles and settings in ``OUT/inputs.json`` (:func:`_fingerprint`); a
-later command on the same folder is compared with it (:func:`_check_out`).
+A run records what decides its result in ``OUT/inputs.json`` (:func:`_fingerprint`): the
+particles (count, a sha256 of their files and tilt ranges, box, voxel size, CTF form) and
+the configuration (``RunConfig.to_dict()`` without the settings that do not change the
+result). A later command on the same folder is compared with it (:func:`_check_out`).
 
 faml's modules (:mod:`faml.io.atomic`) and the standard library's ``json``, ``hashlib``,
 ``shutil`` and ``pathlib`` are imported inside the functions: ``faml --help`` imports this
@@ -14,6 +16,43 @@ import argparse
 import logging
 
 logger = logging.getLogger("faml.cli")
+
+_INPUTS = "inputs.json"
+
+# Settings that do not change the result, left out of the fingerprint: --batch-size (the
+# map step's sums follow one tree over the particles whatever the batches).
+_NOT_DECIDING = ("chunk_size",)
+
+# RunConfig's fields as the options of faml run that set them; a field without an option
+# is named as it is.
+_OPTIONS = {
+    "classes": "--classes",
+    "method": "--method",
+    "iterations": "--iterations",
+    "seed": "--seed",
+    "max_shift": "--max-shift",
+    "symmetry": "--symmetry",
+    "gold_standard": "--gold-standard",
+    "particle_mask_radius": "--particle-mask/--particle-diameter",
+    "max_candidates": "--candidates",
+    "scan_step_deg": "--scan-step/--no-scan",
+    "likelihood": "--likelihood",
+    "local_candidates": "--local-candidates",
+    "local_rings": "--local-rings",
+    "voronoi": "--voronoi",
+    "average_update": "--average-update",
+    "starts": "--starts",
+    "start_iterations": "--start-iterations",
+    "fa_iterations": "--fa-iterations",
+    "grid_iterations": "--grid-iterations",
+    "verify": "--no-verify",
+}
+
+_MISSING = object()
+
+
+class RunMismatch(ValueError):
+    """``--continue`` on a folder whose run had other particles or settings (one line)."""
 
 
 def _check_out_writable(out) -> None:
@@ -30,10 +69,17 @@ def _check_out_writable(out) -> None:
         raise PermissionError(13, "Permission denied", str(probe))
 
 
-_INPUTS = "inputs.json"
+def _without(settings: dict, names) -> dict:
+    """``settings`` (nested dicts too) without the keys ``names``, at any depth."""
+    return {
+        k: _without(v, names) if isinstance(v, dict) else v
+        for k, v in settings.items()
+        if k not in names
+    }
 
 
 def _fingerprint(table, config) -> dict:
+    """What decides the run's result: the particles and the configuration."""
     import hashlib
     import json
 
@@ -48,8 +94,98 @@ def _fingerprint(table, config) -> dict:
         "box": table.box,
         "voxel_size": table.voxel_size,
         **form,
-        "config": config.to_dict(),
+        "config": _without(config.to_dict(), _NOT_DECIDING),
     }
+
+
+def _flat(settings: dict, prefix: str = "") -> dict:
+    """Nested settings as ``{dotted.path: value}``."""
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _by_field(settings: dict) -> dict:
+    """Settings by field name (the last part of the path), whatever their grouping.
+
+    A run recorded before ``RunConfig`` had groups compares with one after; a name in two
+    groups keeps its path.
+    """
+    flat = _flat(_without(settings, _NOT_DECIDING))
+    leaves = [path.rsplit(".", 1)[-1] for path in flat]
+    return {
+        (leaf if leaves.count(leaf) == 1 else path): value
+        for (path, value), leaf in zip(flat.items(), leaves, strict=True)
+    }
+
+
+def _value(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _setting(field: str, value) -> str:
+    """One setting as the options that give it: ``--classes 2``, ``--no-scan``."""
+    option = _OPTIONS.get(field, field)
+    if value is _MISSING:
+        return f"no {option} (not recorded)"
+    if field == "verify":
+        return "--no-verify" if value is False else "the verification (no --no-verify)"
+    if field == "scan_step_deg":
+        return "--no-scan" if value is None else f"--scan-step {_value(value)}"
+    if field == "particle_mask_radius":
+        if value is None:
+            return "no --particle-mask"
+        return f"{option} (radius {value:.3g} of the box)"
+    if field in _OPTIONS and isinstance(value, bool):
+        return option if value else f"no {option}"
+    if field in _OPTIONS and value is None:
+        return f"no {option}"
+    return f"{option} {_value(value)}"
+
+
+def _particle_differences(before: dict, now: dict) -> list[tuple[str, str]]:
+    """The particles' differences as ``(recorded, this command's)`` phrases."""
+    pairs = []
+    if before.get("particles") != now.get("particles"):
+        pairs.append((f"{before.get('particles')} particles", f"{now.get('particles')} particles"))
+    elif before.get("particles_sha256") != now.get("particles_sha256"):
+        what = "particles (paths, weights, tilt ranges) of sha256"
+        pairs.append(tuple(f"{what} {str(f.get('particles_sha256'))[:12]}" for f in (before, now)))
+    if before.get("box") != now.get("box"):
+        pairs.append((f"box {before.get('box')}", f"box {now.get('box')}"))
+    if before.get("voxel_size") != now.get("voxel_size"):
+        pairs.append(tuple(f"voxel size {_value(f.get('voxel_size'))} A" for f in (before, now)))
+    forms = ["premultiplied" if f.get("ctf_premultiplied") else "multiplied" for f in (before, now)]
+    if forms[0] != forms[1]:
+        pairs.append(tuple(f"--ctf-form {form}" for form in forms))
+    known = {"particles", "particles_sha256", "box", "voxel_size", "ctf_premultiplied", "config"}
+    for key in sorted((set(before) | set(now)) - known):
+        if before.get(key, _MISSING) != now.get(key, _MISSING):
+            pairs.append(tuple(_setting(key, f.get(key, _MISSING)) for f in (before, now)))
+    return pairs
+
+
+def _differences(before: dict, now: dict) -> dict[str, tuple[str, str]]:
+    """What differs between two fingerprints, ``{field: (recorded, this command's)}``.
+
+    The particles first (``"particles"``, one phrase each), then the settings by field name
+    (nested configurations flattened; ``chunk_size`` and other settings that do not change
+    the result left out).
+    """
+    found = {}
+    pairs = _particle_differences(before, now)
+    if pairs:
+        found["particles"] = (", ".join(p[0] for p in pairs), ", ".join(p[1] for p in pairs))
+    old, new = _by_field(before.get("config") or {}), _by_field(now.get("config") or {})
+    for field in [*old, *(f for f in new if f not in old)]:
+        a, b = old.get(field, _MISSING), new.get(field, _MISSING)
+        if a != b:
+            found[field] = (_setting(field, a), _setting(field, b))
+    return found
 
 
 def _check_out(args: argparse.Namespace, table, config) -> None:
@@ -58,7 +194,9 @@ def _check_out(args: argparse.Namespace, table, config) -> None:
     faml never writes next to its input particles: ``--out`` must not be the folder of a
     particle or weight file. A folder that holds a run (``run.json``, ``iterations/``,
     ``starts/``) of other particles or settings is refused unless ``--continue`` (resume
-    it) or ``--overwrite`` (its iterations and ``run.json`` are removed first).
+    it) or ``--overwrite`` (its iterations and ``run.json`` are removed first). With
+    ``--continue`` the run must be of the same particles and settings, ``--iterations``
+    aside (a run continued to more iterations); ``--batch-size`` never counts.
     """
     import json
     import shutil
@@ -73,13 +211,19 @@ def _check_out(args: argparse.Namespace, table, config) -> None:
             "beside its inputs; choose another output folder"
         )
     held = [n for n in ("run.json", "iterations", "starts", "verify") if (out / n).exists()]
-    if not held or args.resume:
+    if not held:
         return
     try:
         before = json.loads((out / _INPUTS).read_text())
     except (OSError, ValueError):
         before = None
-    if before == json.loads(json.dumps(_fingerprint(table, config))):
+    if not isinstance(before, dict):
+        before = None
+    now = json.loads(json.dumps(_fingerprint(table, config)))
+    if args.resume:
+        _check_continue(args, held, before, now)
+        return
+    if before is not None and not _differences(before, now):
         return  # the same run again
     if not args.overwrite:
         why = "other particles or settings" if before else f"no {_INPUTS} to compare with"
@@ -91,6 +235,33 @@ def _check_out(args: argparse.Namespace, table, config) -> None:
     for name in held:
         path = out / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _check_continue(args: argparse.Namespace, held: list[str], before, now: dict) -> None:
+    """``--continue``: the run in ``--out`` must be of this command's particles and settings.
+
+    Refused (:class:`RunMismatch`, one line naming each difference by its option) unless
+    only ``--iterations`` differs (logged: the run is continued to the new number).
+    """
+    if before is None:
+        raise RunMismatch(
+            f"--continue: --out {args.out} holds a run ({', '.join(held)}) but no {_INPUTS} "
+            "to compare this command with; --overwrite to start anew"
+        )
+    found = _differences(before, now)
+    iterations = found.pop("iterations", None)
+    if found:
+        was = ", ".join(a for a, _ in found.values())
+        asks = ", ".join(b for _, b in found.values())
+        raise RunMismatch(
+            f"--continue: {args.out} was run with {was}, this command asks for {asks}; run "
+            "the same command, or --overwrite to start anew"
+        )
+    if iterations is not None:
+        logger.info(
+            "--continue: %s was run with %s, this command continues it to %s",
+            args.out, iterations[0], iterations[1],
+        )  # fmt: skip
 
 
 def _record_inputs(out, table, config, dropped) -> None:
