@@ -1,4 +1,4 @@
-"""``faml run --continue``: the run in ``--out`` must be this command's.
+"""``faml run --continue``: the run in ``--out`` must be this command's; ``faml run --help``.
 
 A run records its particles and settings in ``OUT/inputs.json``; ``--continue`` compares
 them with the command's and refuses other particles or settings in one line naming the
@@ -18,6 +18,16 @@ from faml.cli import main
 
 # few, fast iterations: one random start, one FA iteration, then FAML
 QUICK = ["--starts", "1", "--fa-iterations", "1", "--candidates", "8"]
+
+MODEL = [
+    "--classes", "--method", "--iterations", "--symmetry", "--gold-standard", "--mask",
+    "--particle-diameter", "--particle-mask", "--seed", "--max-shift",
+]  # fmt: skip
+TUNING = {
+    "--candidates", "--scan-step", "--no-scan", "--likelihood", "--local-candidates",
+    "--local-rings", "--voronoi", "--starts", "--start-iterations", "--fa-iterations",
+    "--grid-iterations", "--no-verify", "--average-update", "--paper-exact",
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -191,3 +201,33 @@ def test_several_differences_in_one_line(tmp_path, caplog):
     # without --continue: the message as before
     with pytest.raises(FileExistsError, match="holds another run"):
         _check_out(_args(tmp_path), other, now)
+
+
+# --- faml run --help: the product's options first, the tuning in one group at the end ---
+
+
+def test_run_help_puts_the_tuning_last_in_one_group(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["run", "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    usage = text.split("\n\n")[0]
+    assert usage.index("--classes") < usage.index("--candidates")
+    assert usage.index("--workers") < usage.index("--candidates")
+    groups, title = {}, None  # {group title: its long options, in order}
+    for line in text.split("\nexamples:\n")[0].splitlines():
+        if line and not line.startswith(" ") and line.endswith(":"):
+            title = line[:-1]
+            groups[title] = []
+        elif title and line.startswith("  -"):
+            groups[title] += re.findall(r"--[a-z][a-z-]*", line.strip().split("  ")[0])
+    advanced = [t for t in groups if t.startswith("advanced")]
+    assert advanced == ["advanced (tuning; measured departures from the paper, see the README)"]
+    assert set(groups[advanced[0]]) == TUNING
+    assert list(groups)[-2:] == ["messages", advanced[0]]
+    assert list(groups)[:5] == ["positional arguments", "options", "input", "output", "model"]
+    assert groups["model"] == MODEL
+    assert groups["parallel"] == [
+        "--workers", "--scheduler", "--cluster", "--cluster-config", "--batch-size"
+    ]  # fmt: skip
+    assert text.index("--classes") < text.index("--candidates")

@@ -75,8 +75,14 @@ checkpoint per iteration (iterations/NNN/).
 """
 
 
-def _command(sub, name: str, help_text: str, description: str = "", epilog: str = ""):
-    """A subcommand with faml's help formatter and the message options."""
+def _command(
+    sub, name: str, help_text: str, description: str = "", epilog: str = "", messages=True
+):
+    """A subcommand with faml's help formatter and the message options.
+
+    ``messages``: add the ``messages`` group first; ``False``: the caller adds it where it
+    belongs among its own groups (:func:`_add_messages`).
+    """
     parser = sub.add_parser(
         name,
         help=help_text,
@@ -84,7 +90,8 @@ def _command(sub, name: str, help_text: str, description: str = "", epilog: str 
         epilog=epilog or None,
         formatter_class=HelpFormatter,
     )
-    _add_messages(parser)
+    if messages:
+        _add_messages(parser)
     return parser
 
 

@@ -13,6 +13,7 @@ from faml.cli.formatter import (
     EXAMPLES,
     RUN_EXAMPLES,
     HelpFormatter,
+    _add_messages,
     _add_output_flags,
     _add_tilt_range,
     _command,
@@ -76,18 +77,38 @@ def _add_align(sub) -> None:
 
 
 def _add_run(sub) -> None:
-    """The ``run`` subcommand, its options in groups."""
+    """The ``run`` subcommand, its options in groups.
+
+    In the order a user decides them (and so in the usage line): input, output, the model,
+    where it runs, messages; then one group of the tuning options, the measured departures
+    from the published method.
+    """
     r = _command(
         sub, "run", "average (K = 1) or classify (K > 1) particles",
         "Reference-free averaging (K = 1) or classification (K > 1) of subtomograms by FAML "
         "(or FA, alignment only). Prints a short plan, a progress bar per iteration (on a "
         "terminal) and the expected time per iteration; writes the maps, a RELION particles "
         "STAR file, model.star and report.html into --out, with a checkpoint per iteration.",
-        RUN_EXAMPLES,
+        RUN_EXAMPLES, messages=False,
     )  # fmt: skip
     r.add_argument("particles", help="RELION particles STAR file, or a folder / glob of MRC files")
+    _add_run_input(r.add_argument_group("input"))
+    _add_run_output(r.add_argument_group("output"))
+    _add_run_model(r.add_argument_group("model"))
+    _add_run_parallel(
+        r.add_argument_group(
+            "parallel", "Where the map step runs; the results do not depend on it."
+        )
+    )
+    _add_messages(r)
+    _add_run_advanced(
+        r.add_argument_group(
+            "advanced (tuning; measured departures from the paper, see the README)"
+        )
+    )
 
-    i = r.add_argument_group("input")
+
+def _add_run_input(i) -> None:
     _add_tilt_range(i, "tilt range (degrees, about Y) of particles without a rlnCtfImage weight")
     i.add_argument(
         "--voxel-size", type=float, default=None, metavar="A",
@@ -112,7 +133,8 @@ def _add_run(sub) -> None:
     )  # fmt: skip
     _add_interop_options(i)
 
-    o = r.add_argument_group("output")
+
+def _add_run_output(o) -> None:
     o.add_argument("--out", required=True, metavar="DIR", help="output folder (required)")
     o.add_argument(
         "--continue", dest="resume", action="store_true",
@@ -127,7 +149,8 @@ def _add_run(sub) -> None:
         help="at the end, also export the maps and particles for RELION (see faml export)",
     )  # fmt: skip
 
-    m = r.add_argument_group("model")
+
+def _add_run_model(m) -> None:
     m.add_argument("--classes", type=int, default=1, metavar="K", help="number of classes K")
     m.add_argument(
         "--method", choices=("faml", "fa"), default="faml",
@@ -152,44 +175,21 @@ def _add_run(sub) -> None:
         "--particle-diameter", type=float, default=None, metavar="A",
         help="soft spherical mask of this diameter in Angstrom instead",
     )  # fmt: skip
-    m.add_argument("--seed", type=int, default=0, help="the seed of every random choice")
-
-    a = r.add_argument_group("search and likelihood")
-    a.add_argument(
-        "--candidates", type=int, default=20, metavar="N",
-        help="candidates per particle and class",
+    m.add_argument(
+        "--particle-mask", action="store_true",
+        help="remove each particle's background and multiply it by a soft sphere (the "
+        "reference mask's, or --particle-diameter), as RELION's --zero_mask: neighbours and "
+        "streaks stay out of the alignment and the noise estimate (crowded data: give "
+        "--particle-diameter just above the particle's size)",
     )  # fmt: skip
-    a.add_argument(
+    m.add_argument("--seed", type=int, default=0, help="the seed of every random choice")
+    m.add_argument(
         "--max-shift", type=float, default=None, metavar="VOXELS",
         help="largest translation (default box/4)",
     )  # fmt: skip
-    a.add_argument(
-        "--scan-step", type=float, default=15.0, metavar="DEG",
-        help="rotation step of the phase-aware scan that adds candidates",
-    )  # fmt: skip
-    a.add_argument(
-        "--no-scan", action="store_true", help="magnitude-only candidate search (the paper)"
-    )
-    a.add_argument(
-        "--likelihood", choices=("scaled", "plain"), default="scaled",
-        help="scaled: the reference's amplitude fitted per candidate; plain: the paper's",
-    )  # fmt: skip
-    a.add_argument(
-        "--local-candidates", type=int, default=2, metavar="N",
-        help="best candidates per class that get six neighbours per ring (0: none)",
-    )  # fmt: skip
-    a.add_argument(
-        "--local-rings", type=int, default=2, metavar="N",
-        help="rings of neighbours, at 5, 10, ... degrees from the candidate",
-    )  # fmt: skip
-    a.add_argument(
-        "--voronoi", action="store_true",
-        help="weigh candidates by their Voronoi cells (the paper; off: see the docs)",
-    )  # fmt: skip
 
-    par = r.add_argument_group(
-        "parallel", "Where the map step runs; the results do not depend on it."
-    )
+
+def _add_run_parallel(par) -> None:
     par.add_argument(
         "--workers", type=int, default=1, metavar="N",
         help="local worker processes (more than 1: a Dask LocalCluster)",
@@ -212,9 +212,36 @@ def _add_run(sub) -> None:
         help="particles per task of the map step",
     )  # fmt: skip
 
-    adv = r.add_argument_group(
-        "advanced", "Departures from the published FAML, each measured (see the README)."
+
+def _add_run_advanced(adv) -> None:
+    """Search and likelihood, random starts, verification: each measured (the README)."""
+    adv.add_argument(
+        "--candidates", type=int, default=20, metavar="N",
+        help="candidates per particle and class",
+    )  # fmt: skip
+    adv.add_argument(
+        "--scan-step", type=float, default=15.0, metavar="DEG",
+        help="rotation step of the phase-aware scan that adds candidates",
+    )  # fmt: skip
+    adv.add_argument(
+        "--no-scan", action="store_true", help="magnitude-only candidate search (the paper)"
     )
+    adv.add_argument(
+        "--likelihood", choices=("scaled", "plain"), default="scaled",
+        help="scaled: the reference's amplitude fitted per candidate; plain: the paper's",
+    )  # fmt: skip
+    adv.add_argument(
+        "--local-candidates", type=int, default=2, metavar="N",
+        help="best candidates per class that get six neighbours per ring (0: none)",
+    )  # fmt: skip
+    adv.add_argument(
+        "--local-rings", type=int, default=2, metavar="N",
+        help="rings of neighbours, at 5, 10, ... degrees from the candidate",
+    )  # fmt: skip
+    adv.add_argument(
+        "--voronoi", action="store_true",
+        help="weigh candidates by their Voronoi cells (the paper; off: see the docs)",
+    )  # fmt: skip
     adv.add_argument(
         "--starts", type=int, default=3, metavar="N",
         help="random starts, each run for --start-iterations iterations; the best-fitting "
@@ -239,13 +266,6 @@ def _add_run(sub) -> None:
         "--no-verify", action="store_true",
         help="skip the verification (the runner-up start continued to the end and compared "
         "with the result; the verdict then rests on the other checks only)",
-    )  # fmt: skip
-    adv.add_argument(
-        "--particle-mask", action="store_true",
-        help="remove each particle's background and multiply it by a soft sphere (the "
-        "reference mask's, or --particle-diameter), as RELION's --zero_mask: neighbours and "
-        "streaks stay out of the alignment and the noise estimate (crowded data: give "
-        "--particle-diameter just above the particle's size)",
     )  # fmt: skip
     adv.add_argument(
         "--average-update", choices=("compensated", "paper"), default="compensated",
