@@ -6,6 +6,7 @@ Only argparse (see :mod:`faml.cli.parser`).
 from __future__ import annotations
 
 import argparse
+import textwrap  # loaded anyway: traceback (faml.cli) imports it
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -21,8 +22,6 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         """Wrap one-line paragraphs; keep those of several lines (examples) as written."""
-        import textwrap
-
         paragraphs = []
         for para in text.split("\n\n"):
             if "\n" in para.strip():
