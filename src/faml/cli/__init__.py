@@ -28,11 +28,11 @@ Subcommands:
     Simulates a small data set, runs ``faml run`` on it and says how well the map matches the
     truth.
 
-Modules: :mod:`~faml.cli.parser` (the options and the help), :mod:`~faml.cli.run` (``faml
-run``), :mod:`~faml.cli.out_folder` (its output folder and ``--continue``),
-:mod:`~faml.cli.plan` (its plan and clock), :mod:`~faml.cli.commands` (the other commands),
-:mod:`~faml.cli.messages` (logging and errors). None of them imports numpy, numba or dask
-at import time, so that ``faml --help`` answers at once.
+Modules: :mod:`~faml.cli.parser` (the options), :mod:`~faml.cli.formatter` (how the help
+reads), :mod:`~faml.cli.run` (``faml run``), :mod:`~faml.cli.out_folder` (its output folder
+and ``--continue``), :mod:`~faml.cli.plan` (its plan and clock), :mod:`~faml.cli.commands`
+(the other commands), :mod:`~faml.cli.messages` (logging and errors). None of them imports
+numpy, numba or dask at import time, so that ``faml --help`` answers at once.
 """
 
 from __future__ import annotations
