@@ -1,0 +1,235 @@
+"""``faml run``: the input checks, the run's settings from the options, the run itself.
+
+The output folder's checks are in :mod:`faml.cli.out_folder`, the plan and the clock in
+:mod:`faml.cli.plan`. faml's numerical modules (:mod:`faml.ml`, :mod:`faml.io`,
+:mod:`faml.parallel`, :mod:`faml.geometry`) are imported inside the functions: they load
+numpy, numba and dask, and ``faml --help`` imports this module without running anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from faml.cli.commands import _export
+from faml.cli.out_folder import _check_out, _check_out_writable, _record_inputs
+from faml.cli.plan import IterationClock, ctf_form_row, plan_lines
+
+logger = logging.getLogger("faml.cli")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+    from pathlib import Path
+
+    from faml.geometry.masks import reference_mask
+    from faml.io.mrc import read_volume
+    from faml.io.particles import with_ctf_form
+    from faml.ml.config import RunConfig, Tuning
+    from faml.ml.engine import run
+    from faml.ml.phase import iterations_in_all, random_starts
+    from faml.parallel import make_executor
+    from faml.report import ReportHook
+
+    tilt = (float(args.tilt_range[0]), float(args.tilt_range[1]))
+    if not -90.0 < tilt[0] < tilt[1] < 90.0:
+        raise ValueError(
+            f"--tilt-range {tilt[0]:g} {tilt[1]:g}: it must satisfy -90 < MIN < MAX < 90 degrees"
+        )
+    _check_out_writable(Path(args.out))
+    table = _particles_table(args, tilt)
+    table, ctf_source = with_ctf_form(table, getattr(args, "ctf_form", "auto"))
+    table, dropped, weights = _validated(args, table)
+    mask = reference_mask(
+        table.box,
+        table.voxel_size,
+        mask=read_volume(args.mask)[0] if args.mask else None,
+        diameter=args.particle_diameter,
+    )
+    tuning = Tuning(
+        max_candidates=args.candidates,
+        scan_step_deg=None if args.no_scan else args.scan_step,
+        likelihood=args.likelihood,
+        voronoi=args.voronoi,
+        local_candidates=args.local_candidates,
+        local_rings=args.local_rings,
+        average_update=args.average_update,
+        starts=args.starts,
+        start_iterations=args.start_iterations,
+        fa_iterations=args.fa_iterations,
+        grid_iterations=args.grid_iterations,
+        verify=not args.no_verify,
+    )
+    if args.paper_exact:
+        paper = Tuning.paper()
+        tuning = replace(
+            tuning, **{k: getattr(paper, k) for k in (
+                "scan_step_deg", "likelihood", "voronoi", "local_candidates", "average_update",
+                "starts", "fa_iterations")},
+        )  # fmt: skip
+    config = RunConfig(
+        classes=args.classes,
+        method=args.method,
+        iterations=args.iterations,
+        seed=args.seed,
+        max_shift=args.max_shift,
+        gold_standard=args.gold_standard,
+        symmetry=args.symmetry,
+        particle_mask_radius=_particle_mask_radius(args, table),
+        tuning=tuning,
+    )
+    _check_out(args, table, config, mask)
+    _record_inputs(Path(args.out), table, config, dropped, mask)
+    executor = make_executor(
+        args.workers,
+        scheduler=args.scheduler,
+        cluster=args.cluster,
+        cluster_config=args.cluster_config,
+        progress=sys.stderr.isatty() and not args.quiet,
+    )
+    try:
+        ctf_row = ctf_form_row(table, ctf_source, weights)
+        for line in plan_lines(args, table, config, executor, ctf_form=ctf_row):
+            logger.info("%s", line)
+        executor.on_progress = IterationClock(
+            iterations_in_all(config),
+            max(1, executor.workers),
+            starts_included=random_starts(config) > 1,
+        )
+        result = run(
+            table,
+            args.out,
+            config,
+            mask=mask,
+            executor=executor,
+            batch_size=args.batch_size,
+            resume=args.resume,
+            command_line=sys.argv if args.argv is None else args.argv,
+            on_iteration=ReportHook(),
+        )
+    finally:
+        executor.close()
+    out = Path(args.out)
+    print(f"faml run: {len(result.maps)} class average(s) in {out}/class_*.mrc")
+    print(
+        f"faml run: particles in {out / 'particles.star'}, log and parameters in {out / 'run.json'}"
+    )
+    if (out / "model.star").exists():
+        print(f"faml run: FSC curves and resolution per class in {out / 'model.star'}")
+    print(f"faml run: report in {out / 'report.html'}")
+    if args.then_export:
+        _export(out, args.then_export, None, None)
+    return 0
+
+
+# --- input checks before any work (faml.io.validate) ---
+
+
+class InputProblems(ValueError):
+    """Several problems with the input: ``lines`` (one per problem) and a summary."""
+
+    def __init__(self, summary: str, lines: list[str], droppable: int):
+        super().__init__(summary)
+        self.lines, self.droppable = lines, droppable
+
+
+_MOST_LINES = 20
+
+
+def _validated(args: argparse.Namespace, table):
+    """The table after :func:`faml.io.validate.validate_table`, the dropped, the weights.
+
+    The weights: what the checks read in them (:class:`~faml.io.validate.WeightSummary`).
+
+    Without ``--skip-bad`` any problem stops the run (:class:`InputProblems`); with it the
+    bad particles are dropped (a warning) and listed in ``OUT/dropped_particles.txt``.
+    """
+    from faml.io.validate import validate_table
+
+    check_data = not args.no_data_check
+    report = validate_table(table, classes=args.classes, mask=args.mask, check_data=check_data)
+    logger.info(
+        "input checked: %d particles, headers in %.2f s, %s",
+        len(table), report.seconds_headers,
+        f"data in {report.seconds_data:.2f} s" if check_data else "data not read (--no-data-check)",
+    )  # fmt: skip
+    if args.skip_bad and report.particles:
+        good = report.good_indices()
+        if len(good) == 0:
+            raise ValueError(f"none of the {len(table)} particles passed the input checks")
+        dropped = report.particles
+        logger.warning(
+            "--skip-bad: dropped %d of %d particles that failed the input checks (listed in "
+            "%s/dropped_particles.txt)", len(table) - len(good), len(table), args.out,
+        )  # fmt: skip
+        table = table.subset(good)
+        report.particles = []  # what is left: the global problems (they count good ones)
+    else:
+        dropped = []
+    if report.ok:
+        return table, dropped, report.weights
+    lines = report.lines()
+    bad = len(report.bad_indices())
+    if len(lines) == 1:
+        raise InputProblems(lines[0], [], bad)
+    shown = [f"  {line}" for line in lines[:_MOST_LINES]]
+    if len(lines) > _MOST_LINES:
+        shown.append(f"  ... and {len(lines) - _MOST_LINES} more")
+    raise InputProblems(f"{len(lines)} problems with the input (listed above)", shown, bad)
+
+
+def _particle_mask_radius(args: argparse.Namespace, table) -> float | None:
+    """``RunConfig.particle_mask_radius`` from the options.
+
+    ``None`` without ``--particle-mask``; with ``--particle-diameter`` the sphere of that
+    diameter (its soft edge outside, as the reference mask's); else the default reference
+    mask's radius.
+    """
+    from faml.geometry.masks import DEFAULT_MASK_RADIUS
+    from faml.ml.em import PARTICLE_MASK_EDGE
+
+    if not args.particle_mask:
+        return None
+    if args.particle_diameter:
+        edge = PARTICLE_MASK_EDGE
+        share = (args.particle_diameter / 2.0 / table.voxel_size + edge) / table.box
+        return float(min(max(share, 0.1), 0.6))
+    return DEFAULT_MASK_RADIUS
+
+
+# --- RELION 5 / Dynamo inputs (faml.io.relion5, faml.io.tiltstacks, faml.io.dynamo) ---
+
+
+def _particles_table(args: argparse.Namespace, tilt: tuple[float, float]):
+    """The particle table of ``faml run``.
+
+    A STAR file (RELION 3.1-5, optimisation set, 2D stacks reconstructed into
+    ``OUT/subtomograms``) or MRC files (tilt ranges from ``--dynamo-table``).
+    """
+    from pathlib import Path
+
+    from faml.io.particles import from_mrc_files
+    from faml.io.star import read_particles_star
+
+    source = Path(args.particles)
+    if source.suffix == ".star":
+        if getattr(args, "dynamo_table", None):
+            raise ValueError("--dynamo-table goes with MRC particle files, not a STAR file")
+        return read_particles_star(
+            source,
+            tilt_range=tilt,
+            voxel_size=args.voxel_size,
+            cache_dir=Path(args.out) / "subtomograms",
+            tomograms_star=getattr(args, "tomograms", None),
+            strict=False,
+        )
+    table = from_mrc_files(
+        args.particles, tilt_range=tilt, voxel_size=args.voxel_size, strict=False
+    )
+    if getattr(args, "dynamo_table", None):
+        from faml.io.dynamo import apply_dynamo_table, read_dynamo_table
+
+        table, _, _ = apply_dynamo_table(table, read_dynamo_table(args.dynamo_table))
+        logger.info("tilt ranges of %d particles from %s", len(table), args.dynamo_table)
+    return table
