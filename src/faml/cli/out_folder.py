@@ -3,11 +3,12 @@
 A run records what decides its result in ``OUT/inputs.json`` (:func:`_fingerprint`): the
 particles (count, a sha256 of their files and tilt ranges, box, voxel size, CTF form), the
 reference mask when one is given (a sha256 of its voxels) and the configuration
-(``RunConfig.to_dict()`` without the settings that do not change the result). A later command on the same folder is compared with it (:func:`_check_out`).
+(``RunConfig.to_dict()`` without the settings that do not change the result). A later
+command on the same folder is compared with it (:func:`_check_out`).
 
 faml's modules (:mod:`faml.io.atomic`), numpy and the standard library's ``json``,
-``hashlib``, ``shutil`` and ``pathlib`` are imported inside the functions: ``faml --help`` imports this
-module and needs none of them.
+``hashlib``, ``shutil`` and ``pathlib`` are imported inside the functions: ``faml --help``
+imports this module and needs none of them.
 """
 
 from __future__ import annotations
