@@ -83,7 +83,7 @@ def test_paper_exact_switches_the_published_choices(tmp_path):
     rc = main(["run", str(tmp_path / "p"), "--out", str(tmp_path / "r"), "--iterations", "1",
                "--paper-exact"])  # fmt: skip
     assert rc == 0
-    config = json.loads((tmp_path / "r" / "run.json").read_text())["config"]
+    config = json.loads((tmp_path / "r" / "run.json").read_text())["config"]["tuning"]
     assert config["scan_step_deg"] is None and config["likelihood"] == "plain"
     assert config["voronoi"] is True and config["local_candidates"] == 0
     assert config["fa_iterations"] == 0

@@ -152,8 +152,9 @@ def _summary(run: RunFiles, scores: dict | None) -> str:
         for k, (r, r5, c) in enumerate(zip(res, res05, counts, strict=True))
     )
     method = cfg.get("method", "?")
-    if method == "faml" and cfg.get("fa_iterations"):
-        method += f" (FA for the first {cfg['fa_iterations']} iterations)"
+    tuning = cfg.get("tuning", cfg)  # runs before RunConfig and Tuning were apart: flat
+    if method == "faml" and tuning.get("fa_iterations"):
+        method += f" (FA for the first {tuning['fa_iterations']} iterations)"
     command = info.get("command_line")
     seconds = info.get("seconds") or sum(float(h.get("seconds") or 0) for h in run.history)
     rows = [
