@@ -10,7 +10,8 @@ folders, e.g. a ``git worktree`` of the commit before and the working tree):
    FA warm-up, gold-standard halves, the symmetry frame and symmetrised sums, re-seeding and
    the likelihood all take part;
 
-then ``cmp``-compares every map and STAR file the runs wrote. The files carry the time
+then ``cmp``-compares every map and STAR file the runs wrote (each tree runs in the same
+folder, which the demo's STAR file names). The files carry the time
 they were written (the MRC label that mrcfile writes, the first comment line of starfile):
 both trees run with the clock frozen (``datetime.now`` at 2000-01-01, in the writing
 process only), so that the comparison covers every other byte.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import filecmp
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -97,7 +99,12 @@ def main() -> int:
               "--out", str(data), cwd=work)  # fmt: skip
     times = {}
     for name, src in (("before", args.before), ("after", args.after)):
-        times[name] = run_tree(src.resolve(), work / name, data, clock)
+        # each tree runs in the same folder: the demo's STAR file names its particles by path
+        here = work / "current"
+        shutil.rmtree(here, ignore_errors=True)
+        times[name] = run_tree(src.resolve(), here, data, clock)
+        shutil.rmtree(work / name, ignore_errors=True)
+        here.rename(work / name)
     rows = compare(work / "before", work / "after")
     for name, same in rows:
         print(f"{'identical' if same else 'DIFFERENT'}  {name}")
