@@ -26,10 +26,10 @@ For each tomogram (``N`` the box):
    per tilt. Each object's projection is its central slice (the realistic mode's kernel, the
    structure padded to ``2n``, gridding-corrected) with a 2D phase ramp for its sub-pixel
    position, added at its integer position. Each image's spectrum (zero-padded to ``2 Lsx``
-   in ``u``) is multiplied by the CTF (:func:`faml.simulate.ctf.ctf`, one defocus per tilt
+   in ``u``) is multiplied by the CTF (:func:`faml.imaging.ctf.ctf`, one defocus per tilt
    series, no defocus gradient, no astigmatism), the detector MTF and the exposure filter
    ``exp(-D_t / (2 N_e(s)))`` (Grant & Grigorieff critical exposure,
-   :func:`faml.io.tiltstacks.critical_exposure`) with ``D_t`` the tilt's pre-exposure in a
+   :func:`faml.imaging.exposure.critical_exposure`) with ``D_t`` the tilt's pre-exposure in a
    dose-symmetric order (0° first, then ``+step, -step, +2 step, ...``; ``D_t`` = tilts taken
    before it x ``dose_per_tilt``), and cut at the Nyquist circle. White Gaussian noise of one
    s.d. ``σ`` per tomogram is added to every detector pixel.
@@ -38,7 +38,7 @@ For each tomogram (``N`` the box):
    R-weighted (the discrete Ram-Lak ramp, ``|k_u|`` in cycles/pixel with its exact DC term,
    times the tilt step in radians, so that amplitudes come out as the structure's inside the
    wedge) and back-projected along its rays with linear interpolation
-   (:func:`faml.simulate._kernels.backproject`) into the ``(Lz, Lxy, Lxy)`` tomogram. The
+   (:func:`faml.imaging.slices.backproject`) into the ``(Lz, Lxy, Lxy)`` tomogram. The
    streaks of WBP (gaps between the tilts' planes, the wedge's edges) are thus those of the
    real method. ``"signed"``: not flipped. ``"premultiplied"``: each image's spectrum (noise
    included) is multiplied once more by its ``CTF x MTF x exposure`` instead, not R-weighted
@@ -109,17 +109,16 @@ import scipy.fft
 from faml.geometry.axes import box_center
 from faml.geometry.rotations import random_rotations
 from faml.geometry.wedge import wedge_mask
+from faml.imaging.ctf import ctf, detector_mtf
+from faml.imaging.exposure import critical_exposure
+from faml.imaging.slices import backproject, extract_slices, hermitian_planes, insert_planes
 from faml.io.mrc import write_volume
-from faml.io.tiltstacks import critical_exposure
 from faml.parallel import make_executor
 from faml.simulate import dataset as _ds
-from faml.simulate._kernels import backproject, extract_slices, insert_planes
-from faml.simulate.ctf import ctf, detector_mtf
 from faml.simulate.fast import Truth
 from faml.simulate.tiltseries import (
     PreparedStructure,
     SimulationSettings,
-    _hermitian_planes,
     _transfer,
 )
 
@@ -493,8 +492,8 @@ def _weight(job: _Job, defocus_um: float, tilts: np.ndarray, dose: np.ndarray) -
     acc_w = np.zeros((m, m, nx), dtype=np.float32)
     data = np.zeros((tilts.size, m, nx), dtype=np.complex64)
     insert_planes(data, g, basis, acc_d, acc_g, acc_w)
-    _hermitian_planes(acc_g, False)
-    _hermitian_planes(acc_w, False)
+    hermitian_planes(acc_g, False)
+    hermitian_planes(acc_w, False)
     observed = wedge_mask(n, (tilts[0], tilts[-1]), cutoff_radius=n / 2)
     mean = np.divide(acc_g, acc_w, out=np.zeros_like(acc_g), where=acc_w > 0)[::2, ::2, ::2]
     low = -1.0 if form == "signed" else 0.0
