@@ -106,7 +106,9 @@ from faml.geometry.euler import euler_to_matrix
 from faml.imaging.ctf import ctf
 from faml.imaging.exposure import critical_exposure
 from faml.imaging.slices import hermitian_planes, insert_planes
+from faml.io._relion import _resolve_all
 from faml.io.mrc import read_volume, write_volume
+from faml.io.relion5 import find_tomograms_star, table_from_blocks
 
 __all__ = [
     "STACK_MIRROR",
@@ -392,9 +394,6 @@ def prepare_stacks(
         are the original stacks (absolute), so that faml's results STAR is a RELION 5
         2D-stack set with faml's poses.
     """
-    from faml.io.relion5 import find_tomograms_star, table_from_blocks
-    from faml.io.star import _resolve_all
-
     particles_star = Path(particles_star)
     if blocks is None:
         blocks = starfile.read(particles_star, always_dict=True)
