@@ -27,9 +27,9 @@ from scipy.spatial.transform import Rotation
 from faml.evaluate.maps import score_map
 from faml.geometry.euler import euler_to_matrix
 from faml.geometry.transform import transform_volume
+from faml.imaging.ctf import ctf
 from faml.io.mrc import read_volume
 from faml.io.tiltstacks import _visible, read_tomograms_star
-from faml.simulate.ctf import ctf
 from faml.simulate.density import density_from_map
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/structures"

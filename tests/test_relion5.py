@@ -196,7 +196,7 @@ def test_tilt_stack_reconstruction_planted(tmp_path):
     starfile.write({"global": glob, "TS": frames}, tmp_path / "tomograms.star")
     series = read_tomograms_star(tmp_path / "tomograms.star")["TS"]
     # CTF-premultiplied images: CTF^2 times the projection
-    from faml.simulate.ctf import ctf
+    from faml.imaging.ctf import ctf
 
     k = np.hypot(*np.meshgrid(np.fft.fftfreq(n), np.fft.rfftfreq(n), indexing="ij")) / 10.0
     c2 = ctf(k, 20000.0) ** 2

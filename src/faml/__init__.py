@@ -12,6 +12,25 @@ Conventions held everywhere inside the package:
   the file boundary (:mod:`faml.geometry.euler`);
 - Fourier weights (missing wedge, RELION ``rlnCtfImage``) are in numpy ``rfftn`` layout
   ``(N, N, N // 2 + 1)`` with DC at ``[0, 0, 0]`` unless a function says otherwise.
+
+Layers, lowest first
+--------------------
+A module imports only from its own package and from the packages of lower layers, never in
+a cycle, and never another package's private (``_``-prefixed) modules. ``tests/test_layers.py``
+reads this list (one line per layer: number, packages, a few words) and checks every import::
+
+    0. faml, faml.__about__, faml.data: the version, packaged data
+    1. faml.parallel: executors, tree sums; imports nothing of faml
+    2. faml.geometry: rotations, Euler angles, transforms, wedges, masks, symmetry
+    3. faml.imaging: the image-formation model (CTF, MTF, dose, Fourier-slice kernels)
+    4. faml.io: MRC and STAR files, RELION 5 sets, 2D tilt stacks, the particle table
+    5. faml.align: fast rotational and translational alignment
+    6. faml.ml: maximum likelihood, the run engine
+    7. faml.simulate: simulated data with known truth
+    8. faml.evaluate: scores against the truth
+    9. faml.report: the run report, the export to RELION
+    10. faml.demo: the demo
+    11. faml.cli, faml.__main__: the command line
 """
 
 from faml.__about__ import __version__

@@ -27,6 +27,7 @@ import scipy.fft
 from scipy import optimize
 
 from faml.geometry.axes import box_center
+from faml.geometry.masks import soft_sphere
 from faml.geometry.rotations import rotation_about_axis
 from faml.geometry.transform import transform_volume
 
@@ -116,8 +117,6 @@ def symmetry_correlation(
 
 
 def _sphere(box: int) -> np.ndarray:
-    from faml.geometry.masks import soft_sphere
-
     return soft_sphere(box, 0.45 * box - 2.0, edge=2.0)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from faml.geometry.wedge import read_weight, wedge_mask
+from faml.io._relion import CTF_FLAG, STACKS_KEY
 from faml.io.mrc import VolumeHeader, read_header, read_volume
 
 __all__ = [
@@ -311,8 +312,6 @@ def with_ctf_form(table: ParticleTable, form: str = "auto") -> tuple[ParticleTab
         The table and a few words for the run's plan: ``"rlnCtfDataAreCtfPremultiplied 1"``,
         ``"--ctf-form premultiplied"``, ...
     """
-    from faml.io.relion5 import CTF_FLAG, STACKS_KEY
-
     if form not in CTF_FORMS:
         raise ValueError(f"--ctf-form {form!r}: choose one of {', '.join(CTF_FORMS)}")
     if int(table.optics.get(STACKS_KEY, 0)):

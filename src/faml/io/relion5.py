@@ -38,7 +38,13 @@ import numpy as np
 import pandas as pd
 import starfile
 
-from faml.geometry.euler import euler_to_matrix, origin_angst_to_shift
+from faml.geometry.euler import (
+    euler_to_matrix,
+    matrix_to_euler,
+    origin_angst_to_shift,
+    shift_to_origin_angst,
+)
+from faml.io._relion import CTF_FLAG, STACKS_KEY, _resolve
 from faml.io.atomic import atomic_path
 from faml.io.mrc import read_header
 from faml.io.particles import ParticleTable
@@ -50,6 +56,7 @@ __all__ = [
     "find_tomograms_star",
     "is_relion5_table",
     "optics_pixel_size",
+    "pose_columns",
     "read_optimisation_set",
     "relion5_blocks",
     "stack_frame",
@@ -58,10 +65,6 @@ __all__ = [
     "write_relion5_star",
 ]
 
-#: Key of ``ParticleTable.optics`` holding ``data_general``'s ``rlnTomoSubTomosAre2DStacks``.
-STACKS_KEY = "rlnTomoSubTomosAre2DStacks"
-#: The optics column of the CTF form (:attr:`faml.io.particles.ParticleTable.ctf_premultiplied`).
-CTF_FLAG = "rlnCtfDataAreCtfPremultiplied"
 _SUB = ("rlnTomoSubtomogramRot", "rlnTomoSubtomogramTilt", "rlnTomoSubtomogramPsi")
 _ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 _ORIGINS = ("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")
@@ -339,8 +342,6 @@ def star_poses(
             origins[:, j] = particles[c].to_numpy(dtype=np.float64)
     pixel = _pixel_size(blocks.get("optics"), particles, path)
     if pixel is None and "rlnImageName" in particles.columns:
-        from faml.io.star import _resolve
-
         pixel = read_header(
             _resolve(str(particles["rlnImageName"].iloc[0]), path.parent)
         ).voxel_size
@@ -355,6 +356,29 @@ def star_poses(
     if is_stacks(blocks):
         rotations, shifts = stack_frame(rotations, shifts)
     return rotations, shifts
+
+
+def pose_columns(
+    rotations: np.ndarray, shifts: np.ndarray, classes: np.ndarray, voxel_size: float
+) -> dict[str, np.ndarray]:
+    """RELION's pose and class columns of a set of particles.
+
+    `(n, 3, 3)` rotations, `(n, 3)` shifts (voxels, ``(x, y, z)``) and `(n,)` 1-based
+    classes become ``rlnAngleRot/Tilt/Psi``, ``rlnOrigin{X,Y,Z}Angst`` (``-shift *
+    voxel_size``) and ``rlnClassNumber``.
+    """
+    n = len(classes)
+    angles = matrix_to_euler(np.asarray(rotations).reshape(n, 3, 3))
+    origins = shift_to_origin_angst(np.asarray(shifts).reshape(n, 3), voxel_size)
+    return {
+        "rlnAngleRot": angles[:, 0],
+        "rlnAngleTilt": angles[:, 1],
+        "rlnAnglePsi": angles[:, 2],
+        "rlnOriginXAngst": origins[:, 0],
+        "rlnOriginYAngst": origins[:, 1],
+        "rlnOriginZAngst": origins[:, 2],
+        "rlnClassNumber": np.asarray(classes, dtype=np.int64),
+    }
 
 
 def relion5_blocks(
@@ -372,8 +396,6 @@ def relion5_blocks(
     Parameters as :func:`write_relion5_star`. Reusable by exporters (e.g. an initial-model
     export for ``relion_refine --ref``): ``starfile.write`` the result.
     """
-    from faml.io.star import pose_columns
-
     if frame not in ("subtomogram", "tomogram"):
         raise ValueError(f"frame must be 'subtomogram' or 'tomogram', got {frame!r}")
     n = len(table)

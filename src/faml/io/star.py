@@ -35,10 +35,14 @@ import numpy as np
 import pandas as pd
 import starfile
 
-from faml.geometry.euler import euler_to_matrix, matrix_to_euler, shift_to_origin_angst
+from faml.geometry.euler import euler_to_matrix
+from faml.io import relion5
+from faml.io._relion import CTF_FLAG, _resolve_all, _row_line
 from faml.io.atomic import atomic_path
 from faml.io.mrc import read_header
 from faml.io.particles import ParticleTable, first_cubic_header
+from faml.io.relion5 import is_relion5_table, pose_columns, write_relion5_star
+from faml.io.tiltstacks import prepare_stacks
 
 __all__ = ["pose_columns", "read_particles_star", "write_particles_star"]
 
@@ -57,70 +61,10 @@ _WRITTEN = (
 )
 
 
-def _resolve(
-    name: str,
-    star_dir: Path,
-    where: str | None = None,
-    strict: bool = True,
-) -> str:
-    """The absolute file of an image name, relative to the first folder that has it.
-
-    The STAR file's folder, the two above it (RELION names files relative to its project
-    folder, and a job's STAR file sits in ``PROJECT/Type/jobNNN/``), then the cwd.
-    ``where`` (``"x.star: particle 3 (rlnImageName)"``) names the row in the error;
-    ``strict=False`` returns the path beside the STAR file when there is none (the caller's
-    checks then report it).
-    """
-    path = name.split("@")[-1]  # "1@stack.mrcs" style: a 3D particle is one whole file
-    for base in (star_dir, *star_dir.parents[:2], Path.cwd()):
-        candidate = (base / path) if not os.path.isabs(path) else Path(path)
-        if candidate.is_dir():
-            prefix = f"{where}: " if where else ""
-            raise ValueError(f"{prefix}{path!r} is a folder ({candidate.resolve()}), not a file")
-        if candidate.exists():
-            return str(candidate.resolve())
-    if not strict:
-        return str(star_dir / path) if not os.path.isabs(path) else path
-    prefix = f"{where}: " if where else ""
-    raise ValueError(
-        f"{prefix}no such file {path!r} (relative to {star_dir}, the two folders above it or "
-        f"{Path.cwd()})"
-    )
-
-
 _NUMERIC = ("rlnAngle", "rlnOrigin", "rlnCoordinate", "rlnTomoSubtomogram", "rlnOpticsGroup",
             "rlnPixelSize", "rlnDetectorPixelSize", "rlnImagePixelSize", "rlnClassNumber",
             "rlnDefocus", "rlnRandomSubset", "rlnVoltage", "rlnSphericalAberration",
             "rlnAmplitudeContrast", "rlnImageSize", "rlnCtfDataAreCtfPremultiplied")  # fmt: skip
-
-
-def _row_line(path: Path, block: str, row: int) -> int | None:
-    """1-based line of data row ``row`` (0-based) of the loop in ``data_<block>``, if found.
-
-    ``block`` ``""``: the first data block (RELION 3.0's single block).
-    """
-    try:
-        lines = Path(path).read_text(errors="replace").splitlines()
-    except OSError:
-        return None
-    inside, in_loop, seen = False, False, -1
-    for number, raw in enumerate(lines, 1):
-        line = raw.strip()
-        if line.startswith("data_"):
-            if inside:
-                return None
-            inside = block == "" or line == f"data_{block}"
-            in_loop = False
-            continue
-        if not inside or not line or line.startswith("#"):
-            continue
-        if line.startswith("loop_"):
-            in_loop = True
-        elif in_loop and not line.startswith("_"):
-            seen += 1
-            if seen == row:
-                return number
-    return None
 
 
 def _check_numbers(path: Path, table: pd.DataFrame, what: str, block: str = "") -> None:
@@ -146,22 +90,6 @@ def _check_numbers(path: Path, table: pd.DataFrame, what: str, block: str = "") 
             raise ValueError(
                 f"{path}: {what} {row + 1}{at}: {col} {table[col].iloc[row]!r} is not a number"
             )
-
-
-def _resolve_all(
-    path: Path, particles: pd.DataFrame, column: str, strict: bool, block: str = "particles"
-) -> list[str]:
-    """The files of ``particles[column]`` (:func:`_resolve`), an error naming row and line."""
-    star_dir = path.resolve().parent
-    out = []
-    for i, n in enumerate(particles[column]):
-        try:
-            out.append(_resolve(str(n), star_dir, None, strict))
-        except ValueError as exc:
-            line = _row_line(path, block, i)
-            at = f", line {line}" if line else ""
-            raise ValueError(f"{path}: particle {i + 1} ({column}{at}): {exc}") from None
-    return out
 
 
 def read_particles_star(
@@ -194,8 +122,6 @@ def read_particles_star(
         file) for :func:`faml.io.validate.validate_table` to report, and the box comes from
         the first particle whose header reads as a cubic volume.
     """
-    from faml.io import relion5
-
     path = Path(path)
     try:
         blocks = starfile.read(path, always_dict=True)
@@ -213,8 +139,6 @@ def read_particles_star(
                 f"{path} holds 2D tilt-stack particles: they are reconstructed into 3D first "
                 "(faml run does it in its output folder; or faml.io.tiltstacks.prepare_stacks)"
             )
-        from faml.io.tiltstacks import prepare_stacks
-
         return prepare_stacks(path, cache_dir, tomograms_star=tomograms_star, blocks=blocks)
     if not blocks:
         raise ValueError(f"{path} holds no data blocks (an empty STAR file?)")
@@ -303,29 +227,6 @@ def read_particles_star(
     )
 
 
-def pose_columns(
-    rotations: np.ndarray, shifts: np.ndarray, classes: np.ndarray, voxel_size: float
-) -> dict[str, np.ndarray]:
-    """RELION's pose and class columns of a set of particles.
-
-    `(n, 3, 3)` rotations, `(n, 3)` shifts (voxels, ``(x, y, z)``) and `(n,)` 1-based
-    classes become ``rlnAngleRot/Tilt/Psi``, ``rlnOrigin{X,Y,Z}Angst`` (``-shift *
-    voxel_size``) and ``rlnClassNumber``.
-    """
-    n = len(classes)
-    angles = matrix_to_euler(np.asarray(rotations).reshape(n, 3, 3))
-    origins = shift_to_origin_angst(np.asarray(shifts).reshape(n, 3), voxel_size)
-    return {
-        "rlnAngleRot": angles[:, 0],
-        "rlnAngleTilt": angles[:, 1],
-        "rlnAnglePsi": angles[:, 2],
-        "rlnOriginXAngst": origins[:, 0],
-        "rlnOriginYAngst": origins[:, 1],
-        "rlnOriginZAngst": origins[:, 2],
-        "rlnClassNumber": np.asarray(classes, dtype=np.int64),
-    }
-
-
 def write_particles_star(
     path: str | os.PathLike[str],
     table: ParticleTable,
@@ -359,8 +260,6 @@ def write_particles_star(
     random_subset
         Optional `(n,)` half-set (1 or 2) of each particle (``rlnRandomSubset``).
     """
-    from faml.io.relion5 import CTF_FLAG, is_relion5_table, write_relion5_star
-
     if is_relion5_table(table):
         write_relion5_star(path, table, rotations, shifts, classes, max_probability,
                            random_subset, version=relion5_version)  # fmt: skip

@@ -47,13 +47,13 @@ Per frame, at spatial frequency ``s`` (1/Å) of azimuth ``phi`` in the image:
   ``hand * (P_f[2, :3] . c)``, ``c`` its ``rlnCenteredCoordinate{X,Y,Z}Angst`` (RELION 5's
   ``Tomogram::getCtf``; without centred coordinates the frame's defocus is used: at 12 Å per
   pixel a 1000 Å depth error moves the CTF phase at Nyquist by about 0.1 rad);
-* ``CTF`` in RELION's convention (:func:`faml.simulate.ctf.ctf`, amplitude contrast, Cs and
+* ``CTF`` in RELION's convention (:func:`faml.imaging.ctf.ctf`, amplitude contrast, Cs and
   voltage from ``data_global``);
 * the exposure filter ``h = scale * exp(-B s²/4) * exp(-D / (2 N_e(s)))``: ``rlnCtfScalefactor``
   (frames with 0 are dropped, as WarpTools marks excluded tilts), ``rlnCtfBfactor``, and the
-  Grant & Grigorieff (2015) critical exposure ``N_e(s) = 0.245 s^-1.665 + 2.81`` e/Å² at the
-  frame's cumulative dose ``D`` (``rlnMicrographPreExposure``), the dose weighting RELION 5
-  applies to tomography frames.
+  Grant & Grigorieff (2015) critical exposure ``N_e(s) = 0.245 s^-1.665 + 2.81`` e/Å²
+  (:func:`faml.imaging.exposure.critical_exposure`) at the frame's cumulative dose ``D``
+  (``rlnMicrographPreExposure``), the dose weighting RELION 5 applies to tomography frames.
 
 Frames with ``rlnTomoVisibleFrames`` 0 (the particle outside that image) are left out.
 
@@ -103,7 +103,12 @@ import starfile
 
 from faml.geometry.axes import box_center
 from faml.geometry.euler import euler_to_matrix
+from faml.imaging.ctf import ctf
+from faml.imaging.exposure import critical_exposure
+from faml.imaging.slices import hermitian_planes, insert_planes
+from faml.io._relion import _resolve_all
 from faml.io.mrc import read_volume, write_volume
+from faml.io.relion5 import find_tomograms_star, table_from_blocks
 
 __all__ = [
     "STACK_MIRROR",
@@ -223,13 +228,6 @@ def read_tomograms_star(path: str | os.PathLike[str]) -> dict[str, TiltSeries]:
     return out
 
 
-def critical_exposure(s: np.ndarray) -> np.ndarray:
-    """Grant & Grigorieff (2015) critical exposure ``0.245 s^-1.665 + 2.81`` (e/Å², s in 1/Å)."""
-    s = np.asarray(s, dtype=np.float64)
-    with np.errstate(divide="ignore"):
-        return np.where(s > 0, 0.245 * np.power(np.maximum(s, 1e-12), -1.665) + 2.81, np.inf)
-
-
 def reconstruct_particle(
     images: np.ndarray,
     series: TiltSeries,
@@ -268,11 +266,6 @@ def reconstruct_particle(
         and its `(n, n, n//2+1)` float32 CTF² weight ``C / V >= 0`` (``rfftn`` layout, DC at
         ``[0, 0, 0]``); see the module docstring.
     """
-    # faml.simulate imports faml.io: its pieces are imported here, not at module level.
-    from faml.simulate._kernels import insert_planes
-    from faml.simulate.ctf import ctf
-    from faml.simulate.tiltseries import _hermitian_planes
-
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 3 or images.shape[1] != images.shape[2]:
         raise ValueError(f"images must be (T, n, n), got {images.shape}")
@@ -330,9 +323,9 @@ def reconstruct_particle(
     acc_ctf2 = np.zeros((m, m, nx), dtype=np.float32)
     acc_w = np.zeros((m, m, nx), dtype=np.float32)
     insert_planes(data, ctf2, basis, acc_data, acc_ctf2, acc_w)
-    _hermitian_planes(acc_data, True)
-    _hermitian_planes(acc_ctf2, False)
-    _hermitian_planes(acc_w, False)
+    hermitian_planes(acc_data, True)
+    hermitian_planes(acc_ctf2, False)
+    hermitian_planes(acc_w, False)
     reached = acc_w > 1e-6
     x_m = np.zeros_like(acc_data)
     np.divide(acc_data, acc_w, out=x_m, where=reached)
@@ -401,9 +394,6 @@ def prepare_stacks(
         are the original stacks (absolute), so that faml's results STAR is a RELION 5
         2D-stack set with faml's poses.
     """
-    from faml.io.relion5 import find_tomograms_star, table_from_blocks
-    from faml.io.star import _resolve_all
-
     particles_star = Path(particles_star)
     if blocks is None:
         blocks = starfile.read(particles_star, always_dict=True)

@@ -22,11 +22,16 @@ Nothing raises for a bad input: the problems are collected in a :class:`Validati
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from dataclasses import dataclass, field
 
 import mrcfile
 import numpy as np
+
+from faml.geometry.masks import reference_mask
+from faml.geometry.wedge import weight_from_volume
+from faml.io.mrc import read_volume
 
 __all__ = ["ParticleProblem", "ValidationReport", "WeightSummary", "validate_table"]
 
@@ -171,8 +176,6 @@ class _Weight:
 
 
 def _weight_problem(path: str, box: int, premultiplied: bool) -> _Weight:
-    from faml.geometry.wedge import weight_from_volume
-
     problem, shape = _header_problem(path, None, None, "weight")
     if problem:
         return _Weight(f"weight {path}: {problem}")
@@ -239,8 +242,6 @@ def _set_problem(weights: dict[int, _Weight], premultiplied: bool) -> str | None
 
 
 def _data_problem(path: str) -> str | None:
-    from faml.io.mrc import read_volume
-
     try:
         vol, _ = read_volume(path)
     except (ValueError, OSError) as exc:
@@ -255,8 +256,6 @@ def _data_problem(path: str) -> str | None:
 
 
 def _mask_problem(mask, box: int) -> str | None:
-    from faml.geometry.masks import reference_mask
-
     name = "the mask"
     if isinstance(mask, (str, os.PathLike)):
         name = f"mask {mask}"
@@ -266,8 +265,6 @@ def _mask_problem(mask, box: int) -> str | None:
         if shape != (box,) * 3:
             z, y, x = shape
             return f"{name} is {x} x {y} x {z} voxels, the particles are {box} x {box} x {box}"
-        from faml.io.mrc import read_volume
-
         mask = read_volume(mask)[0]
     try:
         reference_mask(box, 1.0, mask=np.asarray(mask))
@@ -295,8 +292,6 @@ def validate_table(table, *, classes: int = 1, mask=None, check_data: bool = Tru
     -------
     ValidationReport
     """
-    import time
-
     box, voxel = table.box, table.voxel_size
     report = ValidationReport(len(table))
     t0 = time.perf_counter()

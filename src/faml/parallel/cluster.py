@@ -24,13 +24,18 @@ the ``faml run`` process (on the login or head node); the jobs connect to it.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from faml.parallel.executor import THREAD_VARIABLES
+import yaml  # PyYAML comes with dask
+from distributed import Client
+
+from faml.parallel.executor import DaskExecutor
+from faml.parallel.threads import THREAD_VARIABLES
 
 __all__ = ["ClusterConfig", "read_cluster_config", "build_cluster", "start_cluster", "KINDS"]
 
@@ -64,8 +69,6 @@ class ClusterConfig:
 
 def read_cluster_config(kind: str, path: str | os.PathLike[str]) -> ClusterConfig:
     """Read and check a cluster configuration file (YAML; see the module docstring)."""
-    import yaml  # PyYAML comes with dask
-
     if kind not in KINDS:
         raise ValueError(f"--cluster must be one of {', '.join(KINDS)}, got {kind!r}")
     p = Path(path)
@@ -106,7 +109,7 @@ def read_cluster_config(kind: str, path: str | os.PathLike[str]) -> ClusterConfi
 
 def build_cluster(config: ClusterConfig):
     """The dask-jobqueue cluster object (its scheduler started here, no job submitted yet)."""
-    try:
+    try:  # the optional extra faml[cluster]: imported when a cluster is built
         from dask_jobqueue import SLURMCluster
     except ImportError as exc:
         raise ValueError(
@@ -127,8 +130,7 @@ def build_cluster(config: ClusterConfig):
 
 def _accepted_options() -> set[str]:
     """Keyword arguments SLURMCluster takes (its own, its job's and their base classes')."""
-    import inspect
-
+    # the optional extra faml[cluster] (build_cluster checked that it is there)
     from dask_jobqueue.core import Job, JobQueueCluster
     from dask_jobqueue.slurm import SLURMJob
 
@@ -144,10 +146,6 @@ def _accepted_options() -> set[str]:
 
 def start_cluster(kind: str, path: str | os.PathLike[str], *, progress: bool = False):
     """An executor on a new batch-system cluster: submits ``jobs`` jobs."""
-    from distributed import Client
-
-    from faml.parallel.executor import DaskExecutor
-
     config = read_cluster_config(kind, path)
     cluster = build_cluster(config)
     try:

@@ -7,7 +7,8 @@ task holds it; each worker fetches it once), not once per task. The engine never
 the tasks ran:
 
 - :class:`SerialExecutor`: everything in this process.
-- :class:`DaskExecutor`: any ``dask.distributed`` cluster, built by :func:`make_executor`:
+- :class:`DaskExecutor`: any ``dask.distributed`` cluster, built by
+  :func:`faml.parallel.make_executor` (:mod:`faml.parallel.factory`):
   ``workers=N`` a ``LocalCluster`` of N single-threaded worker processes; ``scheduler=``
   the address of a running scheduler (``dask scheduler`` + ``dask worker``); or a SLURM
   cluster through ``dask-jobqueue`` (:mod:`faml.parallel.cluster`).
@@ -28,24 +29,31 @@ complete iteration.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
-import os
 import re
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import CancelledError
 from typing import Any, Protocol, TypeVar
 
+import dask.config
+from distributed import Client, LocalCluster, WorkerPlugin, as_completed
 from tqdm import tqdm
 
+from faml.parallel.threads import THREAD_VARIABLES, one_thread
+
 __all__ = [
+    "THREAD_VARIABLES",
     "DaskExecutor",
     "Executor",
     "ExecutorLost",
     "WorkerSettings",
     "SerialExecutor",
-    "make_executor",
+    "connect",
     "one_thread",
 ]
 
@@ -54,15 +62,6 @@ logger = logging.getLogger(__name__)
 S = TypeVar("S")
 T = TypeVar("T")
 R = TypeVar("R")
-
-THREAD_VARIABLES = (
-    "OMP_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "NUMBA_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS",
-)
-"""Environment variables that cap the threads of BLAS, OpenMP and numba in a worker."""
 
 
 class ExecutorLost(RuntimeError):
@@ -210,9 +209,6 @@ def adaptive_malloc() -> None:
     ran at half the speed of plain processes. Fixed thresholds as large as the adaptive
     ones would grow to (32 MiB mmap, 64 MiB trim) restore the speed. No-op off glibc.
     """
-    import ctypes
-    import ctypes.util
-
     if not sys.platform.startswith("linux"):
         return
     try:
@@ -225,22 +221,7 @@ def adaptive_malloc() -> None:
     mallopt(m_trim_threshold, 64 * 2**20)
 
 
-def one_thread() -> None:
-    """Cap BLAS, OpenMP and numba at one thread in this process (a worker)."""
-    for var in THREAD_VARIABLES:
-        os.environ[var] = "1"
-    import threadpoolctl
-
-    threadpoolctl.threadpool_limits(limits=1)
-
-
-try:  # the plugin base class comes with dask.distributed (a core dependency)
-    from distributed import WorkerPlugin as _WorkerPlugin
-except ImportError:  # pragma: no cover - distributed is a dependency
-    _WorkerPlugin = object
-
-
-class WorkerSettings(_WorkerPlugin):
+class WorkerSettings(WorkerPlugin):
     """Worker plugin: faml's settings in every worker process.
 
     - one BLAS / OpenMP / numba thread (:func:`one_thread`);
@@ -328,14 +309,10 @@ class DaskExecutor:
         return shared_future, futures
 
     def _lost(self, exc: BaseException) -> bool:
-        from concurrent.futures import CancelledError
-
         return self.client.status != "running" or isinstance(exc, CancelledError)
 
     def map(self, fn, tasks, *, shared=None, sizes=None, label=""):
         """Results of ``fn(shared, task)`` in task order (computed on the cluster)."""
-        from distributed import as_completed
-
         tasks = list(tasks)
         if not tasks:
             return
@@ -363,8 +340,6 @@ class DaskExecutor:
 
     def map_reduce(self, fn, tasks, combine, *, shared=None, sizes=None, label=""):
         """``combine`` over the results: a tree of tasks on the workers, one result back."""
-        from distributed import as_completed
-
         tasks = list(tasks)
         if not tasks:
             raise ValueError("map_reduce needs at least one task")
@@ -450,9 +425,6 @@ with these)."""
 
 
 def _local_cluster(workers: int):
-    import dask.config
-    from distributed import LocalCluster
-
     env = {var: "1" for var in THREAD_VARIABLES}
     with dask.config.set(QUIET_DASK):
         return LocalCluster(
@@ -465,62 +437,8 @@ def _local_cluster(workers: int):
         )
 
 
-def make_executor(
-    workers: int = 1,
-    *,
-    scheduler: str | None = None,
-    cluster: str | None = None,
-    cluster_config: str | os.PathLike[str] | None = None,
-    progress: bool = False,
-    local_cluster: bool | None = None,
-) -> SerialExecutor | DaskExecutor:
-    """The executor a run asks for.
-
-    Parameters
-    ----------
-    workers
-        Local worker processes: 1 runs in this process (unless ``local_cluster``), more
-        start a Dask ``LocalCluster`` of that many single-threaded processes.
-    scheduler
-        Address of a running Dask scheduler (``tcp://HOST:PORT`` or a scheduler file
-        ``*.json``); ``workers`` is then ignored.
-    cluster, cluster_config
-        ``"slurm"`` and its configuration file (:mod:`faml.parallel.cluster`).
-    progress
-        Progress bars per call.
-    local_cluster
-        Force (``True``) a ``LocalCluster`` even for one worker, or (``False``) none.
-    """
-    if isinstance(workers, bool) or int(workers) < 1:
-        raise ValueError(f"--workers must be at least 1, got {workers!r}")
-    if sum(x is not None for x in (scheduler, cluster)) > 1:
-        raise ValueError("give either --scheduler or --cluster, not both")
-    if cluster is not None:
-        from faml.parallel.cluster import start_cluster
-
-        if cluster_config is None:
-            raise ValueError(f"--cluster {cluster} needs --cluster-config FILE")
-        return start_cluster(cluster, cluster_config, progress=progress)
-    if scheduler is not None:
-        return connect(scheduler, progress=progress)
-    use_cluster = int(workers) > 1 if local_cluster is None else local_cluster
-    if not use_cluster:
-        return SerialExecutor(progress=progress)
-    from distributed import Client
-
-    local = _local_cluster(int(workers))
-    try:
-        client = Client(local)
-    except Exception:
-        local.close()
-        raise
-    return DaskExecutor(client, local, progress=progress)
-
-
 def connect(address: str, *, progress: bool = False, timeout: float = 30.0) -> DaskExecutor:
     """An executor on the running scheduler at ``address`` (or a scheduler ``.json`` file)."""
-    from distributed import Client
-
     kwargs = {"scheduler_file": address} if str(address).endswith(".json") else {"address": address}
     try:
         client = Client(**kwargs, timeout=timeout)

@@ -8,10 +8,14 @@
 - :mod:`faml.simulate.fast`: ``simulate_fast``, the fast mode of the demo and tests.
 - :mod:`faml.simulate.crowded`: :func:`simulate_crowded`, subtomograms cut from crowded
   tomograms (tilt series with CTF, dose and noise, weighted back-projection, picking errors).
+
+The optics (CTF, MTF, dose filter) and the Fourier-slice kernels are :mod:`faml.imaging`'s,
+shared with the 2D tilt-stack reader; ``ctf``, ``detector_mtf`` and ``electron_wavelength``
+are re-exported here.
 """
 
+from faml.imaging.ctf import ctf, detector_mtf, electron_wavelength  # public API here too
 from faml.simulate.crowded import CrowdedSettings, pseudo_proteins, simulate_crowded
-from faml.simulate.ctf import ctf, detector_mtf, electron_wavelength
 from faml.simulate.dataset import MODES, SimulationTruth, particle_rng, read_truth, simulate
 from faml.simulate.density import density_from_map, density_from_model, load_structure
 from faml.simulate.fast import Truth, simulate_fast

@@ -4,7 +4,8 @@ Where the realistic mode (:mod:`faml.simulate.tiltseries`) makes each particle a
 box, this mode makes the subtomograms as they come out of real tomograms: with neighbouring
 density, back-projection streaks and the CTF of the whole tilt series in every box.
 
-For each tomogram (``N`` the box):
+For each tomogram (``N`` the box; step 1 is :mod:`faml.simulate.specimen`'s, the rest this
+module's):
 
 1. **Specimen.** A slab of ``Lxy x Lxy x Lz`` voxels (``CrowdedSettings.tomogram_size`` boxes;
    ``x, y`` even, e.g. ``4.5 N`` and ``2 N``), widened in ``x`` on both sides by
@@ -26,10 +27,10 @@ For each tomogram (``N`` the box):
    per tilt. Each object's projection is its central slice (the realistic mode's kernel, the
    structure padded to ``2n``, gridding-corrected) with a 2D phase ramp for its sub-pixel
    position, added at its integer position. Each image's spectrum (zero-padded to ``2 Lsx``
-   in ``u``) is multiplied by the CTF (:func:`faml.simulate.ctf.ctf`, one defocus per tilt
+   in ``u``) is multiplied by the CTF (:func:`faml.imaging.ctf.ctf`, one defocus per tilt
    series, no defocus gradient, no astigmatism), the detector MTF and the exposure filter
    ``exp(-D_t / (2 N_e(s)))`` (Grant & Grigorieff critical exposure,
-   :func:`faml.io.tiltstacks.critical_exposure`) with ``D_t`` the tilt's pre-exposure in a
+   :func:`faml.imaging.exposure.critical_exposure`) with ``D_t`` the tilt's pre-exposure in a
    dose-symmetric order (0° first, then ``+step, -step, +2 step, ...``; ``D_t`` = tilts taken
    before it x ``dose_per_tilt``), and cut at the Nyquist circle. White Gaussian noise of one
    s.d. ``σ`` per tomogram is added to every detector pixel.
@@ -38,7 +39,7 @@ For each tomogram (``N`` the box):
    R-weighted (the discrete Ram-Lak ramp, ``|k_u|`` in cycles/pixel with its exact DC term,
    times the tilt step in radians, so that amplitudes come out as the structure's inside the
    wedge) and back-projected along its rays with linear interpolation
-   (:func:`faml.simulate._kernels.backproject`) into the ``(Lz, Lxy, Lxy)`` tomogram. The
+   (:func:`faml.imaging.slices.backproject`) into the ``(Lz, Lxy, Lxy)`` tomogram. The
    streaks of WBP (gaps between the tilts' planes, the wedge's edges) are thus those of the
    real method. ``"signed"``: not flipped. ``"premultiplied"``: each image's spectrum (noise
    included) is multiplied once more by its ``CTF x MTF x exposure`` instead, not R-weighted
@@ -99,7 +100,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -107,19 +108,26 @@ import pandas as pd
 import scipy.fft
 
 from faml.geometry.axes import box_center
-from faml.geometry.rotations import random_rotations
 from faml.geometry.wedge import wedge_mask
+from faml.imaging.ctf import ctf, detector_mtf
+from faml.imaging.exposure import critical_exposure
+from faml.imaging.slices import backproject, extract_slices, hermitian_planes, insert_planes
 from faml.io.mrc import write_volume
-from faml.io.tiltstacks import critical_exposure
 from faml.parallel import make_executor
 from faml.simulate import dataset as _ds
-from faml.simulate._kernels import backproject, extract_slices, insert_planes
-from faml.simulate.ctf import ctf, detector_mtf
 from faml.simulate.fast import Truth
+from faml.simulate.specimen import (
+    CrowdedSettings,
+    _Geometry,
+    _geometry,
+    _inner_mean,
+    _layout,
+    pseudo_proteins,
+    structure_radius,
+)
 from faml.simulate.tiltseries import (
     PreparedStructure,
     SimulationSettings,
-    _hermitian_planes,
     _transfer,
 )
 
@@ -129,7 +137,6 @@ logger = logging.getLogger(__name__)
 
 _TOMOGRAMS = "tomograms"
 _TARGET_FILL = 0.1  # default targets per tomogram: their spheres fill this share of it
-_TRIES = 500  # random positions tried per object before it counts as not fitting
 _METHOD = {
     "flipped": "real-space weighted back-projection of phase-flipped, CTF/MTF/exposure-"
     "filtered tilt series of crowded slabs (faml.simulate.crowded)",
@@ -142,158 +149,8 @@ _METHOD = {
 _STREAM = 0x63726F77  # "crow": the tomograms' streams differ from the particles' of dataset
 
 
-@dataclass(frozen=True)
-class CrowdedSettings:
-    """The crowded mode's own parameters (the rest is :class:`SimulationSettings`).
-
-    Attributes
-    ----------
-    tomograms
-        Number of tomograms; ``None``: enough that the targets' spheres fill about 10 % of
-        each tomogram.
-    crowding
-        Share of the specimen's volume filled by the objects' bounding spheres (targets and
-        distractors), ``0 <= crowding <= 0.35`` (random sequential addition of spheres jams
-        near 0.38).
-    pick_error
-        Standard deviation of the picking error, voxels per axis.
-    dose_per_tilt
-        Exposure per tilt image, e/Å² (``0``: no exposure filter).
-    tomogram_size
-        ``(xy, z)``: the tomogram's side in ``x`` and ``y`` and its thickness ``z``, in boxes.
-    write_tomograms
-        Also write each tomogram (``tomograms/tomogram_NNN.mrc``).
-    """
-
-    tomograms: int | None = None
-    crowding: float = 0.25
-    pick_error: float = 1.0
-    dose_per_tilt: float = 3.0
-    tomogram_size: tuple[float, float] = (4.5, 2.0)
-    write_tomograms: bool = False
-
-    def __post_init__(self) -> None:
-        t = self.tomograms
-        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 1):
-            raise ValueError(f"tomograms must be a positive integer, got {t!r}")
-        if not (0.0 <= self.crowding <= 0.35):
-            raise ValueError(f"crowding must be in [0, 0.35], got {self.crowding!r}")
-        if not (0.0 <= self.pick_error <= 10.0):
-            raise ValueError(f"pick_error must be in [0, 10] voxels, got {self.pick_error!r}")
-        if not (0.0 <= self.dose_per_tilt < 1e3):
-            raise ValueError(f"dose_per_tilt must be >= 0 e/A^2, got {self.dose_per_tilt!r}")
-        try:
-            xy, z = (float(v) for v in self.tomogram_size)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"tomogram_size must be (xy, z) boxes, got {self.tomogram_size!r}"
-            ) from None
-        if not (xy >= 1.5 and 1.0 <= z <= xy):
-            raise ValueError(
-                f"tomogram_size must have xy >= 1.5 and 1 <= z <= xy boxes, got ({xy}, {z})"
-            )
-        object.__setattr__(self, "tomogram_size", (xy, z))
-
-    def as_dict(self) -> dict:
-        """The settings as a JSON-ready dict."""
-        d = asdict(self)
-        d["tomogram_size"] = list(self.tomogram_size)
-        return d
-
-
-def structure_radius(volume: np.ndarray) -> float:
-    """Radius (voxels) of the sphere about voxel ``n // 2`` that bounds a structure.
-
-    The farthest voxel above 5 % of the maximum, plus half a voxel.
-    """
-    vol = np.asarray(volume)
-    c = box_center(vol.shape[0])
-    idx = np.argwhere(vol > 0.05 * float(vol.max()))
-    if idx.size == 0:
-        raise ValueError("a structure has no positive density")
-    return float(np.sqrt(np.max(np.sum((idx - c) ** 2, axis=1)))) + 0.5
-
-
-def _inner_mean(volume: np.ndarray) -> float:
-    vol = np.asarray(volume, dtype=np.float64)
-    return float(vol[vol > 0.2 * vol.max()].mean())
-
-
-def pseudo_proteins(box: int, count: int = 4) -> list[np.ndarray]:
-    """The default crowd: ``count`` blob-shaped pseudo-proteins of different sizes.
-
-    Each is a cluster of 3-8 overlapping balls (density ``1 - exp(-sum of Gaussians)``, so
-    about uniform inside) of overall radius ``0.1 N`` to ``0.28 N``, from a fixed seed (the
-    same shapes for every simulation with this box), centre of mass at voxel ``n // 2`` of its
-    own box (even, just large enough).
-
-    Returns
-    -------
-    list of np.ndarray
-        `(n, n, n)` float32 volumes ``(z, y, x)``, ``n <= box``, maximum 1.
-    """
-    rng = np.random.default_rng(20260619)
-    out = []
-    for j, frac in enumerate(np.linspace(0.1, 0.28, count)):
-        radius = max(2.0, frac * box)
-        n = min(box, 2 * math.ceil(radius + 3))
-        c = box_center(n)
-        balls = 3 + (j * 5) // max(1, count - 1)
-        a = radius / 2.0  # ball radius
-        dirs = rng.standard_normal((balls, 3))
-        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-        centres = dirs * rng.uniform(0.3, 1.0, (balls, 1)) * (radius - a)
-        centres -= centres.mean(axis=0)
-        grid = np.indices((n, n, n), dtype=np.float64)[::-1] - c  # (x, y, z)
-        field = np.zeros((n, n, n))
-        for q in centres:
-            d2 = sum((grid[i] - q[i]) ** 2 for i in range(3))
-            field += 3.0 * np.exp(-d2 / (2.0 * (0.6 * a) ** 2))
-        vol = 1.0 - np.exp(-field)
-        vol[vol < 0.02] = 0.0
-        out.append((vol / vol.max()).astype(np.float32))
-    return out
-
-
 def _tomogram_rng(seed: int, t: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), _STREAM], spawn_key=(t,)))
-
-
-@dataclass(frozen=True)
-class _Geometry:
-    """Sizes of one tomogram (all tomograms of a simulation share them)."""
-
-    box: int
-    lxy: int  # tomogram side in x and y
-    lz: int  # tomogram thickness
-    ext: int  # specimen widening in x on each side
-    margin: float  # targets: extra room for the picking error
-
-    @property
-    def lsx(self) -> int:
-        return self.lxy + 2 * self.ext
-
-    @property
-    def axis(self) -> tuple[int, int]:
-        """Tilt axis ``(x in the specimen, z)``."""
-        return self.lsx // 2, self.lz // 2
-
-
-def _geometry(box: int, settings: SimulationSettings, crowd: CrowdedSettings) -> _Geometry:
-    def even(v: float) -> int:
-        return 2 * max(1, int(round(v / 2)))
-
-    xy, z = crowd.tomogram_size
-    lxy, lz = even(xy * box), even(z * box)
-    theta = math.radians(max(abs(a) for a in settings.tilt_range))
-    ext = math.ceil(lz / 2 * math.tan(theta)) + 2
-    margin = 3.0 * crowd.pick_error + 1.0
-    if lxy < box + 2 * margin + 1:
-        raise ValueError(
-            f"tomogram_size {xy:g} boxes is too small for a {box}^3 box and a picking error "
-            f"of {crowd.pick_error:g} voxels"
-        )
-    return _Geometry(box, lxy, lz, ext, margin)
 
 
 @dataclass(frozen=True)
@@ -331,77 +188,6 @@ def _tilt_order(tilts: np.ndarray) -> np.ndarray:
     rank = np.empty(tilts.size, dtype=np.int64)
     rank[key] = np.arange(tilts.size)
     return rank
-
-
-def _place(rng, centres, radii, n_placed, radius, lo, hi) -> np.ndarray | None:
-    """A random centre in the box ``[lo, hi]`` (x, y, z) whose sphere meets none placed."""
-    for _ in range(_TRIES):
-        p = rng.uniform(lo, hi)
-        if n_placed == 0:
-            return p
-        d2 = np.sum((centres[:n_placed] - p) ** 2, axis=1)
-        if np.all(d2 >= (radii[:n_placed] + radius) ** 2):
-            return p
-    return None
-
-
-def _layout(job: _Job, t: int, rng: np.random.Generator):
-    """Objects of tomogram ``t``: structure index, rotation, specimen centre (x, y, z)."""
-    g, n = job.geometry, job.geometry.box
-    ids = job.members[t]
-    volume = g.lsx * g.lxy * g.lz
-    cap = len(ids) + int(job.crowd.crowding * volume / (4.0 / 3.0 * math.pi * 8.0)) + 1
-    centres = np.zeros((cap, 3))
-    radii = np.zeros(cap)
-    kinds: list[int] = []
-    rots: list[np.ndarray] = []
-    half = n / 2.0
-    for i in ids:
-        k = int(job.classes[i])
-        r = job.radii[k]
-        lo = np.array([g.ext + half + g.margin, half + g.margin, max(half + g.margin, r)])
-        hi = np.array(
-            [
-                g.ext + g.lxy - half - g.margin,
-                g.lxy - half - g.margin,
-                g.lz - max(half + g.margin, r),
-            ]
-        )
-        p = _place(rng, centres, radii, len(kinds), r, lo, np.maximum(lo, hi))
-        if p is None:
-            raise ValueError(
-                f"{len(ids)} targets do not fit in a tomogram; use more tomograms "
-                f"(now {len(job.members)})"
-            )
-        centres[len(kinds)], radii[len(kinds)] = p, r
-        kinds.append(k)
-        rots.append(job.rotations[i])
-    filled = sum(4.0 / 3.0 * math.pi * r**3 for r in radii[: len(kinds)])
-    goal = job.crowd.crowding * volume
-    # a distractor that no longer fits is not drawn again, nor any as large or larger
-    candidates = list(range(job.n_targets, len(job.structures)))
-    while candidates and filled < goal and len(kinds) < cap:
-        k = candidates[int(rng.integers(len(candidates)))]
-        r = job.radii[k]
-        rot = random_rotations(1, rng)[0]
-        lo = np.array([r, r, r])
-        hi = np.array([g.lsx - r, g.lxy - r, g.lz - r])
-        p = _place(rng, centres, radii, len(kinds), r, lo, np.maximum(lo, hi))
-        if p is None:
-            candidates = [c for c in candidates if job.radii[c] < r]
-            continue
-        centres[len(kinds)], radii[len(kinds)] = p, r
-        kinds.append(k)
-        rots.append(rot)
-        filled += 4.0 / 3.0 * math.pi * r**3
-    if filled < goal and len(job.structures) > job.n_targets:
-        logger.warning(
-            "tomogram %d: no room for more objects at crowding %.3f (asked %.3f)",
-            t + 1,
-            filled / volume,
-            job.crowd.crowding,
-        )
-    return np.asarray(kinds), np.asarray(rots), centres[: len(kinds)].copy(), filled / volume
 
 
 def _render(job, kinds, rots, centres, cos_t, sin_t) -> np.ndarray:
@@ -493,8 +279,8 @@ def _weight(job: _Job, defocus_um: float, tilts: np.ndarray, dose: np.ndarray) -
     acc_w = np.zeros((m, m, nx), dtype=np.float32)
     data = np.zeros((tilts.size, m, nx), dtype=np.complex64)
     insert_planes(data, g, basis, acc_d, acc_g, acc_w)
-    _hermitian_planes(acc_g, False)
-    _hermitian_planes(acc_w, False)
+    hermitian_planes(acc_g, False)
+    hermitian_planes(acc_w, False)
     observed = wedge_mask(n, (tilts[0], tilts[-1]), cutoff_radius=n / 2)
     mean = np.divide(acc_g, acc_w, out=np.zeros_like(acc_g), where=acc_w > 0)[::2, ::2, ::2]
     low = -1.0 if form == "signed" else 0.0

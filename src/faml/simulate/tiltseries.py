@@ -12,19 +12,19 @@ For one particle (a structure ``V`` at pose ``(R, t)``):
    zero-padded to ``M = 2N`` (so each image is `(M, M)`, the whole particle at any tilt, no
    wrap-around) and pre-divided by the trilinear interpolation kernel's real-space profile
    (``sinc²(x / M)`` per axis, the gridding correction); its spectrum is then sampled by
-   trilinear interpolation (:func:`faml.simulate._kernels.extract_slices`). Frequencies beyond
+   trilinear interpolation (:func:`faml.imaging.slices.extract_slices`). Frequencies beyond
    the Nyquist sphere (``|k| >= 0.5`` cycles/voxel) are zero. Tilts: ``min, min + step, ...``
    up to ``max`` (included when the step divides the range).
-3. **Optics.** Each image's spectrum is multiplied by the CTF (:func:`faml.simulate.ctf.ctf`:
+3. **Optics.** Each image's spectrum is multiplied by the CTF (:func:`faml.imaging.ctf.ctf`:
    RELION's sign convention, ``CTF(0) = +Q``, positive first lobe, defocus positive for
    underfocus; the particle's defocus is the same at every tilt, i.e. the particle sits on the
    tilt axis) and by the detector MTF ``sinc(π w / 2)``, ``w = |k| / k_Nyquist`` radial
-   (:func:`faml.simulate.ctf.detector_mtf`). The detector pixel equals the voxel.
+   (:func:`faml.imaging.ctf.detector_mtf`). The detector pixel equals the voxel.
 4. **Noise.** White Gaussian noise of one standard deviation ``σ`` (per particle) is added to
    every pixel of every `(M, M)` image, after the CTF and the MTF.
 5. **Reconstruction** by direct Fourier inversion: each image's 2D spectrum is inserted at its
    plane into a 3D `(M, M, M//2+1)` grid with trilinear weights
-   (:func:`faml.simulate._kernels.insert_slices`); the sums are made Hermitian on the
+   (:func:`faml.imaging.slices.insert_slices`); the sums are made Hermitian on the
    self-conjugate planes ``kx = 0`` and ``kx = M/2`` and divided voxel by voxel by the sum of
    weights (the sampling density; voxels that no plane reaches are 0), and the inverse FFT is
    cropped to the central `(N, N, N)` box. This normalised interpolation needs no real-space
@@ -99,8 +99,8 @@ import scipy.fft
 
 from faml.geometry.axes import box_center
 from faml.geometry.wedge import wedge_mask
-from faml.simulate._kernels import extract_slices, insert_slices
-from faml.simulate.ctf import ctf, detector_mtf
+from faml.imaging.ctf import ctf, detector_mtf
+from faml.imaging.slices import extract_slices, hermitian_planes, insert_slices
 
 __all__ = [
     "COMPONENTS",
@@ -366,20 +366,6 @@ def _transfer(m: int, settings: SimulationSettings, defocus_um: float) -> np.nda
     return out
 
 
-def _hermitian_planes(acc: np.ndarray, conjugate: bool) -> None:
-    """Make the self-conjugate planes ``kx = 0`` and ``kx = M/2`` of an rfft grid Hermitian.
-
-    Each voxel of those planes gets the sum of itself and its Friedel mate (index ``-k mod M``
-    along z and y), conjugated for complex data. In place.
-    """
-    m = acc.shape[0]
-    mirror = (-np.arange(m)) % m
-    for ix in (0, m // 2):
-        plane = acc[:, :, ix]
-        mate = plane[np.ix_(mirror, mirror)]
-        acc[:, :, ix] = plane + (np.conj(mate) if conjugate else mate)
-
-
 def _crop(volume_m: np.ndarray, n: int) -> np.ndarray:
     """Central `(n,)*k` block of an fftshifted `(m,)*k` array (centre ``m//2`` -> ``n//2``)."""
     o = _pad_offset(n, volume_m.shape[-1])
@@ -411,7 +397,7 @@ def _invert(structure, rt, cos_t, sin_t, shift, scale, g, noise) -> _Inversion:
     g32 = g.astype(np.float32)
     insert_slices(signal, noise, g32, cos_t, sin_t, acc_signal, acc_noise, acc_w, acc_g)
     for acc, conjugate in ((acc_signal, True), (acc_noise, True), (acc_w, False), (acc_g, False)):
-        _hermitian_planes(acc, conjugate)
+        hermitian_planes(acc, conjugate)
     return _Inversion(signal, acc_signal, acc_noise, acc_w, acc_g)
 
 

@@ -1,6 +1,8 @@
-"""Compiled kernels of the tilt-series simulator: central slices out of, and into, 3D spectra.
+"""Compiled kernels of the image-formation model: central slices out of, and into, 3D spectra.
 
-One thread each (faml parallelises over particles). Conventions shared by both kernels:
+Used by the tilt-series simulator (:mod:`faml.simulate`) and the 2D tilt-stack reader
+(:mod:`faml.io.tiltstacks`) through :mod:`faml.imaging.slices`. One thread each (faml
+parallelises over particles). Conventions shared by the kernels:
 
 * 3D spectra are in ``rfftn`` layout of an `(M, M, M)` ``(z, y, x)`` volume whose centre
   (voxel ``M // 2``) was moved to voxel 0 (``ifftshift``): shape `(M, M, M//2+1)`, DC at

@@ -1,4 +1,4 @@
-"""Electron-optical transfer functions of the simulated microscope: the CTF and the detector MTF.
+"""Electron-optical transfer functions of the image-formation model: the CTF and the detector MTF.
 
 Contrast transfer function (RELION's sign convention)
 -----------------------------------------------------
