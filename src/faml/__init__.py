@@ -13,6 +13,23 @@ Conventions held everywhere inside the package:
 - Fourier weights (missing wedge, RELION ``rlnCtfImage``) are in numpy ``rfftn`` layout
   ``(N, N, N // 2 + 1)`` with DC at ``[0, 0, 0]`` unless a function says otherwise.
 
+One iteration
+-------------
+:func:`faml.ml.engine.run` runs every line of iterations (the random starts, the run, the
+verification of the runner-up start) through one loop, ``_Job.fit``; iteration ``i``:
+
+1. its rules, :func:`faml.ml.phase.phase_of` (FA or FAML, grid candidates, independent
+   half-sets, symmetry, a held band, whether it may stop);
+2. the E-step as map-reduce: each class average filtered by its FSC and masked
+   (:func:`faml.ml.em.step_context`), the particles in tasks on the executor
+   (:mod:`faml.ml.tasks`, :mod:`faml.parallel`), each particle's candidates, responsibilities
+   and sufficient statistics (:func:`faml.ml.em.process_particle`,
+   :class:`faml.ml.stats.Stats`), summed along one fixed tree;
+3. the M-step, :func:`faml.ml.mstep.update_model` (symmetrised sums, averages, priors, noise,
+   the FSC and the band), then :func:`faml.ml.reseed.reseed` for emptied classes;
+4. its :class:`faml.ml.state.IterationRecord`, the checkpoint (:mod:`faml.ml.rundir`), the
+   caller's hook (the report, :class:`faml.report.ReportHook`) and the stopping rule.
+
 Layers, lowest first
 --------------------
 A module imports only from its own package and from the packages of lower layers, never in

@@ -1,7 +1,7 @@
 """``faml evaluate``: a run (or one map) scored against the simulation's truth.
 
 :func:`evaluate_run` reads a run directory and a simulation directory (layouts in
-:mod:`faml.evaluate._files`) and measures (DESIGN.md section 6):
+:mod:`faml.evaluate.files`) and measures (DESIGN.md section 6):
 
 - classification: Hungarian matching of the run's classes to the true ones, per-class and
   mean F1 (:mod:`faml.evaluate.classes`); each class map is scored against the truth map of
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from faml.evaluate._files import read_run, read_simulation, run_resolution
 from faml.evaluate.classes import match_classes
+from faml.evaluate.files import read_run, read_simulation, run_resolution
 from faml.evaluate.maps import score_map
 from faml.evaluate.oracle import oracle_average
 from faml.evaluate.poses import pose_errors

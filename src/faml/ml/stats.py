@@ -31,10 +31,10 @@ from functools import lru_cache
 
 import numpy as np
 
-from faml.align._kernels import gather_half_spectrum
 from faml.align.fourier_rotation import (
     PaddedSpectrum,
     band_points,
+    gather_half_spectrum,
     rotated_points,
     shift_phases,
 )

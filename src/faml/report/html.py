@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from faml import __version__
+from faml.evaluate import score_map
+from faml.evaluate.files import read_simulation
 from faml.io.atomic import write_text_atomic
 from faml.io.mrc import read_volume
 from faml.report import plots
@@ -73,9 +75,6 @@ def truth_scores(run: RunFiles, truth: str | os.PathLike[str]) -> dict[int, obje
     the alignment) against every true map and keeps the best-correlated one. Returns
     0-based class -> :class:`faml.evaluate.MapScore`.
     """
-    from faml.evaluate import score_map
-    from faml.evaluate._files import read_simulation
-
     path = Path(truth)
     if path.is_dir():
         truth_maps = read_simulation(path).maps
