@@ -251,3 +251,7 @@ def test_run_help_puts_the_tuning_last_in_one_group(capsys):
         "--workers", "--scheduler", "--cluster", "--cluster-config", "--batch-size"
     ]  # fmt: skip
     assert text.index("--classes") < text.index("--candidates")
+    # the default mask the help names is the engine's
+    from faml.geometry.masks import DEFAULT_MASK_RADIUS
+
+    assert f"radius {DEFAULT_MASK_RADIUS:g} box" in " ".join(text.split())

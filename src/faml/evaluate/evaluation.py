@@ -50,6 +50,8 @@ from faml.evaluate.symmetry import (
     symmetry_score,
     transform_operators,
 )
+from faml.geometry.symmetry import parse_symmetry as parse_group
+from faml.geometry.symmetry import symmetry_frame
 from faml.io.mrc import read_volume
 from faml.io.star import read_particles_star
 
@@ -118,9 +120,6 @@ def _dihedral_setup(symmetry: str, truth_maps: np.ndarray):
     The Dn frame is found on the map itself (:func:`faml.geometry.symmetry.symmetry_frame`)
     and the group's rotations are expressed back in the map's frame.
     """
-    from faml.geometry.symmetry import parse_symmetry as parse_group
-    from faml.geometry.symmetry import symmetry_frame
-
     group = parse_group(symmetry)
     ops = []
     for truth in truth_maps:

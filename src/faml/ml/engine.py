@@ -251,7 +251,7 @@ class _Job:
             except ExecutorLost as exc:
                 raise ExecutorLost(f"{exc} (during iteration {iteration})") from exc
             seconds = time.perf_counter() - t0
-            record = IterationRecord.of(state, self.table, stats, seconds, t_map)
+            record = IterationRecord.of(state, self.table, stats, seconds, t_map, phase.method)
             record = replace(record, **changes(results, new_results))
             results = new_results
             self._log(record, stats)

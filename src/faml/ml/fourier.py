@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
+import scipy.fft
 
 from faml.align.translate import half_spectrum_multiplicity
 
@@ -119,8 +120,6 @@ def mask_corrected_fsc(
         `(N//2 + 1,)` curves: ``"unmasked"``, ``"masked"``, ``"random"`` (phase-randomised,
         masked) and ``"corrected"``; and ``"randomised_from"`` (the shell, as a 0-d array).
     """
-    import scipy.fft
-
     box = mask.shape[0]
     shape = (box,) * 3
     unmasked = fsc(half1, half2)

@@ -125,11 +125,12 @@ class IterationRecord:
         return {k: v for k, v in out.items() if v is not None or k in self._ALWAYS}
 
     @classmethod
-    def of(cls, state: ModelState, table, stats, seconds: float, seconds_map: float):
+    def of(cls, state: ModelState, table, stats, seconds: float, seconds_map: float,
+           method: str = "faml"):  # fmt: skip
         """The record of ``state``.
 
         ``stats``: the iteration's sums (``None`` at the start); ``table``: the particles,
-        for the resolution in Ångström.
+        for the resolution in Ångström; ``method``: the iteration's (FA has no likelihood).
         """
         band = state.band
         return cls(
@@ -140,7 +141,7 @@ class IterationRecord:
             xi_voxels=state.xi,
             band_shells=band,
             resolution_angstrom=table.box * table.voxel_size / max(band, 1),
-            log_likelihood=None if stats is None else stats.loglik,
+            log_likelihood=None if stats is None or method == "fa" else stats.loglik,
             map_step_seconds_by_stage={} if stats is None else dict(stats.timings),
             seconds=seconds,
             seconds_map_step=seconds_map,

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import starfile
 
 from faml.io.mrc import read_header
 from faml.ml.rundir import (
@@ -76,8 +77,6 @@ class FinalModel:
 
 def read_model_star(folder: Path) -> FinalModel | None:
     """``folder/model.star`` read for the report, or ``None`` if there is none."""
-    import starfile
-
     path = folder / "model.star"
     if not path.exists():
         return None
