@@ -93,7 +93,7 @@ def same_result(a: Path, b: Path) -> bool:
 
 
 def last_iteration(out: Path) -> int | None:
-    from faml.ml.engine import last_complete_iteration
+    from faml.ml.rundir import last_complete_iteration
 
     folder = last_complete_iteration(out)
     return None if folder is None else int(folder.name)
