@@ -275,6 +275,16 @@ class RunConfig:
         Not the default: the radius must fit the particle (RELION asks for
         ``--particle_diameter`` for the same reason; ``faml run --particle-mask
         --particle-diameter D``), and the white-noise benchmarks have not been rerun with it.
+    references
+        0: reference-free (random starts, DESIGN.md 3.5). 1 or ``classes``: the run starts
+        from that many reference maps given to :func:`faml.ml.engine.run` (``faml run
+        --reference``), one for every class or one per class, as RELION's ``--ref``: no
+        random starts and no FA warm-up; with one reference and several classes the first
+        iteration puts each particle in a random class (RELION's random subsets), so that
+        the classes separate.
+    initial_lowpass
+        Å: the references' resolution at the start (RELION's ``--ini_high``): the first
+        band is the shell of this resolution, and the maps given are low-passed to it.
     tuning
         The measured departures from the paper and the search's settings
         (:class:`Tuning`; ``Tuning.paper()``: the paper as written).
@@ -289,6 +299,8 @@ class RunConfig:
     max_shift: float | None = None
     mask_radius: float = DEFAULT_MASK_RADIUS
     particle_mask_radius: float | None = None
+    references: int = 0
+    initial_lowpass: float = 60.0
     tuning: Tuning = field(default_factory=Tuning)
 
     def __post_init__(self) -> None:
@@ -301,6 +313,13 @@ class RunConfig:
         if not 0.1 <= self.mask_radius <= 0.5:
             raise ValueError(f"mask_radius must lie in [0.1, 0.5], got {self.mask_radius}")
         parse_symmetry(self.symmetry)  # a clear error for a group faml does not know
+        if self.references not in (0, 1, self.classes):
+            raise ValueError(
+                f"{self.references} references for --classes {self.classes}: give one "
+                f"reference for every class or {self.classes}, one per class"
+            )
+        if not self.initial_lowpass > 0:
+            raise ValueError(f"--initial-lowpass must be > 0 A, got {self.initial_lowpass}")
         r = self.particle_mask_radius
         if r is not None and not 0.1 <= r <= 0.6:
             raise ValueError(f"particle_mask_radius must lie in [0.1, 0.6], got {r}")

@@ -96,6 +96,7 @@ __all__ = [
     "log_likelihoods",
     "neighbour_step_deg",
     "process_particle",
+    "random_class",
     "responsibilities",
     "settings_for",
     "step_context",
@@ -281,6 +282,14 @@ def initial_assignment(
     return int(index), klass, random_rotations(1, rng)[0], np.zeros(3)
 
 
+def random_class(seed: int, index: int, classes: int) -> int:
+    """The class particle ``index`` is put in when the phase draws classes at random.
+
+    Its own generator (seed, particle), apart from every other draw of the run.
+    """
+    return int(np.random.default_rng([int(seed), 15485863, int(index)]).integers(classes))
+
+
 def responsibilities(log_e: np.ndarray) -> tuple[np.ndarray, float]:
     """``g = exp(log_e - logsumexp(log_e))`` and the log-sum-exp itself.
 
@@ -416,8 +425,9 @@ def process_particle(
                     cfg.tuning.local_rings,
                 )  # fmt: skip
     clock = _lap(t, "align", clock)
+    only = random_class(cfg.seed, i, K) if ctx.phase.random_classes else None
     if ctx.phase.method == "fa":
-        best_k = int(np.argmax(scores))
+        best_k = int(np.argmax(scores)) if only is None else only
         best_m, max_p, n_sig, fit = 0, 1.0, 1, float(scores[best_k])
         clock = _lap(t, "estep", clock)
         accumulate(
@@ -439,6 +449,8 @@ def process_particle(
                 nu = nus[k]
             ll = log_likelihoods(ctx, k, padded, weights, rots[k], shifts[k], shells, half)
             log_e.append(ctx.log_alpha[k] + np.log(nu) + ll)
+            if only is not None and k != only:
+                log_e[-1] = np.full_like(log_e[-1], -np.inf)
         g, fit = responsibilities(np.concatenate(log_e))
         if not np.isfinite(fit):
             raise FloatingPointError(

@@ -40,7 +40,7 @@ from faml.geometry.masks import soft_sphere
 from faml.io.particles import ParticleTable, with_weight_scale
 from faml.ml.config import RunConfig
 from faml.ml.em import ParticleResult, step_context
-from faml.ml.mstep import update_model
+from faml.ml.mstep import reference_model, update_model
 from faml.ml.outputs import final_fsc, final_map, run_summary, write_results
 from faml.ml.phase import Phase, phase_of, random_starts, start_iterations
 from faml.ml.reseed import reseed
@@ -82,6 +82,7 @@ def run(
     resume: bool = False,
     command_line: list[str] | None = None,
     on_iteration: IterationHook | None = None,
+    references: np.ndarray | None = None,
 ) -> RunResult:
     """Run FAML (or FA) on ``table`` and write the results into ``out_dir``.
 
@@ -109,6 +110,9 @@ def run(
         Recorded in ``run.json``.
     on_iteration
         :data:`IterationHook`, e.g. the report.
+    references
+        `(config.references, N, N, N)` float32 maps the run starts from (``config.references
+        > 0``), on the particles' grid, low-passed and masked (:mod:`faml.io.references`).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -122,13 +126,19 @@ def run(
         mask = soft_sphere(box, config.mask_radius * box - 3.0, edge=3.0)
     elif mask.shape != (box,) * 3 or not np.any(mask > 0):
         raise ValueError(f"the mask must be a non-empty {(box,) * 3} volume, got {mask.shape}")
+    if config.references:
+        shape = (config.references, box, box, box)
+        if references is None or np.shape(references) != shape:
+            got = None if references is None else np.shape(references)
+            raise ValueError(f"the run starts from references: expected {shape}, got {got}")
+        references = np.repeat(np.asarray(references, np.float64), K // config.references, 0)
     halves = split_halves(n, config.seed)
     started = time.time()
     own = executor is None
     if own:
         executor = make_executor(workers)
     tasks = [Batch.of(table, c, halves, n) for c in chunks(n, batch_size, max(1, executor.workers))]
-    job = _Job(table, config, executor, halves, tasks, mask, batch_size)
+    job = _Job(table, config, executor, halves, tasks, mask, batch_size, references)
     summary = run_summary(table, config, command_line, _ran_on(executor))
     main = job.line(out)
     try:
@@ -206,6 +216,7 @@ class _Job:
     tasks: list[Batch]  # the map step's tasks, the same every iteration
     mask: np.ndarray
     batch_size: int
+    references: np.ndarray | None = None  # (K, N, N, N) with config.references
 
     def line(self, base: Path) -> Checkpoints:
         return Checkpoints(base, self.halves, self.table.voxel_size)
@@ -223,6 +234,8 @@ class _Job:
         state = update_model(stats, None, cfg, phase_of(cfg, 0), len(self.table), self.mask)
         # sigma_r^2: the particles against their (random-pose) class means; xi: the box
         state = replace(state, xi=float(self.table.box))
+        if self.references is not None:
+            state = reference_model(self.references, state, cfg, self.table.voxel_size)
         return (
             state,
             results,

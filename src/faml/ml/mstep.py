@@ -31,7 +31,14 @@ from faml.ml.phase import Phase
 from faml.ml.state import ModelState
 from faml.ml.stats import Stats, frame_points, shell_sums, turned_weights
 
-__all__ = ["MStepResult", "compensated_mean", "m_step", "symmetrize_stats", "update_model"]
+__all__ = [
+    "MStepResult",
+    "compensated_mean",
+    "m_step",
+    "reference_model",
+    "symmetrize_stats",
+    "update_model",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -206,3 +213,24 @@ def to_symmetry_frame(
             vol = scipy.fft.irfftn(target[k], s=shape, workers=1).astype(np.float32)
             target[k] = scipy.fft.rfftn(transform_volume(vol, q, t, order=3), workers=1)
     return averages, halves
+
+
+def reference_model(
+    references: np.ndarray, start: ModelState, config: RunConfig, voxel_size: float
+) -> ModelState:
+    """The model of iteration 0 of a run from references (``config.references > 0``).
+
+    ``references`` `(K, N, N, N)` are the class averages (and both half averages), trusted up
+    to the shell of ``config.initial_lowpass``; the noise per shell and ``xi`` are those of
+    the random start ``start`` (the particles against their random-pose means); the classes
+    are equally likely.
+    """
+    box, K = references.shape[-1], config.classes
+    shell = box * voxel_size / config.initial_lowpass
+    band = int(np.clip(round(shell), config.tuning.min_band, box // 2 - 1))
+    spectra = scipy.fft.rfftn(references, axes=(-3, -2, -1), workers=1)
+    curve = np.zeros((K, box // 2 + 1))
+    curve[:, : band + 1] = 1.0
+    halves = np.stack([spectra, spectra]) if config.gold_standard else None
+    alpha = np.full(K, 1.0 / K)
+    return ModelState(0, spectra, curve, band, alpha, start.sigma2, start.xi, halves)

@@ -28,6 +28,7 @@ from faml.ml.config import RunConfig
 
 __all__ = [
     "Phase",
+    "fa_iterations",
     "iterations_in_all",
     "phase_of",
     "random_starts",
@@ -58,6 +59,9 @@ class Phase:
         The band the next iteration uses, instead of the one the FSC gives (``None``).
     may_stop
         The stopping rule applies after this iteration.
+    random_classes
+        Each particle may go to one class only, drawn at random (the first iteration from
+        one reference for several classes: RELION's random subsets).
     """
 
     iteration: int
@@ -68,14 +72,26 @@ class Phase:
     to_symmetry_frame: bool
     held_band: int | None
     may_stop: bool
+    random_classes: bool = False
+
+
+def fa_iterations(config: RunConfig) -> int:
+    """The FA warm-up's iterations.
+
+    ``Tuning.fa_iterations`` from random starts, none from references (they are the
+    structure the warm-up builds).
+    """
+    return 0 if config.references else config.tuning.fa_iterations
 
 
 def symmetry_frame_iteration(config: RunConfig) -> int:
     """The iteration after whose M-step the averages go into the symmetry frame.
 
     The sums of every later iteration are symmetrised (half the FA warm-up, at least 1).
+    0 with references: they are taken to be in the group's frame (as RELION's ``--ref``
+    with ``--sym``), and the sums are symmetrised from the first iteration.
     """
-    return max(1, config.tuning.fa_iterations // 2)
+    return 0 if config.references else max(1, config.tuning.fa_iterations // 2)
 
 
 def phase_of(
@@ -88,18 +104,20 @@ def phase_of(
     being verified, which run a fixed number of iterations (no stopping rule).
     """
     t = config.tuning
-    method = "fa" if iteration <= t.fa_iterations else config.method
+    warm_up = fa_iterations(config)
+    method = "fa" if iteration <= warm_up else config.method
     symmetric = not parse_symmetry(config.symmetry).trivial
     frame_at = symmetry_frame_iteration(config)
     return Phase(
         iteration=iteration,
         method=method,
         grid=method == "faml" and iteration <= t.grid_iterations,
-        halves_independent=config.gold_standard and iteration > t.fa_iterations,
+        halves_independent=config.gold_standard and iteration > warm_up,
         symmetrize=symmetric and iteration > frame_at,
-        to_symmetry_frame=symmetric and iteration == frame_at,
+        to_symmetry_frame=symmetric and iteration == frame_at > 0,
         held_band=held_band,
-        may_stop=not comparing and iteration > max(t.fa_iterations, t.grid_iterations),
+        may_stop=not comparing and iteration > max(warm_up, t.grid_iterations),
+        random_classes=iteration == 1 and config.references == 1 and config.classes > 1,
     )
 
 
@@ -116,6 +134,8 @@ def random_starts(config: RunConfig) -> int:
     band, so only later ones compare.
     """
     t = config.tuning
+    if config.references:
+        return 1
     if t.starts > 1 and min(t.start_iterations, config.iterations) >= 2:
         return t.starts
     return 1
