@@ -2,9 +2,11 @@
 references' frame, classes from one reference by random subsets."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
+from scipy.spatial.transform import Rotation
 
 from conftest import make_dataset, polnet_map
 from faml.evaluate.maps import lowpass
@@ -74,3 +76,35 @@ def test_references_of_the_wrong_shape_are_refused(two_structures, tmp_path):
     table, refs, _, _ = two_structures
     with pytest.raises(ValueError, match="starts from references"):
         run(table, tmp_path / "run", RunConfig(references=1), references=refs[:, :20, :20, :20])
+
+
+def _turned(rotations, degrees, rng):
+    """Each rotation turned by ``degrees`` about a random axis."""
+    axes = rng.normal(size=(len(rotations), 3))
+    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
+    turns = Rotation.from_rotvec(axes * np.radians(degrees)).as_matrix()
+    return turns @ rotations
+
+
+def test_a_local_search_finds_the_poses_near_good_priors_and_stays_near_bad_ones(
+    ribosome32, tmp_path
+):
+    rng = np.random.default_rng(7)
+    rots, shifts, _ = make_dataset(tmp_path / "p", [ribosome32], 20, 0.5, seed=33, voxel=21.0)
+    priors = _turned(rots, 8.0, rng)
+    priors[0] = _turned(rots[:1], 90.0, rng)[0]  # one prior far off: its search stays there
+    table = replace(from_mrc_files(tmp_path / "p"), prior_rotations=priors,
+                    prior_shifts=np.round(shifts))  # fmt: skip
+    cfg = RunConfig(iterations=2, seed=3, local_search_deg=20.0)
+    result = run(table, tmp_path / "run", cfg)
+    assert not (tmp_path / "run" / "starts").exists()
+    err = rotation_distance(result.rotations, rots)
+    assert np.all(err[1:] < 8.0), np.sort(err[1:])  # closer to the truth than the priors
+    assert rotation_distance(result.rotations[:1], priors[:1])[0] <= 20.0 + 1e-6
+    assert np.all(np.abs(result.shifts - np.round(shifts)).max(axis=1) <= 32 / 4 + 1e-6)
+
+
+def test_a_local_search_without_priors_is_refused(ribosome32, tmp_path):
+    make_dataset(tmp_path / "p", [ribosome32], 4, 0.5, seed=34, voxel=21.0)
+    with pytest.raises(ValueError, match="--local-search needs poses in the input"):
+        run(from_mrc_files(tmp_path / "p"), tmp_path / "r", RunConfig(local_search_deg=15.0))

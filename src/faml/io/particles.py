@@ -75,6 +75,10 @@ class ParticleTable:
     subtomo_rotations
         `(n, 3, 3)` RELION 5 ``rlnTomoSubtomogramRot/Tilt/Psi`` matrices (identity if absent):
         the particle's total pose is ``A_subtomo @ A_particle``.
+    prior_rotations, prior_shifts
+        The poses the input gives (`(n, 3, 3)` RELION's sense, `(n, 3)` voxels ``(x, y, z)``,
+        in the particle's own frame), e.g. from template matching or an earlier run, or
+        ``None``: the priors of a local search (``faml run --local-search``).
     true_rotations, true_shifts, true_classes
         Ground truth for simulated data (`(n, 3, 3)`, `(n, 3)` voxels, `(n,)` 1-based), or
         ``None``.
@@ -106,6 +110,8 @@ class ParticleTable:
     weight_paths: tuple[str | None, ...]
     tomo_names: tuple[str, ...] | None = None
     subtomo_rotations: np.ndarray | None = None
+    prior_rotations: np.ndarray | None = None
+    prior_shifts: np.ndarray | None = None
     true_rotations: np.ndarray | None = None
     true_shifts: np.ndarray | None = None
     true_classes: np.ndarray | None = None
@@ -126,6 +132,13 @@ class ParticleTable:
             raise ValueError(f"voxel size must be positive, got {self.voxel_size}")
         if not (np.isfinite(self.weight_scale) and self.weight_scale > 0):
             raise ValueError(f"weight_scale must be positive, got {self.weight_scale}")
+        if (self.prior_rotations is None) != (self.prior_shifts is None) or (
+            self.prior_rotations is not None
+            and (
+                np.shape(self.prior_rotations) != (n, 3, 3) or np.shape(self.prior_shifts) != (n, 3)
+            )
+        ):
+            raise ValueError(f"prior poses must be ({n}, 3, 3) rotations and ({n}, 3) shifts")
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -174,6 +187,8 @@ class ParticleTable:
             weight_paths=pick(self.weight_paths),
             tomo_names=pick(self.tomo_names),
             subtomo_rotations=pick_arr(self.subtomo_rotations),
+            prior_rotations=pick_arr(self.prior_rotations),
+            prior_shifts=pick_arr(self.prior_shifts),
             true_rotations=pick_arr(self.true_rotations),
             true_shifts=pick_arr(self.true_shifts),
             true_classes=pick_arr(self.true_classes),

@@ -282,6 +282,13 @@ class RunConfig:
         random starts and no FA warm-up; with one reference and several classes the first
         iteration puts each particle in a random class (RELION's random subsets), so that
         the classes separate.
+    local_search_deg
+        Search only within this angle (degrees) of each particle's prior pose (the poses the
+        input gives: template matching, an earlier run), shifts within ``max_shift`` of its
+        prior offset, with a Gaussian prior of ``local_search_deg / 3`` on the deviation in
+        the likelihood (RELION's ``--sigma_ang``); ``None``: a global search. Iteration 0 is
+        the average at the prior poses (unless references are given); no random starts, no
+        FA warm-up.
     initial_lowpass
         Å: the references' resolution at the start (RELION's ``--ini_high``): the first
         band is the shell of this resolution, and the maps given are low-passed to it.
@@ -301,6 +308,7 @@ class RunConfig:
     particle_mask_radius: float | None = None
     references: int = 0
     initial_lowpass: float = 60.0
+    local_search_deg: float | None = None
     tuning: Tuning = field(default_factory=Tuning)
 
     def __post_init__(self) -> None:
@@ -318,6 +326,9 @@ class RunConfig:
                 f"{self.references} references for --classes {self.classes}: give one "
                 f"reference for every class or {self.classes}, one per class"
             )
+        deg = self.local_search_deg
+        if deg is not None and not 0.0 < deg <= 180.0:
+            raise ValueError(f"--local-search must lie in (0, 180] degrees, got {deg}")
         if not self.initial_lowpass > 0:
             raise ValueError(f"--initial-lowpass must be > 0 A, got {self.initial_lowpass}")
         r = self.particle_mask_radius

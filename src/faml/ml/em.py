@@ -69,6 +69,7 @@ from faml.geometry.rotations import axis_stencil, random_rotations
 from faml.geometry.wedge import whitened
 from faml.io.particles import ParticleTable, TableRows
 from faml.ml.config import RunConfig
+from faml.ml.local import log_pose_prior, restrict, within
 from faml.ml.phase import Phase
 from faml.ml.state import ModelState, filtered_average
 from faml.ml.stats import (
@@ -304,12 +305,14 @@ def responsibilities(log_e: np.ndarray) -> tuple[np.ndarray, float]:
 def log_likelihoods(
     ctx: StepContext, klass: int, padded: PaddedSpectrum, wedge: np.ndarray,
     rotations: np.ndarray, shifts: np.ndarray, shells: np.ndarray, half: int = 0,
+    centre: np.ndarray | None = None,
 ) -> np.ndarray:  # fmt: skip
     """``log p(X | phi, k) + log p(t)`` of `(B,)` candidates of one class (module docstring).
 
     ``wedge``: the particle's weight as :func:`class_frame` takes it; ``shells``: its
     :func:`particle_shells`; ``half``: its half-set (the references of a gold-standard
-    iteration).
+    iteration); ``centre``: where the translation prior is centred (a local search: the
+    particle's prior offset; default 0).
     """
     box = ctx.box
     n = box // 2 + 1
@@ -329,7 +332,8 @@ def log_likelihoods(
     else:  # "scaled": the amplitude a >= 0 of the reference profiled out per candidate
         data = xx @ inv - np.maximum(cross, 0.0) ** 2 / aa
     data = data + c @ (used * np.log(2.0 * np.pi * sigma2))
-    t2 = np.sum(np.asarray(shifts) ** 2, axis=1)
+    offsets = np.asarray(shifts) if centre is None else np.asarray(shifts) - centre
+    t2 = np.sum(offsets**2, axis=1)
     prior = t2 / ctx.xi**2 + 3.0 * np.log(2.0 * np.pi * ctx.xi**2)
     return -0.5 * (data + prior)
 
@@ -376,18 +380,24 @@ def process_particle(
     i: int,
     half: int,
     candidates: dict[int, Candidates] | None = None,
+    prior: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[ParticleResult, Stats]:
     """The map step for particle ``i`` of half-set ``half``: its result and statistics.
 
     The sums reach shell ``band_m``.
 
     ``candidates`` (particle index -> :data:`Candidates`) replaces the fast alignment and the
-    Voronoi weights with given ones (FAML only), as in a fixed-candidate EM step.
+    Voronoi weights with given ones (FAML only), as in a fixed-candidate EM step. ``prior``:
+    the particle's prior pose ``(R0, t0)``, searched around with
+    ``RunConfig.local_search_deg`` (:mod:`faml.ml.local`).
     """
     cfg = ctx.config
     tuning = cfg.tuning
     box = ctx.box
     K = cfg.classes
+    local = cfg.local_search_deg
+    if local is not None and prior is None:
+        raise ValueError(f"particle {i}: a local search needs its prior pose")
     stats = Stats.zeros(K, box, ctx.band_m)
     t = stats.timings
     clock = time.perf_counter()
@@ -398,6 +408,8 @@ def process_particle(
     shells = particle_shells(scipy.fft.rfftn(vol, workers=1), wedge)
     weights = with_square(wedge)  # w and w², gathered for every candidate batch
     clock = _lap(t, "fft", clock)
+    centre = None if local is None else np.asarray(prior[1], dtype=np.float64)
+    max_shift = box / 4.0 if cfg.max_shift is None else float(cfg.max_shift)
     if candidates is not None:
         given = candidates[int(i)]
         rots = [np.asarray(c[0], dtype=np.float64) for c in given]
@@ -409,6 +421,12 @@ def process_particle(
         grid = [grid_candidates(vol, wedge, align[k], cfg.tuning.grid_candidates) for k in range(K)]
         rots = [g[0] for g in grid]
         shifts = [g[1] for g in grid]
+        if local is not None:
+            step = neighbour_step_deg(cfg, ctx.band_e)
+            for k in range(K):
+                rots[k], shifts[k], _ = restrict(
+                    rots[k], shifts[k], 0.0, prior, local, max_shift, step
+                )
         scores = nus = None  # FAML only: no FA scores, equal candidate weights
     else:
         align = ctx.for_half(half)[0]
@@ -417,13 +435,21 @@ def process_particle(
         shifts = [np.stack([c.shift for c in cs]) for cs in cands]
         scores = [cs[0].score for cs in cands]
         nus = None
+        steps = [neighbour_step_deg(cfg, align[k].settings.band_limit) for k in range(K)]
+        if local is not None:
+            for k in range(K):
+                rots[k], shifts[k], scores[k] = restrict(
+                    rots[k], shifts[k], scores[k], prior, local, max_shift, steps[k]
+                )
         if ctx.phase.method == "faml" and tuning.local_candidates:
             for k in range(K):
                 rots[k], shifts[k] = with_neighbours(
-                    rots[k], shifts[k], cfg.tuning.local_candidates,
-                    neighbour_step_deg(cfg, align[k].settings.band_limit),
+                    rots[k], shifts[k], cfg.tuning.local_candidates, steps[k],
                     cfg.tuning.local_rings,
                 )  # fmt: skip
+                if local is not None:
+                    inside = within(rots[k], shifts[k], prior, local, max_shift)
+                    rots[k], shifts[k] = rots[k][inside], shifts[k][inside]
     clock = _lap(t, "align", clock)
     only = random_class(cfg.seed, i, K) if ctx.phase.random_classes else None
     if ctx.phase.method == "fa":
@@ -432,7 +458,7 @@ def process_particle(
         clock = _lap(t, "estep", clock)
         accumulate(
             stats, padded, weights, half, best_k, [1.0], rots[best_k][:1], shifts[best_k][:1],
-            shells,
+            shells, centre,
         )  # fmt: skip
     else:
         log_e = []
@@ -447,7 +473,9 @@ def process_particle(
                 clock = _lap(t, "voronoi", clock)
             else:
                 nu = nus[k]
-            ll = log_likelihoods(ctx, k, padded, weights, rots[k], shifts[k], shells, half)
+            ll = log_likelihoods(ctx, k, padded, weights, rots[k], shifts[k], shells, half, centre)
+            if local is not None:
+                ll = ll + log_pose_prior(rots[k], prior[0], local)
             log_e.append(ctx.log_alpha[k] + np.log(nu) + ll)
             if only is not None and k != only:
                 log_e[-1] = np.full_like(log_e[-1], -np.inf)
@@ -473,7 +501,7 @@ def process_particle(
             sel = np.flatnonzero(gk > 0)
             if sel.size:
                 accumulate(stats, padded, weights, half, k, gk[sel], rots[k][sel],
-                            shifts[k][sel], shells)  # fmt: skip
+                           shifts[k][sel], shells, centre)  # fmt: skip
     _lap(t, "mstep", clock)
     stats.particles = 1
     result = ParticleResult(

@@ -42,7 +42,7 @@ from faml.ml.config import RunConfig
 from faml.ml.em import ParticleResult, step_context
 from faml.ml.mstep import reference_model, update_model
 from faml.ml.outputs import final_fsc, final_map, run_summary, write_results
-from faml.ml.phase import Phase, phase_of, random_starts, start_iterations
+from faml.ml.phase import Phase, phase_of, random_starts, start_iterations, starting_maps
 from faml.ml.reseed import reseed
 from faml.ml.rundir import Checkpoints, load_checkpoint, remove_stale_temporaries
 from faml.ml.state import (
@@ -126,12 +126,7 @@ def run(
         mask = soft_sphere(box, config.mask_radius * box - 3.0, edge=3.0)
     elif mask.shape != (box,) * 3 or not np.any(mask > 0):
         raise ValueError(f"the mask must be a non-empty {(box,) * 3} volume, got {mask.shape}")
-    if config.references:
-        shape = (config.references, box, box, box)
-        if references is None or np.shape(references) != shape:
-            got = None if references is None else np.shape(references)
-            raise ValueError(f"the run starts from references: expected {shape}, got {got}")
-        references = np.repeat(np.asarray(references, np.float64), K // config.references, 0)
+    references = starting_maps(config, table, references)
     halves = split_halves(n, config.seed)
     started = time.time()
     own = executor is None

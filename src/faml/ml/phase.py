@@ -23,16 +23,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from faml.geometry.symmetry import parse_symmetry
 from faml.ml.config import RunConfig
 
 __all__ = [
     "Phase",
     "fa_iterations",
+    "given_start",
     "iterations_in_all",
     "phase_of",
     "random_starts",
     "start_iterations",
+    "starting_maps",
     "symmetry_frame_iteration",
 ]
 
@@ -75,23 +79,29 @@ class Phase:
     random_classes: bool = False
 
 
+def given_start(config: RunConfig) -> bool:
+    """Whether the run starts from what the user has (references or prior poses)."""
+    return config.references > 0 or config.local_search_deg is not None
+
+
 def fa_iterations(config: RunConfig) -> int:
     """The FA warm-up's iterations.
 
-    ``Tuning.fa_iterations`` from random starts, none from references (they are the
-    structure the warm-up builds).
+    ``Tuning.fa_iterations`` from random starts, none from references or prior poses (they
+    are the structure and the poses the warm-up builds).
     """
-    return 0 if config.references else config.tuning.fa_iterations
+    return 0 if given_start(config) else config.tuning.fa_iterations
 
 
 def symmetry_frame_iteration(config: RunConfig) -> int:
     """The iteration after whose M-step the averages go into the symmetry frame.
 
     The sums of every later iteration are symmetrised (half the FA warm-up, at least 1).
-    0 with references: they are taken to be in the group's frame (as RELION's ``--ref``
-    with ``--sym``), and the sums are symmetrised from the first iteration.
+    0 with references or prior poses: they are taken to be in the group's frame (as
+    RELION's ``--ref`` with ``--sym``), and the sums are symmetrised from the first
+    iteration.
     """
-    return 0 if config.references else max(1, config.tuning.fa_iterations // 2)
+    return 0 if given_start(config) else max(1, config.tuning.fa_iterations // 2)
 
 
 def phase_of(
@@ -134,7 +144,7 @@ def random_starts(config: RunConfig) -> int:
     band, so only later ones compare.
     """
     t = config.tuning
-    if config.references:
+    if given_start(config):
         return 1
     if t.starts > 1 and min(t.start_iterations, config.iterations) >= 2:
         return t.starts
@@ -147,3 +157,24 @@ def iterations_in_all(config: RunConfig) -> int:
     if first:
         return config.tuning.starts * first + config.iterations - first
     return config.iterations
+
+
+def starting_maps(config: RunConfig, table, references):
+    """The `(K, N, N, N)` float64 maps a run starts from (``None``: random starts), checked.
+
+    ``references``: what :func:`faml.ml.engine.run` was given, `(config.references, N, N,
+    N)`; one map for several classes is repeated. A local search needs the table's prior
+    poses.
+    """
+    if config.local_search_deg is not None and table.prior_rotations is None:
+        raise ValueError(
+            "--local-search needs poses in the input (rlnAngleRot/Tilt/Psi and "
+            "rlnOrigin*Angst in the STAR file, or a Dynamo table): these particles have none"
+        )
+    if not config.references:
+        return None
+    shape = (config.references, *(table.box,) * 3)
+    if references is None or np.shape(references) != shape:
+        got = None if references is None else np.shape(references)
+        raise ValueError(f"the run starts from references: expected {shape}, got {got}")
+    return np.repeat(np.asarray(references, np.float64), config.classes // config.references, 0)

@@ -243,12 +243,15 @@ def turned_weights(weight: np.ndarray, kzyx: np.ndarray, rotations: np.ndarray) 
     return w if stacked else w[:, 0]
 
 
-def accumulate(stats, padded, wedge, half, klass, weights, rotations, shifts, shells) -> None:
+def accumulate(
+    stats, padded, wedge, half, klass, weights, rotations, shifts, shells, centre=None
+) -> None:
     """Add candidates with responsibilities ``weights`` `(B,)` to the sums of one class.
 
     ``shells``: the particle's :func:`particle_shells` (its power and count per shell enter
     ``P`` and ``C`` with the candidates' total weight). ``S`` and ``W`` get the shells up to
-    ``stats.band``.
+    ``stats.band``. ``centre``: where the translation prior is centred (a local search: the
+    particle's prior offset; default the box centre), for ``D = sum g |t - centre|^2``.
     """
     y, w = class_frame(padded, wedge, rotations, shifts, stats.band)
     g = np.asarray(weights, dtype=np.float64)
@@ -258,7 +261,8 @@ def accumulate(stats, padded, wedge, half, klass, weights, rotations, shifts, sh
     stats.power += g.sum() * shells[0]
     stats.count += g.sum() * shells[1]
     stats.level[half, klass] += g.sum() * shells[2]
-    stats.shift2 += float(g @ np.sum(np.asarray(shifts) ** 2, axis=1))
+    offsets = np.asarray(shifts) if centre is None else np.asarray(shifts) - centre
+    stats.shift2 += float(g @ np.sum(offsets**2, axis=1))
 
 
 def particle_shells(particle_ft: np.ndarray, wedge: np.ndarray) -> np.ndarray:

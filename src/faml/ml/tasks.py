@@ -6,7 +6,8 @@ results and the sum of their statistics along one binary tree over the particle 
 result. Three kinds of task:
 
 - :func:`map_particles`: an iteration's E-step and sums (:func:`faml.ml.em.process_particle`);
-- :func:`map_initial`: random start ``s``, each particle at a random class and pose;
+- :func:`map_initial`: random start ``s``, each particle at a random class and pose (at its
+  prior pose in a local search);
 - :func:`map_assigned`: particles placed by hand (re-seeding a class).
 """
 
@@ -95,16 +96,24 @@ class Batch:
     halves: dict[int, int]
     leaves: int
     items: tuple | None = None
+    priors: dict[int, tuple[np.ndarray, np.ndarray]] | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
 
+    def prior(self, i: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Particle ``i``'s prior pose ``(R0, t0)``, or ``None``."""
+        return None if self.priors is None else self.priors[int(i)]
+
     @classmethod
     def of(cls, table: ParticleTable, indices, halves: np.ndarray, leaves: int, items=None):
-        """The task of particles ``indices`` of ``table``."""
+        """The task of particles ``indices`` of ``table`` (with their prior poses, if any)."""
         idx = np.asarray(indices, dtype=np.int64)
-        return cls(idx, TableRows(table, idx), {int(i): int(halves[i]) for i in idx}, leaves,
-                   items)  # fmt: skip
+        priors = None
+        if table.prior_rotations is not None:
+            priors = {int(i): (table.prior_rotations[i], table.prior_shifts[i]) for i in idx}
+        halves_of = {int(i): int(halves[i]) for i in idx}
+        return cls(idx, TableRows(table, idx), halves_of, leaves, items, priors)
 
 
 def _part(pairs, leaves: int) -> _Part:
@@ -120,7 +129,12 @@ def map_particles(ctx: StepContext, batch: Batch) -> _Part:
     """Task of an EM / FA iteration: the map step of the batch's particles."""
     return _part(
         (
-            (int(i), process_particle(ctx, batch.rows, int(i), batch.halves[int(i)]))
+            (
+                int(i),
+                process_particle(
+                    ctx, batch.rows, int(i), batch.halves[int(i)], prior=batch.prior(i)
+                ),
+            )
             for i in batch.indices
         ),
         batch.leaves,
@@ -133,6 +147,8 @@ def map_initial(shared: tuple[RunConfig, int], batch: Batch) -> _Part:
 
     def placed(i: int):
         _, klass, rotation, shift = initial_assignment(config, i, start)
+        if batch.priors is not None and config.local_search_deg is not None:
+            rotation, shift = batch.prior(i)  # the average at the prior poses
         return hard_particle(batch.rows, i, klass, rotation, shift, config.classes,
                              batch.halves[i], config.particle_mask_radius)  # fmt: skip
 
