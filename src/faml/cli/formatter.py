@@ -68,6 +68,7 @@ examples:
   faml run particles.star --out run3 --gold-standard --symmetry C6 --particle-diameter 250
   faml run particles.star --out run1 --continue       # resume after the last saved iteration
   faml run particles.star --out run4 --scheduler tcp://head:8786
+  faml run particles.star --out run5 --classes 3 --reference run_class001.mrc
 
 outputs in --out: class_KKK.mrc, particles.star, model.star, run.json, report.html and a
 checkpoint per iteration (iterations/NNN/).

@@ -2,7 +2,8 @@
 
 A run records what decides its result in ``OUT/inputs.json`` (:func:`_fingerprint`): the
 particles (count, a sha256 of their files and tilt ranges, box, voxel size, CTF form), the
-reference mask when one is given (a sha256 of its voxels) and the configuration
+reference mask when one is given (a sha256 of its voxels), the references the run starts
+from (``--reference``: a sha256 of the prepared maps) and the configuration
 (``RunConfig.to_dict()`` without the settings that do not change the result). A later
 command on the same folder is compared with it (:func:`_check_out`).
 
@@ -28,6 +29,8 @@ _NOT_DECIDING = ("chunk_size",)
 # is named as it is.
 _OPTIONS = {
     "classes": "--classes",
+    "references": "--reference",
+    "initial_lowpass": "--initial-lowpass",
     "method": "--method",
     "iterations": "--iterations",
     "seed": "--seed",
@@ -48,6 +51,7 @@ _OPTIONS = {
     "grid_iterations": "--grid-iterations",
     "verify": "--no-verify",
     "mask_sha256": "--mask/--particle-diameter",
+    "references_sha256": "--reference",
 }
 
 _MISSING = object()
@@ -80,12 +84,14 @@ def _without(settings: dict, names) -> dict:
     }
 
 
-def _fingerprint(table, config, mask=None) -> dict:
-    """What decides the run's result: the particles, the reference mask and the configuration.
+def _fingerprint(table, config, mask=None, references=None) -> dict:
+    """What decides the run's result: the particles, the masks, the references, the settings.
 
     ``mask``: the `(N, N, N)` reference mask given by ``--mask`` or ``--particle-diameter``
     (its sha256 is recorded), or ``None`` for the default sphere (then nothing is: the
-    configuration's ``mask_radius`` says it).
+    configuration's ``mask_radius`` says it). ``references``: the `(R, N, N, N)` maps the
+    run starts from as the engine gets them (:func:`faml.io.references.read_references`;
+    their sha256 is recorded), or ``None`` (reference-free: nothing is).
     """
     import hashlib
     import json
@@ -100,6 +106,9 @@ def _fingerprint(table, config, mask=None) -> dict:
     if mask is not None:
         voxels = np.ascontiguousarray(mask, dtype=np.float32)
         form["mask_sha256"] = hashlib.sha256(voxels.tobytes()).hexdigest()
+    if references is not None:
+        voxels = np.ascontiguousarray(references, dtype=np.float32)
+        form["references_sha256"] = hashlib.sha256(voxels.tobytes()).hexdigest()
     return {
         "particles": len(table),
         "particles_sha256": digest.hexdigest(),
@@ -144,8 +153,12 @@ def _setting(field: str, value) -> str:
     option = _OPTIONS.get(field, field)
     if field == "mask_sha256":
         return "the default mask" if value is _MISSING else f"{option} (sha256 {value[:12]})"
+    if field == "references_sha256":
+        return f"no {option}" if value is _MISSING else f"{option} (sha256 {value[:12]})"
     if value is _MISSING:
         return f"no {option} (not recorded)"
+    if field == "references" and isinstance(value, int):
+        return f"{option} ({value} map{'' if value == 1 else 's'})" if value else f"no {option}"
     if field == "verify":
         return "--no-verify" if value is False else "the verification (no --no-verify)"
     if field == "scan_step_deg":
@@ -199,10 +212,12 @@ def _differences(before: dict, now: dict) -> dict[str, tuple[str, str]]:
         a, b = old.get(field, _MISSING), new.get(field, _MISSING)
         if a != b:
             found[field] = (_setting(field, a), _setting(field, b))
+    if "references" in found and before.get("references_sha256") != now.get("references_sha256"):
+        del found["references"]  # the maps' sha256 already names --reference
     return found
 
 
-def _check_out(args: argparse.Namespace, table, config, mask=None) -> None:
+def _check_out(args: argparse.Namespace, table, config, mask=None, references=None) -> None:
     """Refuse an ``--out`` among the inputs, or one that holds another run.
 
     faml never writes next to its input particles: ``--out`` must not be the folder of a
@@ -233,7 +248,7 @@ def _check_out(args: argparse.Namespace, table, config, mask=None) -> None:
         before = None
     if not isinstance(before, dict):
         before = None
-    now = json.loads(json.dumps(_fingerprint(table, config, mask)))
+    now = json.loads(json.dumps(_fingerprint(table, config, mask, references)))
     if args.resume:
         _check_continue(args, held, before, now)
         return
@@ -278,14 +293,15 @@ def _check_continue(args: argparse.Namespace, held: list[str], before, now: dict
         )  # fmt: skip
 
 
-def _record_inputs(out, table, config, dropped, mask=None) -> None:
+def _record_inputs(out, table, config, dropped, mask=None, references=None) -> None:
     """``OUT/inputs.json`` (what ``_check_out`` compares) and ``OUT/dropped_particles.txt``."""
     import json
 
     from faml.io.atomic import write_text_atomic
 
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / _INPUTS, json.dumps(_fingerprint(table, config, mask), indent=2))
+    fingerprint = _fingerprint(table, config, mask, references)
+    write_text_atomic(out / _INPUTS, json.dumps(fingerprint, indent=2))
     if dropped:
         lines = ["# particle (1-based, as in the input)\tfile\treason"]
         lines += [f"{p.index + 1}\t{p.path}\t{p.reason}" for p in dropped]

@@ -86,9 +86,10 @@ def _add_run(sub) -> None:
     r = _command(
         sub, "run", "average (K = 1) or classify (K > 1) particles",
         "Reference-free averaging (K = 1) or classification (K > 1) of subtomograms by FAML "
-        "(or FA, alignment only). Prints a short plan, a progress bar per iteration (on a "
-        "terminal) and the expected time per iteration; writes the maps, a RELION particles "
-        "STAR file, model.star and report.html into --out, with a checkpoint per iteration.",
+        "(or FA, alignment only), or from reference maps (--reference). Prints a short plan, "
+        "a progress bar per iteration (on a terminal) and the expected time per iteration; "
+        "writes the maps, a RELION particles STAR file, model.star and report.html into "
+        "--out, with a checkpoint per iteration.",
         RUN_EXAMPLES, messages=False,
     )  # fmt: skip
     r.add_argument("particles", help="RELION particles STAR file, or a folder / glob of MRC files")
@@ -152,6 +153,18 @@ def _add_run_output(o) -> None:
 
 def _add_run_model(m) -> None:
     m.add_argument("--classes", type=int, default=1, metavar="K", help="number of classes K")
+    m.add_argument(
+        "--reference", action="append", default=None, metavar="MRC",
+        help="start from this map (RELION's --ref) instead of random starts and the FA "
+        "warm-up: give it once for every class or once per class; resampled to the "
+        "particles' voxel size and box about its centre voxel if need be, low-passed to "
+        "--initial-lowpass and masked",
+    )  # fmt: skip
+    m.add_argument(
+        "--initial-lowpass", type=float, default=60.0, metavar="A",
+        help="resolution the references are trusted to at the start, Angstrom (default 60, "
+        "RELION's --ini_high)",
+    )  # fmt: skip
     m.add_argument(
         "--method", choices=("faml", "fa"), default="faml",
         help="faml: candidates + maximum likelihood; fa: alignment only",

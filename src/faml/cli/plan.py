@@ -57,21 +57,25 @@ def plan_lines(
 ) -> list[str]:
     """What ``faml run`` is about to do, one line per item (logged before iteration 1).
 
-    ``ctf_form``: the ``CTF form`` row (:func:`ctf_form_row`), if known.
+    ``ctf_form``: the ``CTF form`` row (:func:`ctf_form_row`), if known. A run from
+    references (``--reference``) has a ``start`` row (:func:`start_row`) instead of the
+    random starts in the ``method`` row.
     """
     from pathlib import Path
 
-    from faml.ml.phase import random_starts, start_iterations
+    from faml.ml.phase import fa_iterations, random_starts, start_iterations
 
     cfg = config
     if cfg.method == "fa":
         method = "fa (alignment only, hard assignments)"
-    elif cfg.tuning.fa_iterations:
-        warm_up = _n(min(cfg.tuning.fa_iterations, cfg.iterations), "iteration")
+    elif fa_iterations(cfg):
+        warm_up = _n(min(fa_iterations(cfg), cfg.iterations), "iteration")
         method = f"faml, FA warm-up for the first {warm_up}"
     else:
         method = "faml (maximum likelihood from the first iteration)"
-    if random_starts(cfg) > 1:
+    if cfg.references:
+        starts = None  # the plan's own row, start_row
+    elif random_starts(cfg) > 1:
         each = _n(start_iterations(cfg), "iteration")
         starts = f"{random_starts(cfg)} random starts of {each} each, the best continues"
     else:
@@ -110,7 +114,9 @@ def plan_lines(
          f"({table.box * table.voxel_size:.4g} A)"),
         *([("CTF form", ctf_form)] if ctf_form else []),
         ("classes K", f"{cfg.classes}"),
-        ("method", f"{method}; {starts}; at most {_n(cfg.iterations, 'iteration')}"),
+        ("method", "; ".join(m for m in (method, starts) if m)
+         + f"; at most {_n(cfg.iterations, 'iteration')}"),
+        *([("start", start_row(args.reference, cfg))] if cfg.references else []),
         ("symmetry", cfg.symmetry),
         ("gold standard", gold),
         ("mask", mask),
@@ -120,6 +126,27 @@ def plan_lines(
                                if args.resume else "")),
     ]  # fmt: skip
     return ["faml run plan:"] + [f"  {k:<14}{v}" for k, v in rows]
+
+
+def start_row(paths: list[str], config) -> str:
+    """The plan's ``start`` row of a run from references (``--reference``)."""
+    from faml.ml.phase import fa_iterations, random_starts
+
+    row = f"from {_n(len(paths), 'reference')} ({', '.join(str(p) for p in paths)})"
+    if config.classes > 1:
+        if len(paths) == 1:
+            row += (
+                f" for all {config.classes} classes, each particle in a random class in iteration 1"
+            )
+        else:
+            row += ", one per class"
+    row += f", low-passed to {config.initial_lowpass:g} A"
+    nots = []
+    if random_starts(config) == 1:
+        nots.append("no random starts")
+    if config.method == "faml" and not fa_iterations(config):
+        nots.append("no FA warm-up")
+    return row + (f"; {', '.join(nots)}" if nots else "")
 
 
 class IterationClock:

@@ -26,6 +26,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from faml.geometry.masks import reference_mask
     from faml.io.mrc import read_volume
     from faml.io.particles import with_ctf_form
+    from faml.io.references import read_references
     from faml.ml.config import RunConfig, Tuning
     from faml.ml.engine import run
     from faml.ml.phase import iterations_in_all, random_starts
@@ -47,6 +48,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         mask=read_volume(args.mask)[0] if args.mask else None,
         diameter=args.particle_diameter,
     )
+    references = None
+    if args.reference:
+        references = read_references(
+            args.reference,
+            box=table.box,
+            voxel_size=table.voxel_size,
+            classes=args.classes,
+            lowpass=args.initial_lowpass,
+            mask=mask,
+        )
     tuning = Tuning(
         max_candidates=args.candidates,
         scan_step_deg=None if args.no_scan else args.scan_step,
@@ -77,10 +88,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         gold_standard=args.gold_standard,
         symmetry=args.symmetry,
         particle_mask_radius=_particle_mask_radius(args, table),
+        references=0 if references is None else len(references),
+        initial_lowpass=args.initial_lowpass,
         tuning=tuning,
     )
-    _check_out(args, table, config, mask)
-    _record_inputs(Path(args.out), table, config, dropped, mask)
+    _check_out(args, table, config, mask, references)
+    _record_inputs(Path(args.out), table, config, dropped, mask, references)
     executor = make_executor(
         args.workers,
         scheduler=args.scheduler,
@@ -107,6 +120,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             resume=args.resume,
             command_line=sys.argv if args.argv is None else args.argv,
             on_iteration=ReportHook(),
+            references=references,
         )
     finally:
         executor.close()
