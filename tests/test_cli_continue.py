@@ -20,8 +20,8 @@ from faml.cli import main
 QUICK = ["--starts", "1", "--fa-iterations", "1", "--candidates", "8"]
 
 MODEL = [
-    "--classes", "--reference", "--initial-lowpass", "--method", "--iterations", "--symmetry",
-    "--gold-standard", "--mask",
+    "--classes", "--reference", "--initial-lowpass", "--local-search", "--method",
+    "--iterations", "--symmetry", "--gold-standard", "--mask",
     "--particle-diameter", "--particle-mask", "--seed", "--max-shift",
 ]  # fmt: skip
 TUNING = {

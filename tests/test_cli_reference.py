@@ -144,3 +144,32 @@ def test_plan_start_row_for_classes():
     each = start_row(["a.mrc", "b.mrc"], RunConfig(classes=2, references=2, method="fa"))
     assert each == "from 2 references (a.mrc, b.mrc), one per class, low-passed to 60 A; no " \
         "random starts"  # fmt: skip
+
+
+def test_local_search_from_a_runs_own_particles_star(from_truth, tmp_path, capsys):
+    """A run continues from another: its particles.star (poses) is the next run's input, the
+    search local about those poses; the simulation's STAR (no poses) is refused in one line."""
+    assert _run(from_truth, tmp_path / "none", "--local-search", "15") == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("faml: error: --local-search needs poses in the input: ")
+    star = from_truth.out / "particles.star"
+    args = ["run", str(star), "--out", str(tmp_path / "local"), "--iterations", "2",
+            "--candidates", "8", "--local-search", "15"]  # fmt: skip
+    assert main(args) == 0
+    err = capsys.readouterr().err.splitlines()
+    plan = {line.split()[1]: line[25:] for line in err if line[9:11] == "  "}
+    assert plan["start"] == (
+        "from the average at the STAR file's poses; local search within 15 deg of each "
+        "particle's pose (prior sigma 5 deg); no random starts, no FA warm-up"
+    )
+    import starfile
+
+    from faml.geometry.euler import euler_to_matrix
+    from faml.geometry.rotations import rotation_distance
+
+    columns = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]
+    before = starfile.read(star, always_dict=True)["particles"][columns].to_numpy()
+    after = starfile.read(tmp_path / "local" / "particles.star", always_dict=True)["particles"]
+    turned = rotation_distance(euler_to_matrix(after[columns].to_numpy()), euler_to_matrix(before))
+    assert np.all(turned <= 15.0 + 1e-3), turned
+    assert not (tmp_path / "local" / "starts").exists()

@@ -7,14 +7,15 @@ from (``--reference``: a sha256 of the prepared maps) and the configuration
 (``RunConfig.to_dict()`` without the settings that do not change the result). A later
 command on the same folder is compared with it (:func:`_check_out`).
 
-faml's modules (:mod:`faml.io.atomic`), numpy and the standard library's ``json``,
-``hashlib``, ``shutil`` and ``pathlib`` are imported inside the functions: ``faml --help``
-imports this module and needs none of them.
+faml's modules (:mod:`faml.io.atomic`, :mod:`faml.ml.config`), numpy and the standard
+library's ``hashlib``, ``shutil`` and ``pathlib`` are imported inside the functions:
+``faml --help`` imports this module and needs none of them.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 
 logger = logging.getLogger("faml.cli")
@@ -51,6 +52,7 @@ _OPTIONS = {
     "grid_iterations": "--grid-iterations",
     "verify": "--no-verify",
     "mask_sha256": "--mask/--particle-diameter",
+    "local_search_deg": "--local-search",
     "references_sha256": "--reference",
 }
 
@@ -94,7 +96,6 @@ def _fingerprint(table, config, mask=None, references=None) -> dict:
     their sha256 is recorded), or ``None`` (reference-free: nothing is).
     """
     import hashlib
-    import json
 
     import numpy as np
 
@@ -142,6 +143,13 @@ def _by_field(settings: dict) -> dict:
         (leaf if leaves.count(leaf) == 1 else path): value
         for (path, value), leaf in zip(flat.items(), leaves, strict=True)
     }
+
+
+def _defaults() -> dict:
+    """Every setting's default by field name (settings added since a run was recorded)."""
+    from faml.ml.config import RunConfig
+
+    return _by_field(json.loads(json.dumps(RunConfig().to_dict())))
 
 
 def _value(value) -> str:
@@ -208,8 +216,11 @@ def _differences(before: dict, now: dict) -> dict[str, tuple[str, str]]:
     if pairs:
         found["particles"] = (", ".join(p[0] for p in pairs), ", ".join(p[1] for p in pairs))
     old, new = _by_field(before.get("config") or {}), _by_field(now.get("config") or {})
+    defaults = _defaults()
     for field in [*old, *(f for f in new if f not in old)]:
         a, b = old.get(field, _MISSING), new.get(field, _MISSING)
+        if a is _MISSING and field in defaults and b == defaults[field]:
+            continue  # a setting added since that run, at the value it ran with
         if a != b:
             found[field] = (_setting(field, a), _setting(field, b))
     if "references" in found and before.get("references_sha256") != now.get("references_sha256"):
@@ -227,7 +238,6 @@ def _check_out(args: argparse.Namespace, table, config, mask=None, references=No
     ``--continue`` the run must be of the same particles and settings, ``--iterations``
     aside (a run continued to more iterations); ``--batch-size`` never counts.
     """
-    import json
     import shutil
     from pathlib import Path
 
@@ -295,8 +305,6 @@ def _check_continue(args: argparse.Namespace, held: list[str], before, now: dict
 
 def _record_inputs(out, table, config, dropped, mask=None, references=None) -> None:
     """``OUT/inputs.json`` (what ``_check_out`` compares) and ``OUT/dropped_particles.txt``."""
-    import json
-
     from faml.io.atomic import write_text_atomic
 
     out.mkdir(parents=True, exist_ok=True)

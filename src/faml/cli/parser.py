@@ -166,6 +166,13 @@ def _add_run_model(m) -> None:
         "RELION's --ini_high)",
     )  # fmt: skip
     m.add_argument(
+        "--local-search", type=float, default=None, metavar="DEG",
+        help="search only within DEG degrees of each particle's pose in the STAR file (and "
+        "within --max-shift of its offset), with a Gaussian prior of DEG/3 on the deviation "
+        "(RELION's --sigma_ang); starts from the average at those poses unless --reference "
+        "is given; no random starts, no FA warm-up",
+    )  # fmt: skip
+    m.add_argument(
         "--method", choices=("faml", "fa"), default="faml",
         help="faml: candidates + maximum likelihood; fa: alignment only",
     )  # fmt: skip

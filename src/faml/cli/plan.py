@@ -73,7 +73,7 @@ def plan_lines(
         method = f"faml, FA warm-up for the first {warm_up}"
     else:
         method = "faml (maximum likelihood from the first iteration)"
-    if cfg.references:
+    if cfg.references or cfg.local_search_deg is not None:
         starts = None  # the plan's own row, start_row
     elif random_starts(cfg) > 1:
         each = _n(start_iterations(cfg), "iteration")
@@ -116,7 +116,8 @@ def plan_lines(
         ("classes K", f"{cfg.classes}"),
         ("method", "; ".join(m for m in (method, starts) if m)
          + f"; at most {_n(cfg.iterations, 'iteration')}"),
-        *([("start", start_row(args.reference, cfg))] if cfg.references else []),
+        *([("start", start_row(args.reference or [], cfg))]
+          if cfg.references or cfg.local_search_deg is not None else []),
         ("symmetry", cfg.symmetry),
         ("gold standard", gold),
         ("mask", mask),
@@ -129,18 +130,28 @@ def plan_lines(
 
 
 def start_row(paths: list[str], config) -> str:
-    """The plan's ``start`` row of a run from references (``--reference``)."""
+    """The plan's ``start`` row of a run from references or prior poses.
+
+    ``--reference`` and ``--local-search``.
+    """
     from faml.ml.phase import fa_iterations, random_starts
 
-    row = f"from {_n(len(paths), 'reference')} ({', '.join(str(p) for p in paths)})"
-    if config.classes > 1:
+    if paths:
+        row = f"from {_n(len(paths), 'reference')} ({', '.join(str(p) for p in paths)})"
+    else:
+        row = "from the average at the STAR file's poses"
+    if config.local_search_deg is not None:
+        row += (f"; local search within {config.local_search_deg:g} deg of each particle's "
+                f"pose (prior sigma {config.local_search_deg / 3:.3g} deg)")  # fmt: skip
+    if config.classes > 1 and paths:
         if len(paths) == 1:
             row += (
                 f" for all {config.classes} classes, each particle in a random class in iteration 1"
             )
         else:
             row += ", one per class"
-    row += f", low-passed to {config.initial_lowpass:g} A"
+    if paths:
+        row += f", low-passed to {config.initial_lowpass:g} A"
     nots = []
     if random_starts(config) == 1:
         nots.append("no random starts")

@@ -40,6 +40,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
     _check_out_writable(Path(args.out))
     table = _particles_table(args, tilt)
+    if args.local_search is not None:
+        table = _with_priors(args, table)
     table, ctf_source = with_ctf_form(table, getattr(args, "ctf_form", "auto"))
     table, dropped, weights = _validated(args, table)
     mask = reference_mask(
@@ -90,6 +92,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         particle_mask_radius=_particle_mask_radius(args, table),
         references=0 if references is None else len(references),
         initial_lowpass=args.initial_lowpass,
+        local_search_deg=args.local_search,
         tuning=tuning,
     )
     _check_out(args, table, config, mask, references)
@@ -247,3 +250,24 @@ def _particles_table(args: argparse.Namespace, tilt: tuple[float, float]):
         table, _, _ = apply_dynamo_table(table, read_dynamo_table(args.dynamo_table))
         logger.info("tilt ranges of %d particles from %s", len(table), args.dynamo_table)
     return table
+
+
+def _with_priors(args: argparse.Namespace, table):
+    """The table with the poses its STAR file gives, the priors of ``--local-search``."""
+    from dataclasses import replace
+
+    from faml.io.relion5 import star_priors
+
+    source = str(args.particles)
+    priors = star_priors(source) if source.endswith(".star") else None
+    if priors is None:
+        raise ValueError(
+            f"--local-search needs poses in the input: {source} gives no rlnAngleRot/Tilt/Psi "
+            "(give a RELION particles STAR file with poses, e.g. a faml or RELION run's)"
+        )
+    rotations, shifts = priors
+    if len(rotations) != len(table):
+        raise ValueError(
+            f"--local-search: {source} gives {len(rotations)} poses for {len(table)} particles"
+        )
+    return replace(table, prior_rotations=rotations, prior_shifts=shifts)

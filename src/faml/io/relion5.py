@@ -61,6 +61,7 @@ __all__ = [
     "relion5_blocks",
     "stack_frame",
     "star_poses",
+    "star_priors",
     "table_from_blocks",
     "write_relion5_star",
 ]
@@ -356,6 +357,22 @@ def star_poses(
     if is_stacks(blocks):
         rotations, shifts = stack_frame(rotations, shifts)
     return rotations, shifts
+
+
+def star_priors(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """A particles STAR file's poses as priors of a local search, or ``None`` without angles.
+
+    :func:`star_poses` (relative to the subtomogram's frame, as faml works) when the file's
+    particles have ``rlnAngleRot/Tilt/Psi``; ``None`` when they have none of them.
+    """
+    path = Path(path)
+    blocks = starfile.read(path, always_dict=True)
+    if is_optimisation_set(blocks):
+        blocks = starfile.read(read_optimisation_set(path)[0], always_dict=True)
+    particles = blocks.get("particles", next(iter(blocks.values())))
+    if not any(c in particles.columns for c in _ANGLES):
+        return None
+    return star_poses(path)
 
 
 def pose_columns(

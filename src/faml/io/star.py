@@ -37,7 +37,7 @@ import starfile
 
 from faml.geometry.euler import euler_to_matrix
 from faml.io import relion5
-from faml.io._relion import CTF_FLAG, _resolve_all, _row_line
+from faml.io._relion import CTF_FLAG, _resolve, _resolve_all, _row_line
 from faml.io.atomic import atomic_path
 from faml.io.mrc import read_header
 from faml.io.particles import ParticleTable, first_cubic_header
@@ -280,7 +280,8 @@ def write_particles_star(
     columns.update({"rlnImagePixelSize": table.voxel_size, "rlnImageSize": table.box})
     columns[CTF_FLAG] = int(table.ctf_premultiplied)  # as read, or --ctf-form's
     optics = pd.DataFrame({k: [v] for k, v in columns.items()})
-    cols: dict[str, object] = {"rlnImageName": list(table.names)}
+    star_dir = Path(path).resolve().parent
+    cols: dict[str, object] = {"rlnImageName": written_names(table.names, table.paths, star_dir)}
     if table.tomo_names is not None:
         cols["rlnTomoName"] = list(table.tomo_names)
     cols.update(pose_columns(rotations, shifts, classes, table.voxel_size))
@@ -295,6 +296,8 @@ def write_particles_star(
     for key, values in table.extra.items():
         if key not in cols and key != "rlnOpticsGroup":
             cols[key] = list(values)
+    if "rlnCtfImage" in cols:
+        cols["rlnCtfImage"] = written_names(cols["rlnCtfImage"], table.weight_paths, star_dir)
     particles = pd.DataFrame(cols)
     with atomic_path(path) as tmp:
         starfile.write({"optics": optics, "particles": particles}, tmp, float_format="%.6f")
@@ -302,6 +305,25 @@ def write_particles_star(
         # block; without it, it reads the file as RELION 3.0 and finds no images.
         text = tmp.read_text()
         tmp.write_text(text.replace("\ndata_", "\n# version 30001\ndata_"))
+
+
+def written_names(names, files, star_dir: Path) -> list:
+    """The file names a STAR file in ``star_dir`` gives, so that they lead to ``files``.
+
+    Each name as read where it still resolves from ``star_dir`` to its file (by the readers'
+    rules: the STAR file's folder, the two above it, the cwd; so names relative to a RELION
+    project stay as they are), else the file's absolute path: a run's ``particles.star`` is
+    then a valid input of the next run wherever the first run's input was.
+    """
+    out = []
+    for name, file in zip(names, files, strict=True):
+        if file is None or not isinstance(name, str):
+            out.append(name)
+            continue
+        target = Path(file).resolve()
+        found = Path(_resolve(name, star_dir, strict=False)).resolve()
+        out.append(name if found == target else str(target))
+    return out
 
 
 def write_model_star(

@@ -54,7 +54,7 @@ from faml.ml.state import (
 )
 from faml.ml.stats import Stats
 from faml.ml.tasks import Batch, chunks, map_initial, map_particles, reduce, split_halves
-from faml.ml.verdict import MIN_LOGLIK_MARGIN, judge_run
+from faml.ml.verdict import better_fit, judge_run
 from faml.parallel import Executor, ExecutorLost, make_executor
 
 __all__ = ["DEFAULT_BATCH_SIZE", "IterationHook", "run"]
@@ -149,7 +149,7 @@ def run(
         state, results, history = job.fit(main, state, results, history, config.iterations,
                                           after=after)  # fmt: skip
         check = _verification(job, out, history, state.iteration, resume)
-        if check is not None and _better(check[2], history[-1].log_likelihood, n):
+        if check is not None and better_fit(check[2], history[-1].log_likelihood, n):
             # The runner-up start fits the data better over the same shells: the start chosen
             # after the starts' first iterations ended in a worse optimum. Its result is kept.
             logger.warning(
@@ -261,6 +261,9 @@ class _Job:
             seconds = time.perf_counter() - t0
             record = IterationRecord.of(state, self.table, stats, seconds, t_map, phase.method)
             record = replace(record, **changes(results, new_results))
+            if iteration == 1 and self.references is not None and not self.config.local_search_deg:
+                # iteration 0's poses were random (the noise estimate): no change to measure
+                record = replace(record, class_change=None, median_pose_change_deg=None)
             results = new_results
             self._log(record, stats)
             if phase.may_stop and self._settled(record):
@@ -290,6 +293,8 @@ class _Job:
         return state, results
 
     def _settled(self, record: IterationRecord) -> bool:
+        if record.class_change is None:
+            return False
         t = self.config.tuning
         return (record.class_change < t.stop_class_change
                 and record.median_pose_change_deg < t.stop_pose_change_deg)  # fmt: skip
@@ -299,9 +304,14 @@ class _Job:
             "iteration %d: resolution %.1f A (band %d), alpha %s, log-lik %.4g, class changes "
             "%.1f%%, median pose change %.2f deg, %.1f s",
             record.iteration, record.resolution_angstrom, record.band_shells,
-            np.round(record.alpha, 3).tolist(), stats.loglik, 100 * record.class_change,
-            record.median_pose_change_deg, record.seconds,
+            np.round(record.alpha, 3).tolist(), stats.loglik, *_or_nan(
+                100 * record.class_change if record.class_change is not None else None,
+                record.median_pose_change_deg), record.seconds,
         )  # fmt: skip
+
+
+def _or_nan(*values):
+    return [np.nan if v is None else v for v in values]
 
 
 def _begin(job: _Job, out: Path, resume: bool):
@@ -374,13 +384,6 @@ def _verification(job: _Job, out: Path, history: list[IterationRecord], final: i
     state, results, check_history = job.fit(line, state, results, check_history, final,
                                             held=bands.get, comparing=True)  # fmt: skip
     return state, results, check_history[-1].log_likelihood
-
-
-def _better(second: float | None, first: float | None, n: int) -> bool:
-    """Whether log-likelihood ``second`` beats ``first`` by the verdict's margin per particle."""
-    if second is None or first is None:
-        return False
-    return (second - first) / max(n, 1) >= MIN_LOGLIK_MARGIN
 
 
 def _ran_on(executor) -> dict:

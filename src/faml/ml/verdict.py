@@ -48,6 +48,7 @@ __all__ = [
     "MAX_FINAL_POSE_CHANGE_DEG",
     "MIN_START_AGREEMENT",
     "Verdict",
+    "better_fit",
     "judge",
     "judge_run",
     "start_agreement",
@@ -313,3 +314,14 @@ def judge_run(config, last, results, check) -> Verdict:
     )
     (logger.warning if verdict.trusted is False else logger.info)("verdict: %s", verdict.sentence())
     return verdict
+
+
+def better_fit(second: float | None, first: float | None, n: int) -> bool:
+    """Whether log-likelihood ``second`` beats ``first`` by the margin per particle.
+
+    :data:`MIN_LOGLIK_MARGIN` nats per particle (``n`` particles); ``False`` when either is
+    unknown.
+    """
+    if second is None or first is None:
+        return False
+    return (second - first) / max(n, 1) >= MIN_LOGLIK_MARGIN
