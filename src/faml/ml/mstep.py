@@ -35,6 +35,7 @@ __all__ = [
     "MStepResult",
     "compensated_mean",
     "m_step",
+    "model_band",
     "reference_model",
     "symmetrize_stats",
     "update_model",
@@ -186,11 +187,19 @@ def update_model(
     if phase.to_symmetry_frame:
         averages, halves = to_symmetry_frame(averages, halves, group, mask)
     curves = np.stack([fsc(halves[0, k], halves[1, k]) for k in range(config.classes)])
-    band = int(np.clip(max(band_from_fsc(c) for c in curves), tuning.min_band, box // 2 - 1))
+    band = model_band(curves, tuning.min_band, box)
     return ModelState(
         phase.iteration, averages, curves, band, m.alpha, m.sigma2, m.xi,
         halves if config.gold_standard else None,
     )  # fmt: skip
+
+
+def model_band(curves: np.ndarray, min_band: int, box: int) -> int:
+    """The band of a model with `(K, N//2 + 1)` half-set FSC ``curves``.
+
+    The largest class's 0.143 shell, at least ``min_band`` and below Nyquist.
+    """
+    return int(np.clip(max(band_from_fsc(c) for c in curves), min_band, box // 2 - 1))
 
 
 def to_symmetry_frame(

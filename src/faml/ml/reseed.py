@@ -9,8 +9,8 @@ import numpy as np
 from faml.io.particles import ParticleTable
 from faml.ml.config import RunConfig
 from faml.ml.em import ParticleResult
-from faml.ml.fourier import band_from_fsc, fsc
-from faml.ml.mstep import compensated_mean
+from faml.ml.fourier import fsc
+from faml.ml.mstep import compensated_mean, model_band
 from faml.ml.state import ModelState
 from faml.ml.tasks import Batch, map_assigned, reduce
 from faml.parallel import Executor
@@ -89,8 +89,7 @@ def reseed(
         )  # fmt: skip
     if not changed:
         return state, results
-    band = max(band_from_fsc(c) for c in curves)
-    band = int(np.clip(band, config.tuning.min_band, table.box // 2 - 1))
+    band = model_band(curves, config.tuning.min_band, table.box)
     reseeded = ModelState(
         state.iteration, averages, curves, band, alpha, state.sigma2, state.xi, half_averages
     )
