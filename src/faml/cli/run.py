@@ -20,7 +20,7 @@ logger = logging.getLogger("faml.cli")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from dataclasses import replace
+    from dataclasses import fields, replace
     from pathlib import Path
 
     from faml.geometry.masks import reference_mask
@@ -74,13 +74,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         grid_iterations=args.grid_iterations,
         verify=not args.no_verify,
     )
-    if args.paper_exact:
-        paper = Tuning.paper()
-        tuning = replace(
-            tuning, **{k: getattr(paper, k) for k in (
-                "scan_step_deg", "likelihood", "voronoi", "local_candidates", "average_update",
-                "starts", "fa_iterations")},
-        )  # fmt: skip
+    if args.paper_exact:  # the fields the paper's preset sets, over the options given
+        paper, default = Tuning.paper(), Tuning()
+        tuning = replace(tuning, **{
+            f.name: getattr(paper, f.name) for f in fields(Tuning)
+            if getattr(paper, f.name) != getattr(default, f.name)
+        })  # fmt: skip
     config = RunConfig(
         classes=args.classes,
         method=args.method,
