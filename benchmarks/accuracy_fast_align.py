@@ -90,7 +90,7 @@ def score_figures(reference, rng):
     prepared = prepare_average(reference, st)
     grid, radii, degrees, keep = prepared_module._shell_setup(st)
     pft = scipy.fft.rfftn(p)
-    w2 = wedge * wedge * fast_module._band_mask(box, st.resolved_band_limit)
+    w2 = wedge * wedge * fast_module.band_mask(box, st.resolved_band_limit)
     ws, wm = sample_shells(np.stack([w2, w2 * np.abs(pft)]), radii, grid).astype(float)
     mag = wm / np.maximum(ws, 1e-6)
     ws = (ws >= 0.5).astype(float)

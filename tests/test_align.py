@@ -61,7 +61,7 @@ def _shell_functions(particle, wedge, average, settings):
 
     grid, radii, degrees, keep = prepared._shell_setup(settings)
     pft = scipy.fft.rfftn(particle)
-    w2 = wedge * wedge * fast._band_mask(settings.box, settings.resolved_band_limit)
+    w2 = wedge * wedge * fast.band_mask(settings.box, settings.resolved_band_limit)
     w2_s, w2m_s = sample_shells(np.stack([w2, w2 * np.abs(pft)]), radii, grid).astype(float)
     mag = w2m_s / np.maximum(w2_s, 1e-6)
     ws = (w2_s >= 0.5).astype(float)

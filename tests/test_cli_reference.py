@@ -173,3 +173,43 @@ def test_local_search_from_a_runs_own_particles_star(from_truth, tmp_path, capsy
     turned = rotation_distance(euler_to_matrix(after[columns].to_numpy()), euler_to_matrix(before))
     assert np.all(turned <= 15.0 + 1e-3), turned
     assert not (tmp_path / "local" / "starts").exists()
+
+
+def test_local_search_from_a_dynamo_table(from_truth, tmp_path, capsys):
+    """MRC particles with a Dynamo table of their true poses: the table's poses are the
+    priors (the plan says so) and the poses found stay within the range of them."""
+    import starfile
+
+    from faml.geometry.euler import euler_to_matrix, matrix_to_euler
+    from faml.geometry.rotations import rotation_distance
+    from faml.io.star import read_particles_star
+    from faml.simulate.dataset import read_truth
+
+    truth = read_truth(from_truth.star.parent)
+    table = read_particles_star(from_truth.star)
+    folder = tmp_path / "particles"
+    folder.mkdir()
+    rows = []
+    for i in range(len(table)):
+        shutil.copy(table.path(i), folder / f"particle_{i + 1:05d}.mrc")
+        rot, tilt, psi = matrix_to_euler(truth.rotations[i])
+        r = np.zeros(35)
+        r[0], r[3:6] = i + 1, truth.shifts[i]
+        r[6:9] = (90.0 - rot, tilt, -90.0 - psi)  # RELION's angles as Dynamo's
+        r[12], r[13], r[14] = 1, -60.0, 60.0
+        rows.append(" ".join(f"{v:.6g}" for v in r))
+    (tmp_path / "poses.tbl").write_text("\n".join(rows) + "\n")
+    args = ["run", str(folder), "--dynamo-table", str(tmp_path / "poses.tbl"), "--out",
+            str(tmp_path / "local"), "--iterations", "2", "--candidates", "8",
+            "--local-search", "15", "--voxel-size", "10"]  # fmt: skip
+    assert main(args) == 0
+    err = capsys.readouterr().err.splitlines()
+    plan = {line.split()[1]: line[25:] for line in err if line[9:11] == "  "}
+    assert plan["start"].startswith("from the average at the Dynamo table's poses; local search")
+    after = starfile.read(tmp_path / "local" / "particles.star", always_dict=True)["particles"]
+    columns = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]
+    found = euler_to_matrix(after[columns].to_numpy())
+    names = [int(n.split("_")[-1].split(".")[0]) - 1 for n in after["rlnImageName"]]
+    turned = rotation_distance(found, truth.rotations[names])
+    assert np.all(turned <= 15.0 + 1e-3), turned
+    assert np.median(turned) < 5.0, np.median(turned)

@@ -97,6 +97,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="1,2")
     parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--runs", default="global,local,reference",
+                        help="which runs, comma-separated (default: all three)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -105,6 +107,8 @@ def main() -> None:
     table = read_particles_star(sim / "particles.star")
     ref = lowpass(truth.maps[0], 60.0, VOXEL) * default_mask(BOX)
     rows: dict[str, list[dict]] = {"global": [], "local": [], "reference": []}
+    if (out / "results.json").exists():  # other runs and seeds measured before are kept
+        rows.update(json.loads((out / "results.json").read_text()))
     for seed in (int(s) for s in args.seeds.split(",")):
         priors, prior_shifts, wild = template_matching_priors(truth, seed)
         inside = (rotation_distance(priors, truth.rotations) <= RANGE_DEG) & ~wild
@@ -117,18 +121,22 @@ def main() -> None:
                           ref[None].astype(np.float32)),
         }  # fmt: skip
         for name, (tab, cfg, refs) in runs.items():
+            if name not in args.runs.split(","):
+                continue
             t0 = time.perf_counter()
             result = run(tab, out / f"{name}-seed{seed}", cfg, workers=2, references=refs)
             subsets = {"prior_inside": inside, "prior_random": wild} if name == "local" else None
             row = score(result, truth, subsets)
-            row.update(wall_s=time.perf_counter() - t0, iterations=result.n_iterations)
-            rows[name].append(row)
+            row.update(seed=seed, wall_s=time.perf_counter() - t0,
+                       iterations=result.n_iterations)
+            rows[name] = [r for r in rows[name] if r.get("seed") != seed] + [row]
             print(name, seed, row, flush=True)
             (out / "results.json").write_text(json.dumps(rows, indent=2))
     lines = ["| run | seed | within 15 deg | FSC 0.5 (A) | masked corr. | trusted | wall (s) "
              "| iterations | note |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, per_seed in rows.items():
-        for seed, r in zip(args.seeds.split(","), per_seed, strict=True):
+        for r in per_seed:
+            seed = r.get("seed", "?")
             note = ""
             if name == "local":
                 note = (f"priors inside the range: {100 * r['within15_prior_inside']:.0f}% of "

@@ -117,7 +117,7 @@ class Candidate:
 
 
 @lru_cache(maxsize=16)
-def _band_mask(box: int, band_limit: int) -> np.ndarray:
+def band_mask(box: int, band_limit: int) -> np.ndarray:
     """`(N, N, N//2 + 1)` float32 ``rfftn``-layout sphere ``|k| <= band_limit + 1/2`` voxels."""
     kz = np.fft.fftfreq(box, 1.0 / box)[:, None, None]
     ky = np.fft.fftfreq(box, 1.0 / box)[None, :, None]
@@ -127,7 +127,7 @@ def _band_mask(box: int, band_limit: int) -> np.ndarray:
     return mask
 
 
-class _Stopwatch:
+class Stopwatch:
     """Adds the wall time of named stages into a dict (when one is given)."""
 
     def __init__(self, sink: dict[str, float] | None):
@@ -198,7 +198,7 @@ def align_to(
     ``timings``, if given, receives the seconds spent per stage (:data:`STAGES`), added to
     what it holds.
     """
-    clock = _Stopwatch(timings)
+    clock = Stopwatch(timings)
     st = prepared.settings
     particle = _check_volume("particle", particle)
     box = particle.shape[0]
@@ -210,7 +210,7 @@ def align_to(
     # Everything is scored within the band limit: beyond it the average is not trusted
     # (resolution) and the interpolation of rotated volumes is least accurate.
     score = _rotational_score(
-        data_ft, weight * _band_mask(box, st.resolved_band_limit), prepared, clock
+        data_ft, weight * band_mask(box, st.resolved_band_limit), prepared, clock
     )
     peaks = find_peaks(
         score, euler_grid(st.resolved_degree), st.resolved_proposals, refine=st.refine
@@ -221,7 +221,7 @@ def align_to(
     tbox = st.resolved_translation_box
     data_ft = crop_half_spectrum(data_ft, tbox)
     full_weight = crop_half_spectrum(weight, tbox)
-    weight = full_weight * _band_mask(tbox, st.translation_band_limit)
+    weight = full_weight * band_mask(tbox, st.translation_band_limit)
     if st.scan_step_deg is not None:
         scan_rots, _, _ = scan(
             prepared.scan_reference(),
@@ -237,17 +237,41 @@ def align_to(
     else:
         values = np.array([p.value for p in peaks])
     clock.lap("scan")
+    return ranked(prepared, data_ft, weight, rotations, values, clock)
+
+
+def ranked(
+    prepared: PreparedAverage,
+    data_ft: np.ndarray,
+    weight: np.ndarray,
+    rotations: np.ndarray,
+    values: np.ndarray,
+    clock: Stopwatch,
+    polish: int | None = None,
+    rounds: int | None = None,
+) -> list[Candidate]:
+    """Proposed rotations made candidates: shifted, ranked, polished (steps 4-5 above).
+
+    ``data_ft``, ``weight``: the particle's premultiplied spectrum and its band-limited
+    weight at the translation box; ``rotations`` `(B, 3, 3)` the proposals and ``values``
+    `(B,)` their rotational scores (NaN where none). Each gets its best shift within
+    ``max_shift`` (the constrained correlation), the best ``max_candidates`` are kept, the
+    best ``polish`` of them polished in ``rounds`` rounds (defaults: the settings'), and
+    near-copies dropped. Shifts are returned in voxels
+    of the full box.
+    """
+    st = prepared.settings
     shifts, scores = _score_rotations(prepared, data_ft, weight, rotations)
     order = np.argsort(-scores, kind="stable")
     order = order[: st.max_candidates]
     rotations, shifts, scores = rotations[order], shifts[order], scores[order]
     values = values[order]
     clock.lap("translations")
-    n_polish = min(st.polish, len(scores)) if st.refine else 0
+    n_polish = min(st.polish if polish is None else polish, len(scores)) if st.refine else 0
     if n_polish:
         step = np.radians(st_step_deg(st)) / 2
         sel = slice(0, n_polish)
-        for _ in range(st.polish_rounds):
+        for _ in range(st.polish_rounds if rounds is None else rounds):
             rotations[sel], shifts[sel], scores[sel] = _polish(
                 prepared, data_ft, weight, rotations[sel], shifts[sel], scores[sel], step
             )
@@ -260,7 +284,7 @@ def align_to(
     keep = distinct(rotations, 0.5 * st_step_deg(st))
     rotations, shifts, scores, values = rotations[keep], shifts[keep], scores[keep], values[keep]
     clock.lap("polish")
-    shifts = shifts * (st.box / tbox)
+    shifts = shifts * (st.box / st.resolved_translation_box)
     return [
         Candidate(rotations[i], shifts[i], float(scores[i]), float(values[i]))
         for i in range(len(scores))

@@ -167,7 +167,8 @@ def _add_run_model(m) -> None:
     )  # fmt: skip
     m.add_argument(
         "--local-search", type=float, default=None, metavar="DEG",
-        help="search only within DEG degrees of each particle's pose in the STAR file (and "
+        help="search only within DEG degrees of each particle's pose in the STAR file or "
+        "--dynamo-table (and "
         "within --max-shift of its offset), with a Gaussian prior of DEG/3 on the deviation "
         "(RELION's --sigma_ang); starts from the average at those poses unless --reference "
         "is given; no random starts, no FA warm-up",
@@ -312,7 +313,7 @@ def _add_interop_options(r: argparse.ArgumentParser) -> None:
         default=None,
         metavar="TBL",
         help="Dynamo .tbl giving each MRC particle's tilt range (columns 14-15), matched by "
-        "the tag in the file name",
+        "the tag in the file name, and with --local-search its pose (the priors)",
     )
 
 

@@ -108,6 +108,7 @@ def plan_lines(
     else:
         where = f"local Dask cluster, {workers} worker processes"
     out = Path(args.out).resolve()
+    poses = "the Dynamo table's" if getattr(args, "dynamo_table", None) else "the STAR file's"
     rows = [
         ("particles", f"{len(table)}, from {args.particles}"),
         ("box", f"{table.box}^3 voxels, {table.voxel_size:.4g} A/voxel "
@@ -116,7 +117,7 @@ def plan_lines(
         ("classes K", f"{cfg.classes}"),
         ("method", "; ".join(m for m in (method, starts) if m)
          + f"; at most {_n(cfg.iterations, 'iteration')}"),
-        *([("start", start_row(args.reference or [], cfg))]
+        *([("start", start_row(args.reference or [], cfg, poses))]
           if cfg.references or cfg.local_search_deg is not None else []),
         ("symmetry", cfg.symmetry),
         ("gold standard", gold),
@@ -129,17 +130,17 @@ def plan_lines(
     return ["faml run plan:"] + [f"  {k:<14}{v}" for k, v in rows]
 
 
-def start_row(paths: list[str], config) -> str:
+def start_row(paths: list[str], config, poses: str = "the STAR file's") -> str:
     """The plan's ``start`` row of a run from references or prior poses.
 
-    ``--reference`` and ``--local-search``.
+    ``--reference`` and ``--local-search``; ``poses``: whose poses are the priors.
     """
     from faml.ml.phase import fa_iterations, random_starts
 
     if paths:
         row = f"from {_n(len(paths), 'reference')} ({', '.join(str(p) for p in paths)})"
     else:
-        row = "from the average at the STAR file's poses"
+        row = f"from the average at {poses} poses"
     if config.local_search_deg is not None:
         row += (f"; local search within {config.local_search_deg:g} deg of each particle's "
                 f"pose (prior sigma {config.local_search_deg / 3:.3g} deg)")  # fmt: skip

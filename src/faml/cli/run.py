@@ -246,23 +246,31 @@ def _particles_table(args: argparse.Namespace, tilt: tuple[float, float]):
     if getattr(args, "dynamo_table", None):
         from faml.io.dynamo import apply_dynamo_table, read_dynamo_table
 
-        table, _, _ = apply_dynamo_table(table, read_dynamo_table(args.dynamo_table))
+        table, rotations, shifts = apply_dynamo_table(table, read_dynamo_table(args.dynamo_table))
         logger.info("tilt ranges of %d particles from %s", len(table), args.dynamo_table)
+        if getattr(args, "local_search", None) is not None:
+            from dataclasses import replace
+
+            table = replace(table, prior_rotations=rotations, prior_shifts=shifts)
+            logger.info("the priors of --local-search: the poses of %s", args.dynamo_table)
     return table
 
 
 def _with_priors(args: argparse.Namespace, table):
-    """The table with the poses its STAR file gives, the priors of ``--local-search``."""
+    """The table with the priors of ``--local-search``: its STAR file's or Dynamo table's poses."""
     from dataclasses import replace
 
     from faml.io.relion5 import star_priors
 
+    if table.prior_rotations is not None:  # a Dynamo table's poses
+        return table
     source = str(args.particles)
     priors = star_priors(source) if source.endswith(".star") else None
     if priors is None:
         raise ValueError(
             f"--local-search needs poses in the input: {source} gives no rlnAngleRot/Tilt/Psi "
-            "(give a RELION particles STAR file with poses, e.g. a faml or RELION run's)"
+            "(give a RELION particles STAR file with poses, e.g. a faml or RELION run's, or "
+            "MRC particles with --dynamo-table)"
         )
     rotations, shifts = priors
     if len(rotations) != len(table):

@@ -64,6 +64,7 @@ from scipy.special import logsumexp
 
 from faml.align import AlignSettings, PreparedAverage, align_to, grid_candidates, prepare_average
 from faml.align.fourier_rotation import PaddedSpectrum, padded_spectrum
+from faml.align.local import local_align
 from faml.geometry.masks import soft_sphere
 from faml.geometry.rotations import axis_stencil, random_rotations
 from faml.geometry.wedge import whitened
@@ -430,7 +431,10 @@ def process_particle(
         scores = nus = None  # FAML only: no FA scores, equal candidate weights
     else:
         align = ctx.for_half(half)[0]
-        cands = [align_to(vol, wedge, align[k]) for k in range(K)]
+        if local is None:
+            cands = [align_to(vol, wedge, align[k]) for k in range(K)]
+        else:
+            cands = [local_align(vol, wedge, align[k], *prior, local) for k in range(K)]
         rots = [np.stack([c.rotation for c in cs]) for cs in cands]
         shifts = [np.stack([c.shift for c in cs]) for cs in cands]
         scores = [cs[0].score for cs in cands]
@@ -439,7 +443,7 @@ def process_particle(
         if local is not None:
             for k in range(K):
                 rots[k], shifts[k], scores[k] = restrict(
-                    rots[k], shifts[k], scores[k], prior, local, max_shift, steps[k]
+                    rots[k], shifts[k], scores[k], prior, local, max_shift
                 )
         if ctx.phase.method == "faml" and tuning.local_candidates:
             for k in range(K):

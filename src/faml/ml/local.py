@@ -1,9 +1,12 @@
 """Local searches around prior poses (``RunConfig.local_search_deg``, RELION's ``--sigma_ang``).
 
 A particle with a prior pose ``(R0, t0)`` (template matching, an earlier run) is searched
-only near it: its candidates are those of the fast alignment (or the grid) that lie within
-``local_search_deg`` of ``R0`` and within the largest shift of ``t0`` (:func:`restrict`), the
-prior itself and rings of neighbours about it; in the likelihood each candidate gets a
+only near it: its candidates come from the local alignment about the prior
+(:func:`faml.align.local.local_align`: the scan of the rotations within ``local_search_deg``
+of ``R0``, shifts about ``t0``; no search of all of SO(3)), or in grid iterations from the
+grid's best poses, and are kept within ``local_search_deg`` of ``R0`` and within the largest
+shift of ``t0`` (:func:`restrict`), with the prior itself (and, for the grid, rings of
+neighbours about it); in the likelihood each candidate gets a
 Gaussian prior on its angle from ``R0``, of standard deviation ``local_search_deg / 3``
 (:func:`log_pose_prior`), and the translation prior is centred on ``t0``.
 """
@@ -28,22 +31,26 @@ def restrict(
     prior: tuple[np.ndarray, np.ndarray],
     range_deg: float,
     max_shift: float,
-    step_deg: float,
+    step_deg: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Candidates `(B, 3, 3)`, `(B, 3)` kept within the search range of ``prior``.
 
     The given candidates inside the range (their order kept), then the prior itself, then
-    six neighbours of the prior per ring at ``step_deg``, ``2 step_deg``, ... inside the range.
+    (with ``step_deg``) six neighbours of the prior per ring at ``step_deg``,
+    ``2 step_deg``, ... inside the range (for candidates that do not cover the range, as the
+    best poses of a global grid).
     ``score``: the first given candidate's score; returned when that candidate is kept first,
     else ``-inf`` (the prior has no score of the fast alignment).
     """
     r0 = np.asarray(prior[0], dtype=np.float64)
     t0 = np.asarray(prior[1], dtype=np.float64)
-    rings = max(1, int(range_deg // step_deg))
-    around = np.concatenate(
-        [axis_stencil(r0[None], np.radians(j * step_deg)).reshape(-1, 3, 3)
-         for j in range(1, rings + 1)]
-    )  # fmt: skip
+    around = np.empty((0, 3, 3))
+    if step_deg is not None:
+        rings = max(1, int(range_deg // step_deg))
+        around = np.concatenate(
+            [axis_stencil(r0[None], np.radians(j * step_deg)).reshape(-1, 3, 3)
+             for j in range(1, rings + 1)]
+        )  # fmt: skip
     all_r = np.concatenate([np.asarray(rotations, np.float64), r0[None], around])
     all_t = np.concatenate(
         [np.asarray(shifts, np.float64), np.repeat(t0[None], 1 + len(around), axis=0)]

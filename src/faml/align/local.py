@@ -1,0 +1,149 @@
+"""Local alignment: candidates near a prior pose, without a search of all of SO(3).
+
+A particle with a prior pose ``(R0, t0)`` (template matching, an earlier run) whose true
+pose lies within ``range_deg`` of ``R0`` needs neither the magnitude search nor the scan of
+the whole rotation grid (:mod:`faml.align.fast` steps 1-3 and 5). :func:`local_align`:
+
+1. moves the particle back by its prior offset ``t0`` (a phase ramp on its spectrum), so
+   the translation search of step 4 is centred on ``t0`` and reaches ``max_shift`` from it;
+2. rotates the average to :func:`local_rotations` about ``R0``: the prior itself and every
+   rotation of the scan's quasi-uniform grid (:func:`faml.align.scan.rotation_grid`) within
+   the range (measured as the angle ``R R0^T``), and scores them with the phase-aware scan
+   (:func:`faml.align.scan.scan`: the constrained correlation on a coarse shift grid);
+3. gives the prior and the scan's ``scan_candidates`` best rotations to step 4 of the fast
+   alignment (:func:`faml.align.fast.ranked`: the best shift of each by one inverse FFT,
+   ranking, polishing).
+
+The average's rotations are computed per particle (each prior has its own neighbourhood)
+at the scan's points only: about 70 rotations for a 30 degree range on the 15 degree grid.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import scipy.fft
+
+from faml.align.fast import Candidate, Stopwatch, band_mask, ranked
+from faml.align.fourier_rotation import crop_half_spectrum, rotated_points
+from faml.align.prepared import PreparedAverage, _check_volume, _check_weight
+from faml.align.scan import ScanReference, rotation_grid, scan, scan_points
+from faml.align.settings import _scan_shifts, _scan_weights
+from faml.geometry.rotations import rotation_distance
+
+__all__ = [
+    "DEFAULT_STEP_DEG",
+    "POLISHED",
+    "POLISH_ROUNDS",
+    "SUPPRESS_STEPS",
+    "local_align",
+    "local_rotations",
+]
+
+DEFAULT_STEP_DEG = 15.0
+"""Step of the local grid when the settings have no scan step (as the scan's default)."""
+
+SUPPRESS_STEPS = 1.0
+"""The scan's proposals are no two closer than this many grid steps (the global search
+uses 1.5: a 30 degree range then holds only a few proposals)."""
+
+POLISHED, POLISH_ROUNDS = 4, 2
+"""How many of the best candidates are polished, in how many rounds (the global search
+polishes one in one round, after the magnitude search's maxima were refined below its
+grid step; the local scan's proposals are not)."""
+
+
+def local_rotations(prior_rotation: np.ndarray, range_deg: float, step_deg: float) -> np.ndarray:
+    """`(n, 3, 3)` the prior rotation first, then the grid's rotations near it.
+
+    The grid is :func:`~faml.align.scan.rotation_grid` at ``step_deg`` turned onto the prior
+    (``G R0`` for the grid's ``G`` within ``range_deg + step_deg / 2`` of the identity, so
+    that every rotation within ``range_deg`` has a grid rotation within about half a step).
+    """
+    near = _near_identity(float(range_deg), float(step_deg))
+    r0 = np.asarray(prior_rotation, dtype=np.float64)
+    return np.concatenate([r0[None], near @ r0])
+
+
+@lru_cache(maxsize=8)
+def _near_identity(range_deg: float, step_deg: float) -> np.ndarray:
+    grid = rotation_grid(step_deg)
+    angle = rotation_distance(grid, np.eye(3)[None])
+    near = grid[(angle <= range_deg + 0.5 * step_deg) & (angle > 1e-6)]
+    near.setflags(write=False)
+    return near
+
+
+def _unshift_spectrum(data_ft: np.ndarray, shift_xyz: np.ndarray) -> np.ndarray:
+    """`(N, N, N//2 + 1)` the spectrum of the volume moved by ``-shift`` (voxels, x y z)."""
+    box = data_ft.shape[0]
+    k = np.fft.fftfreq(box, 1.0 / box)
+    kx = np.fft.rfftfreq(box, 1.0 / box)
+    tx, ty, tz = (2.0 * np.pi / box) * np.asarray(shift_xyz, dtype=np.float64)
+    ramp = (
+        np.exp(1j * tz * k)[:, None, None]
+        * np.exp(1j * ty * k)[None, :, None]
+        * np.exp(1j * tx * kx)[None, None, :]
+    )
+    return data_ft * ramp
+
+
+def local_align(
+    particle: np.ndarray,
+    wedge: np.ndarray,
+    prepared: PreparedAverage,
+    prior_rotation: np.ndarray,
+    prior_shift: np.ndarray,
+    range_deg: float,
+    *,
+    timings: dict[str, float] | None = None,
+) -> list[Candidate]:
+    """Candidate transforms of a particle near its prior pose, best first.
+
+    ``particle`` `(N, N, N)` and ``wedge`` (its weight ``w`` in rfft layout), ``prepared`` as
+    :func:`faml.align.fast.align_to`'s; ``prior_rotation`` `(3, 3)` (RELION's sense) and
+    ``prior_shift`` `(3,)` ``(x, y, z)`` voxels: the prior pose; ``range_deg``: how far from
+    it rotations are proposed. The settings' ``scan_step_deg`` (or
+    :data:`DEFAULT_STEP_DEG`), ``scan_band``, ``scan_candidates`` and ``scan_max_shift`` set
+    the local scan, ``max_shift`` the translation search about ``prior_shift``. Candidates
+    are as :func:`~faml.align.fast.align_to`'s (polishing may move one slightly beyond the
+    range); their shifts are absolute (the prior offset added back). ``timings`` receives
+    seconds per stage (``"spectra"``, ``"scan"``, ``"translations"``, ``"polish"``).
+    """
+    clock = Stopwatch(timings)
+    st = prepared.settings
+    particle = _check_volume("particle", particle)
+    box = particle.shape[0]
+    if box != st.box:
+        raise ValueError(f"particle is {box}^3 but the average is {st.box}^3")
+    if not range_deg > 0:
+        raise ValueError(f"the local search range must be positive, got {range_deg} degrees")
+    wedge = _check_weight(wedge, box)
+    tbox = st.resolved_translation_box
+    prior_shift = np.asarray(prior_shift, dtype=np.float64)
+    data_ft = scipy.fft.rfftn(particle, workers=1) * wedge
+    data_ft = _unshift_spectrum(crop_half_spectrum(data_ft, tbox), prior_shift * tbox / box)
+    full_weight = crop_half_spectrum(wedge * wedge, tbox)
+    weight = full_weight * band_mask(tbox, st.translation_band_limit)
+    clock.lap("spectra")
+    step = DEFAULT_STEP_DEG if st.scan_step_deg is None else float(st.scan_step_deg)
+    rotations = local_rotations(prior_rotation, range_deg, step)
+    band = st.resolved_scan_band
+    order = scan_points(tbox, band)[2]
+    points = rotated_points(prepared.padded, rotations, band)[:, order]
+    real = np.ascontiguousarray(points.real, dtype=np.float32)
+    imag = np.ascontiguousarray(points.imag, dtype=np.float32)
+    reference = ScanReference(rotations, real, imag, real * real + imag * imag, tbox, band)
+    proposed, _, _ = scan(
+        reference, data_ft, full_weight, _scan_shifts(st), _scan_weights(st),
+        st.scan_candidates, SUPPRESS_STEPS * step,
+    )  # fmt: skip
+    proposed = np.concatenate([rotations[:1], proposed])
+    clock.lap("scan")
+    values = np.full(len(proposed), np.nan)
+    candidates = ranked(prepared, data_ft, weight, proposed, values, clock, POLISHED, POLISH_ROUNDS)
+    return [
+        Candidate(c.rotation, c.shift + prior_shift, c.score, c.rotational_score)
+        for c in candidates
+    ]
