@@ -191,6 +191,7 @@ def scan(
     count: int,
     suppress_deg: float,
     coarse_to_fine: bool = True,
+    rows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ``count`` best rotations of the grid, no two within ``suppress_deg``.
 
@@ -211,6 +212,8 @@ def scan(
         Score every rotation on the shells up to ``COARSE_BAND_SHARE * band`` first and only
         the best of them on the whole band (about a third of the work at band 8; measured
         in the module docstring); ``False``: every rotation on the whole band.
+    rows
+        Indices of the grid's rotations to score (e.g. those near a prior pose); default all.
 
     Returns
     -------
@@ -231,17 +234,18 @@ def scan(
     z = (s * d_points)[:, None] * _unshift(box, band, shifts.tobytes())  # (n_points, n_shifts)
     zr, zi = z.real.astype(np.float32), z.imag.astype(np.float32)
     n_rot = reference.rotations.shape[0]
+    # ``among`` indexes the arrays (a slice: no copy of the whole grid's spectra)
+    among = slice(None) if rows is None else np.asarray(rows, dtype=np.int64)
+    rows = np.arange(n_rot) if rows is None else among
     coarse = int(np.searchsorted(shell, COARSE_BAND_SHARE * band, side="right"))
-    keep = max(COARSE_KEEP_PER_CANDIDATE * count, n_rot // COARSE_KEEP_FRACTION)
-    if coarse_to_fine and coarse < shell.size and keep < n_rot:
+    keep = max(COARSE_KEEP_PER_CANDIDATE * count, rows.size // COARSE_KEEP_FRACTION)
+    if coarse_to_fine and coarse < shell.size and keep < rows.size:
         # Coarse to fine: every rotation on the low shells (a prefix of the points), then
         # the best ``keep`` on the whole band.
         c = slice(0, coarse)
-        num_c = reference.real[:, c] @ zr[c] + reference.imag[:, c] @ zi[c]
-        den_c = np.sqrt(np.maximum(reference.power[:, c] @ v[c], 1e-30))
-        rows = np.argpartition(-(num_c.max(axis=1) / den_c), keep)[:keep]
-    else:
-        rows = np.arange(n_rot)
+        num_c = reference.real[among, c] @ zr[c] + reference.imag[among, c] @ zi[c]
+        den_c = np.sqrt(np.maximum(reference.power[among, c] @ v[c], 1e-30))
+        rows = rows[np.argpartition(-(num_c.max(axis=1) / den_c), keep)[:keep]]
     num = reference.real[rows] @ zr + reference.imag[rows] @ zi
     den = np.sqrt(np.maximum(reference.power[rows] @ v, 1e-30))
     best_shift = np.full(n_rot, 0, dtype=np.int64)
