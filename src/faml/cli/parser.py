@@ -179,6 +179,13 @@ def _add_run_model(m) -> None:
     )  # fmt: skip
     m.add_argument("--iterations", type=int, default=15, metavar="N", help="most iterations")
     m.add_argument(
+        "--stability", type=int, default=0, metavar="N",
+        help="with --classes K > 1: run the classification N more times with other seeds "
+        "(OUT/replicates) and report how stable its classes are (adjusted Rand index, the "
+        "share of each class's particles kept together, each particle's consistency in "
+        "OUT/stability.star) and a suggested K; N + 1 times the work",
+    )  # fmt: skip
+    m.add_argument(
         "--symmetry", default="C1", metavar="GROUP",
         help="point group of the averages: C1, Cn or Dn (RELION's axes: n-fold about z)",
     )  # fmt: skip

@@ -121,6 +121,9 @@ def plan_lines(
           if cfg.references or cfg.local_search_deg is not None else []),
         ("symmetry", cfg.symmetry),
         ("gold standard", gold),
+        *([("stability", f"{_n(args.stability, 'replicate')} with other seeds "
+                         f"(OUT/replicates), compared with the run")]
+          if getattr(args, "stability", 0) else []),
         ("mask", mask),
         ("particle mask", particles),
         ("map step", f"{where}, {args.batch_size} particles per task"),

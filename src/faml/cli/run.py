@@ -30,9 +30,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from faml.ml.config import RunConfig, Tuning
     from faml.ml.engine import run
     from faml.ml.phase import iterations_in_all, random_starts
+    from faml.ml.stability import run_replicates, write_stability
     from faml.parallel import make_executor
     from faml.report import ReportHook
 
+    if args.stability < 0 or (args.stability and args.classes < 2):
+        raise ValueError(
+            f"--stability {args.stability}: it needs a number of replicates >= 1 and "
+            f"--classes 2 or more (got --classes {args.classes})"
+        )
     tilt = (float(args.tilt_range[0]), float(args.tilt_range[1]))
     if not -90.0 < tilt[0] < tilt[1] < 90.0:
         raise ValueError(
@@ -108,7 +114,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         for line in plan_lines(args, table, config, executor, ctf_form=ctf_row):
             logger.info("%s", line)
         executor.on_progress = IterationClock(
-            iterations_in_all(config),
+            iterations_in_all(config) * (1 + args.stability),
             max(1, executor.workers),
             starts_included=random_starts(config) > 1,
         )
@@ -124,6 +130,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
             on_iteration=ReportHook(),
             references=references,
         )
+        if args.stability:
+            found = run_replicates(
+                table, args.out, config, result, args.stability, mask=mask, executor=executor,
+                batch_size=args.batch_size, resume=args.resume, references=references,
+            )  # fmt: skip
+            write_stability(args.out, found, table, result.classes)
+            ReportHook()(Path(args.out), None)
     finally:
         executor.close()
     out = Path(args.out)
@@ -133,6 +146,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     if (out / "model.star").exists():
         print(f"faml run: FSC curves and resolution per class in {out / 'model.star'}")
+    if args.stability:
+        print(f"faml run: class stability in {out / 'run.json'} and {out / 'stability.star'}")
     print(f"faml run: report in {out / 'report.html'}")
     if args.then_export:
         _export(out, args.then_export, None, None)

@@ -118,6 +118,21 @@ def _final_summary(model) -> str:
     return f"{per_class} ({kind})"
 
 
+def _stability_text(stability: dict) -> str:
+    """``run.json``'s stability (:mod:`faml.ml.stability`) in one line."""
+    per_class = ", ".join(
+        f"class {k + 1} {100 * t:.0f}% together" + ("" if ok else " (not stable)")
+        for k, (t, ok) in enumerate(
+            zip(stability.get("class_together", []), stability.get("class_stable", []),
+                strict=False)
+        )
+    )  # fmt: skip
+    return (
+        f"suggested K = {stability.get('suggested_classes')}: {stability.get('evidence', '')}"
+        f" ({per_class}; seeds {', '.join(str(s) for s in stability.get('seeds', []))})"
+    )
+
+
 def _verdict_text(verdict: dict) -> str:
     """``run.json``'s verdict (:mod:`faml.ml.verdict`) in one line."""
     agreement = verdict.get("evidence", {}).get("start_agreement")
@@ -176,6 +191,9 @@ def _summary(run: RunFiles, scores: dict | None) -> str:
     verdict = info.get("verdict")
     if verdict:
         rows.insert(1, ("verdict", _verdict_text(verdict)))
+    stability = info.get("stability")
+    if stability:
+        rows.insert(2, ("class stability", _stability_text(stability)))
     if scores:
         rows.append((
             "against the truth",
