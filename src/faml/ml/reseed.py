@@ -15,12 +15,23 @@ from faml.ml.state import ModelState
 from faml.ml.tasks import Batch, map_assigned, reduce
 from faml.parallel import Executor
 
-__all__ = ["RESEED_SHARE", "reseed"]
+__all__ = ["RARE_SHARE", "RESEED_SHARE", "reseed", "reseed_below"]
 
 logger = logging.getLogger(__name__)
 
 RESEED_SHARE = 0.25
-"""A class with a prior below ``RESEED_SHARE / K`` is re-seeded (see :func:`reseed`)."""
+"""A class with a prior below ``RESEED_SHARE / K`` (and below :data:`RARE_SHARE`) is
+re-seeded (see :func:`reseed`)."""
+
+RARE_SHARE = 0.03
+"""Never re-seed a class that holds at least this share of the particles: a rare state of
+5-10% is a result, not an emptied class (``RESEED_SHARE / K`` alone re-seeded classes below
+12.5% at K = 2 and 8.3% at K = 3)."""
+
+
+def reseed_below(classes: int) -> float:
+    """The prior below which a class of ``classes`` is re-seeded."""
+    return min(RESEED_SHARE / classes, RARE_SHARE)
 
 
 def reseed(
@@ -34,14 +45,14 @@ def reseed(
 ) -> tuple[ModelState, list[ParticleResult]]:
     """``state`` and ``results`` with every (nearly) empty class re-seeded.
 
-    Rule: while a class ``k`` holds less than ``RESEED_SHARE / K`` of the particles (by its
-    prior ``alpha_k``), the worse-fitting half (lowest log-likelihood for FAML, lowest
-    correlation for FA) of the particles whose best class is the largest class is moved to
-    ``k`` with their current poses; ``k``'s average becomes the wedge-compensated mean of
-    those particles (its half-set averages and FSC those of their halves) and ``alpha``
-    follows the new counts. Particles that fit the dominant average worst are the likeliest
-    to belong to another structure. ``batch_size``: particles per task of the executor.
-    Returns the inputs themselves when no class needed it.
+    Rule: while a class ``k`` holds less than :func:`reseed_below` of the particles (by its
+    prior ``alpha_k``: 3% up to K = 8), the worse-fitting half (lowest log-likelihood for
+    FAML, lowest correlation for FA) of the particles whose best class is the largest class
+    is moved to ``k`` with their current poses; ``k``'s average becomes the wedge-compensated
+    mean of those particles (its half-set averages and FSC those of their halves) and
+    ``alpha`` follows the new counts. Particles that fit the dominant average worst are the
+    likeliest to belong to another structure. ``batch_size``: particles per task of the
+    executor. Returns the inputs themselves when no class needed it.
     """
     K = config.classes
     if K == 1:
@@ -53,7 +64,7 @@ def reseed(
     results = list(results)
     changed = False
     for k in range(K):
-        if alpha[k] >= RESEED_SHARE / K:
+        if alpha[k] >= reseed_below(K):
             continue
         counts = np.bincount([r.klass for r in results], minlength=K)
         big = int(np.argmax(counts))
