@@ -53,3 +53,26 @@ def test_stability_needs_classes(tmp_path, capsys):
     err = capsys.readouterr().err.splitlines()
     assert err[:1] == ["faml: error: --stability 1: it needs a number of replicates >= 1 and "
                    "--classes 2 or more (got --classes 1)"]  # fmt: skip
+
+
+def test_a_run_on_the_kept_classes_is_one_command(two_state_run, tmp_path, capsys):
+    """``--select-classes 2`` on the run's particles.star takes class 2's particles only;
+    a class the file does not have, or a STAR file without classes, is one line."""
+    star = two_state_run / "particles.star"
+    classes = starfile.read(star, always_dict=True)["particles"]["rlnClassNumber"]
+    args = ["run", str(star), "--out", str(tmp_path / "kept"), "--iterations", "1",
+            "--candidates", "8", "--starts", "1", "--fa-iterations", "0", "--no-verify",
+            "--select-classes", "2"]  # fmt: skip
+    assert main(args) == 0
+    kept = starfile.read(tmp_path / "kept" / "particles.star", always_dict=True)["particles"]
+    assert len(kept) == int(np.sum(classes == 2))
+    capsys.readouterr()
+    assert main([*args[:3], str(tmp_path / "none"), *args[4:-1], "7"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == (f"faml: error: --select-classes 7: {star} has no particle in those "
+                      "classes (it has classes 1, 2)")  # fmt: skip
+    sim_star = two_state_run.parent / "sim" / "particles.star"
+    assert main(["run", str(sim_star), "--out", str(tmp_path / "x"), "--select-classes",
+                 "1"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("faml: error: --select-classes needs rlnClassNumber in the input")

@@ -316,6 +316,11 @@ def _add_interop_options(r: argparse.ArgumentParser) -> None:
         "the optimisation set, or the *tomograms.star beside the particles file)",
     )
     r.add_argument(
+        "--select-classes", default=None, metavar="LIST",
+        help="only the particles of these classes of the input STAR file (rlnClassNumber, "
+        "e.g. 1,3): a run on the classes kept from another run (faml's or RELION's)",
+    )  # fmt: skip
+    r.add_argument(
         "--dynamo-table",
         default=None,
         metavar="TBL",

@@ -48,6 +48,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     table = _particles_table(args, tilt)
     if args.local_search is not None:
         table = _with_priors(args, table)
+    if args.select_classes:
+        table = _selected_classes(args, table)
     table, ctf_source = with_ctf_form(table, getattr(args, "ctf_form", "auto"))
     table, dropped, weights = _validated(args, table)
     mask = reference_mask(
@@ -269,6 +271,40 @@ def _particles_table(args: argparse.Namespace, tilt: tuple[float, float]):
             table = replace(table, prior_rotations=rotations, prior_shifts=shifts)
             logger.info("the priors of --local-search: the poses of %s", args.dynamo_table)
     return table
+
+
+def _selected_classes(args: argparse.Namespace, table):
+    """The particles of the classes ``--select-classes`` names (``rlnClassNumber``)."""
+    import numpy as np
+
+    from faml.io.relion5 import star_classes
+
+    try:
+        wanted = sorted({int(c) for c in str(args.select_classes).split(",") if c.strip()})
+    except ValueError:
+        wanted = []
+    if not wanted or min(wanted) < 1:
+        raise ValueError(
+            f"--select-classes {args.select_classes}: give class numbers from 1, e.g. 1,3"
+        )
+    source = str(args.particles)
+    classes = star_classes(source) if source.endswith(".star") else None
+    if classes is None or len(classes) != len(table):
+        raise ValueError(
+            f"--select-classes needs rlnClassNumber in the input: {source} gives none (give a "
+            "faml or RELION run's particles.star)"
+        )
+    keep = np.flatnonzero(np.isin(classes, wanted))
+    if keep.size == 0:
+        raise ValueError(
+            f"--select-classes {args.select_classes}: {source} has no particle in those "
+            f"classes (it has classes {', '.join(str(c) for c in np.unique(classes))})"
+        )
+    logger.info(
+        "--select-classes %s: %d of %d particles", ",".join(map(str, wanted)), keep.size,
+        len(table),
+    )  # fmt: skip
+    return table.subset(keep)
 
 
 def _with_priors(args: argparse.Namespace, table):

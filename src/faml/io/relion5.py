@@ -61,6 +61,7 @@ __all__ = [
     "relion5_blocks",
     "stack_frame",
     "star_poses",
+    "star_classes",
     "star_priors",
     "table_from_blocks",
     "write_relion5_star",
@@ -373,6 +374,18 @@ def star_priors(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray] |
     if not any(c in particles.columns for c in _ANGLES):
         return None
     return star_poses(path)
+
+
+def star_classes(path: str | os.PathLike[str]) -> np.ndarray | None:
+    """A particles STAR file's ``rlnClassNumber`` per particle (1-based), or ``None``."""
+    path = Path(path)
+    blocks = starfile.read(path, always_dict=True)
+    if is_optimisation_set(blocks):
+        blocks = starfile.read(read_optimisation_set(path)[0], always_dict=True)
+    particles = blocks.get("particles", next(iter(blocks.values())))
+    if "rlnClassNumber" not in particles.columns:
+        return None
+    return particles["rlnClassNumber"].to_numpy(dtype=np.int64)
 
 
 def pose_columns(
