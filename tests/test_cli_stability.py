@@ -76,3 +76,9 @@ def test_a_run_on_the_kept_classes_is_one_command(two_state_run, tmp_path, capsy
                  "1"]) == 2  # fmt: skip
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("faml: error: --select-classes needs rlnClassNumber in the input")
+
+
+def test_junk_must_not_be_negative(tmp_path, capsys):
+    assert main(["run", "x.star", "--out", str(tmp_path / "o"), "--junk", "-1"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "faml: error: --junk -1: give a number of junk classes >= 0"

@@ -179,6 +179,12 @@ def _add_run_model(m) -> None:
     )  # fmt: skip
     m.add_argument("--iterations", type=int, default=15, metavar="N", help="most iterations")
     m.add_argument(
+        "--junk", type=int, default=0, metavar="J",
+        help="J more classes, after the --classes K, for picks that are not the target "
+        "(other proteins, membrane, ice): held at the lowest band (blobs), never re-seeded; "
+        "drop them with --select-classes 1..K in the next run",
+    )  # fmt: skip
+    m.add_argument(
         "--stability", type=int, default=0, metavar="N",
         help="with --classes K > 1: run the classification N more times with other seeds "
         "(OUT/replicates) and report how stable its classes are (adjusted Rand index, the "

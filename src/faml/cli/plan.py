@@ -114,7 +114,10 @@ def plan_lines(
         ("box", f"{table.box}^3 voxels, {table.voxel_size:.4g} A/voxel "
          f"({table.box * table.voxel_size:.4g} A)"),
         *([("CTF form", ctf_form)] if ctf_form else []),
-        ("classes K", f"{cfg.classes}"),
+        ("classes K", f"{cfg.classes}" + (
+            f" ({cfg.classes - cfg.junk_classes} target, {cfg.junk_classes} junk: classes "
+            f"{cfg.classes - cfg.junk_classes + 1}-{cfg.classes} held at "
+            f"{cfg.tuning.min_band} shells)" if cfg.junk_classes else "")),
         ("method", "; ".join(m for m in (method, starts) if m)
          + f"; at most {_n(cfg.iterations, 'iteration')}"),
         *([("start", start_row(args.reference or [], cfg, poses))]

@@ -34,7 +34,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from faml.parallel import make_executor
     from faml.report import ReportHook
 
-    if args.stability < 0 or (args.stability and args.classes < 2):
+    if args.junk < 0:
+        raise ValueError(f"--junk {args.junk}: give a number of junk classes >= 0")
+    if args.stability < 0 or (args.stability and args.classes + args.junk < 2):
         raise ValueError(
             f"--stability {args.stability}: it needs a number of replicates >= 1 and "
             f"--classes 2 or more (got --classes {args.classes})"
@@ -89,7 +91,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             if getattr(paper, f.name) != getattr(default, f.name)
         })  # fmt: skip
     config = RunConfig(
-        classes=args.classes,
+        classes=args.classes + args.junk,
+        junk_classes=args.junk,
         method=args.method,
         iterations=args.iterations,
         seed=args.seed,
@@ -141,6 +144,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             ReportHook()(Path(args.out), None)
     finally:
         executor.close()
+    import numpy as np
+
     out = Path(args.out)
     print(f"faml run: {len(result.maps)} class average(s) in {out}/class_*.mrc")
     print(
@@ -148,6 +153,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     if (out / "model.star").exists():
         print(f"faml run: FSC curves and resolution per class in {out / 'model.star'}")
+    if args.junk:
+        share = np.mean(result.classes >= args.classes)
+        first = args.classes + 1
+        junk = f"{first}" if args.junk == 1 else f"{first}-{args.classes + args.junk}"
+        kept = ",".join(str(k) for k in range(1, args.classes + 1))
+        print(
+            f"faml run: junk class(es) {junk} hold {100 * share:.1f}% of the particles; a run "
+            f"without them: faml run {out / 'particles.star'} --select-classes {kept} ..."
+        )
     if args.stability:
         print(f"faml run: class stability in {out / 'run.json'} and {out / 'stability.star'}")
     print(f"faml run: report in {out / 'report.html'}")
@@ -181,7 +195,9 @@ def _validated(args: argparse.Namespace, table):
     from faml.io.validate import validate_table
 
     check_data = not args.no_data_check
-    report = validate_table(table, classes=args.classes, mask=args.mask, check_data=check_data)
+    report = validate_table(
+        table, classes=args.classes + args.junk, mask=args.mask, check_data=check_data
+    )
     logger.info(
         "input checked: %d particles, headers in %.2f s, %s",
         len(table), report.seconds_headers,

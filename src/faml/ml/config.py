@@ -289,6 +289,13 @@ class RunConfig:
         the likelihood (RELION's ``--sigma_ang``); ``None``: a global search. Iteration 0 is
         the average at the prior poses (unless references are given); no random starts, no
         FA warm-up.
+    junk_classes
+        The last ``junk_classes`` of the ``classes`` are junk classes (``faml run --junk J``):
+        their averages are held at ``Tuning.min_band`` shells after every M-step (a blob of
+        the particles' size and mass, :mod:`faml.ml.junk`), so that picks that are not the
+        target (other proteins, membrane, ice) can gather in them while they cannot become a
+        copy of a target class; they are never re-seeded and do not set the band. With
+        references for the target classes only, they start from the references' mean.
     initial_lowpass
         Å: the references' resolution at the start (RELION's ``--ini_high``): the first
         band is the shell of this resolution, and the maps given are low-passed to it.
@@ -309,6 +316,7 @@ class RunConfig:
     references: int = 0
     initial_lowpass: float = 60.0
     local_search_deg: float | None = None
+    junk_classes: int = 0
     tuning: Tuning = field(default_factory=Tuning)
 
     def __post_init__(self) -> None:
@@ -321,10 +329,16 @@ class RunConfig:
         if not 0.1 <= self.mask_radius <= 0.5:
             raise ValueError(f"mask_radius must lie in [0.1, 0.5], got {self.mask_radius}")
         parse_symmetry(self.symmetry)  # a clear error for a group faml does not know
-        if self.references not in (0, 1, self.classes):
+        if not 0 <= self.junk_classes < self.classes:
             raise ValueError(
-                f"{self.references} references for --classes {self.classes}: give one "
-                f"reference for every class or {self.classes}, one per class"
+                f"{self.junk_classes} junk classes of {self.classes}: at least one class must "
+                "be a target class"
+            )
+        targets = self.classes - self.junk_classes
+        if self.references not in {0, 1, targets, self.classes}:
+            raise ValueError(
+                f"{self.references} references for --classes {targets}: give one "
+                f"reference for every class or {targets}, one per class"
             )
         deg = self.local_search_deg
         if deg is not None and not 0.0 < deg <= 180.0:

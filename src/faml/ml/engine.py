@@ -40,6 +40,7 @@ from faml.geometry.masks import soft_sphere
 from faml.io.particles import ParticleTable, with_weight_scale
 from faml.ml.config import RunConfig
 from faml.ml.em import ParticleResult, step_context
+from faml.ml.junk import hold_junk
 from faml.ml.mstep import reference_model, update_model
 from faml.ml.outputs import final_fsc, final_map, run_summary, write_results
 from faml.ml.phase import Phase, phase_of, random_starts, start_iterations, starting_maps
@@ -286,6 +287,7 @@ class _Job:
     def m_step(self, stats: Stats, state: ModelState, phase: Phase, results):
         """The M-step, the re-seeding of emptied classes and the band rule of ``phase``."""
         state = update_model(stats, state, self.config, phase, len(self.table), self.mask)
+        state = hold_junk(state, self.config, self.table.box)
         state, results = reseed(self.executor, self.table, state, results, self.config,
                                 self.halves, self.batch_size)  # fmt: skip
         if phase.held_band is not None:

@@ -163,8 +163,8 @@ def starting_maps(config: RunConfig, table, references):
     """The `(K, N, N, N)` float64 maps a run starts from (``None``: random starts), checked.
 
     ``references``: what :func:`faml.ml.engine.run` was given, `(config.references, N, N,
-    N)`; one map for several classes is repeated. A local search needs the table's prior
-    poses.
+    N)`; one map for several classes is repeated; junk classes without their own maps start
+    from the references' mean. A local search needs the table's prior poses.
     """
     if config.local_search_deg is not None and table.prior_rotations is None:
         raise ValueError(
@@ -177,4 +177,10 @@ def starting_maps(config: RunConfig, table, references):
     if references is None or np.shape(references) != shape:
         got = None if references is None else np.shape(references)
         raise ValueError(f"the run starts from references: expected {shape}, got {got}")
-    return np.repeat(np.asarray(references, np.float64), config.classes // config.references, 0)
+    maps = np.asarray(references, np.float64)
+    if config.references == 1:
+        return np.repeat(maps, config.classes, 0)
+    if config.references == config.classes:
+        return maps
+    junk = np.repeat(maps.mean(axis=0, keepdims=True), config.junk_classes, 0)
+    return np.concatenate([maps, junk])

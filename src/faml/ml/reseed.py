@@ -64,8 +64,8 @@ def reseed(
     results = list(results)
     changed = False
     for k in range(K):
-        if alpha[k] >= reseed_below(K):
-            continue
+        if alpha[k] >= reseed_below(K) or k >= K - config.junk_classes:
+            continue  # not emptied, or a junk class (it may well be empty)
         counts = np.bincount([r.klass for r in results], minlength=K)
         big = int(np.argmax(counts))
         members = [r for r in results if r.klass == big]
