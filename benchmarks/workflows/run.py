@@ -139,7 +139,7 @@ def main() -> None:
             seed = r.get("seed", "?")
             note = ""
             if name == "local":
-                note = (f"priors inside the range: {100 * r['within15_prior_inside']:.0f}% of "
+                note = (f"priors inside the range: {100 * r['within15_prior_inside']:.1f}% of "
                         f"{r['n_prior_inside']}; random priors: "
                         f"{100 * (r['within15_prior_random'] or 0):.0f}% of "
                         f"{r['n_prior_random']}")  # fmt: skip
