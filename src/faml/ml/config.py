@@ -134,6 +134,11 @@ class Tuning:
         Smallest band (Fourier shells) used for alignment and likelihood, whatever the FSC.
     band_margin
         Shells beyond the FSC resolution included in the likelihood (as RELION).
+    class_start
+        How ``K > 1`` classes start when the particles come with poses (``--local-search``):
+        ``"split"``, along the main components of the particles' differences from their
+        consensus inside the focus mask (or the reference mask) (:mod:`faml.ml.split`);
+        ``"random"``, random subsets (RELION's Class3D). MEASURED-SPLIT
     stop_class_change
         Early stop when fewer than this share of particles changed class ...
     stop_pose_change_deg
@@ -165,6 +170,7 @@ class Tuning:
     grid_candidates: int = 300
     min_band: int = 4
     band_margin: int = 2
+    class_start: str = "split"
     stop_class_change: float = 0.005
     stop_pose_change_deg: float = 0.3
 
@@ -211,6 +217,8 @@ class Tuning:
             raise ValueError(f"start_band must be at least 2 shells, got {self.start_band}")
         if self.fa_iterations < 0:
             raise ValueError(f"fa_iterations must be >= 0, got {self.fa_iterations}")
+        if self.class_start not in ("split", "random"):
+            raise ValueError(f"class_start must be 'split' or 'random', got {self.class_start!r}")
         if self.grid_iterations < 0 or self.grid_candidates < 1:
             raise ValueError(
                 f"grid_iterations must be >= 0 and grid_candidates >= 1, got "
@@ -289,6 +297,12 @@ class RunConfig:
         the likelihood (RELION's ``--sigma_ang``); ``None``: a global search. Iteration 0 is
         the average at the prior poses (unless references are given); no random starts, no
         FA warm-up.
+    focused
+        Focused classification (``faml run --focus-mask``): the class averages are made equal
+        outside the focus mask given to :func:`faml.ml.engine.run` after every M-step
+        (:mod:`faml.ml.focus`), so that the focus region decides the classes while the poses
+        use the whole particle. The mask's voxels are fingerprinted by the CLI (its sha256 in
+        ``inputs.json``), as the reference mask's.
     initial_lowpass
         Å: the references' resolution at the start (RELION's ``--ini_high``): the first
         band is the shell of this resolution, and the maps given are low-passed to it.
@@ -309,6 +323,7 @@ class RunConfig:
     references: int = 0
     initial_lowpass: float = 60.0
     local_search_deg: float | None = None
+    focused: bool = False
     tuning: Tuning = field(default_factory=Tuning)
 
     def __post_init__(self) -> None:
