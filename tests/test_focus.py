@@ -44,7 +44,8 @@ def two_states(tmp_path_factory):
     # one blob more in each state, 3 voxels apart: neither state has more density (with
     # more, the likelihood of the denser class wins some particles of the other by their pose)
     base = polnet_map("1bxn", BOX)
-    one, other = base + 2.0 * _blob(BOX, 1.5, (0, 0, -1.5)), base + 2.0 * _blob(BOX, 1.5, (0, 0, 1.5))
+    one = base + 2.0 * _blob(BOX, 1.5, (0, 0, -1.5))
+    other = base + 2.0 * _blob(BOX, 1.5, (0, 0, 1.5))
     folder = tmp_path_factory.mktemp("focus") / "particles"
     rots, shifts, classes = make_dataset(folder, [one, other], 20, 0.5, seed=41, voxel=VOXEL)
     table = from_mrc_files(folder)
@@ -77,8 +78,9 @@ def test_bad_focus_masks_are_refused():
     check_focus_mask(good, 8)
     nan = good.copy()
     nan[0, 0, 0] = np.nan
-    for volume, phrase in ((good[:6], "must be a (8, 8, 8) volume"), (0 * good, "zero everywhere"),
-                           (nan, "1 NaN or infinite"), (2 * good, "values must lie in 0..1")):  # fmt: skip
+    cases = ((good[:6], "must be a (8, 8, 8) volume"), (0 * good, "zero everywhere"),
+             (nan, "1 NaN or infinite"), (2 * good, "values must lie in 0..1"))  # fmt: skip
+    for volume, phrase in cases:
         with pytest.raises(ValueError, match=phrase.replace("(", r"\(").replace(")", r"\)")):
             check_focus_mask(volume, 8)
 
@@ -145,7 +147,8 @@ def test_a_bad_focus_mask_is_one_line(tmp_path, capsys):
                   "20)"),
         "zero": (_mrc(tmp_path / "zero.mrc", 0 * ones), "2",
                  "--focus-mask is zero everywhere: it must mark the region to classify"),
-        "nan": (_mrc(tmp_path / "nan.mrc", nan), "2", "--focus-mask holds 1 NaN or infinite voxels"),
+        "nan": (_mrc(tmp_path / "nan.mrc", nan), "2",
+                "--focus-mask holds 1 NaN or infinite voxels"),
         "one class": (_mrc(tmp_path / "ok.mrc", ones), "1",
                       "--focus-mask decides between classes: give --classes 2 or more"),
     }  # fmt: skip

@@ -56,7 +56,6 @@ _OPTIONS = {
     "references_sha256": "--reference",
     "focused": "--focus-mask",
     "focus_mask_sha256": "--focus-mask",
-    "class_start": "class_start",
 }
 
 _MISSING = object()

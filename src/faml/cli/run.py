@@ -215,9 +215,16 @@ def _focus_mask(args: argparse.Namespace, table):
     except (OSError, ValueError) as exc:
         raise ValueError(f"--focus-mask {args.focus_mask}: cannot read it as MRC ({exc})") from exc
     try:
-        return check_focus_mask(volume, table.box).astype("float32")
+        focus = check_focus_mask(volume, table.box).astype("float32")
     except ValueError as exc:
         raise ValueError(f"{exc} ({args.focus_mask})") from exc
+    if args.local_search is None:
+        logger.warning(
+            "--focus-mask without --local-search: the classes start from random subsets, "
+            "which did not separate two similar states in faml's measurements (F1 0.50); give "
+            "the consensus run's particles.star with --local-search to start from a split"
+        )
+    return focus
 
 
 def _particle_mask_radius(args: argparse.Namespace, table) -> float | None:
