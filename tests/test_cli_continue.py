@@ -21,7 +21,8 @@ QUICK = ["--starts", "1", "--fa-iterations", "1", "--candidates", "8"]
 
 MODEL = [
     "--classes", "--reference", "--initial-lowpass", "--local-search", "--method",
-    "--iterations", "--symmetry", "--gold-standard", "--mask",
+    "--iterations", "--junk", "--stability", "--symmetry", "--gold-standard", "--mask",
+    "--focus-mask",
     "--particle-diameter", "--particle-mask", "--seed", "--max-shift",
 ]  # fmt: skip
 TUNING = {

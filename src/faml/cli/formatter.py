@@ -69,6 +69,8 @@ examples:
   faml run particles.star --out run1 --continue       # resume after the last saved iteration
   faml run particles.star --out run4 --scheduler tcp://head:8786
   faml run particles.star --out run5 --classes 3 --reference run_class001.mrc
+  faml run run1/particles.star --out run6 --classes 2 --reference run1/class_001.mrc
+           --local-search 15 --focus-mask focus.mrc  # focused classification, from run1
 
 outputs in --out: class_KKK.mrc, particles.star, model.star, run.json, report.html and a
 checkpoint per iteration (iterations/NNN/).

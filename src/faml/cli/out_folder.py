@@ -54,6 +54,8 @@ _OPTIONS = {
     "mask_sha256": "--mask/--particle-diameter",
     "local_search_deg": "--local-search",
     "references_sha256": "--reference",
+    "focused": "--focus-mask",
+    "focus_mask_sha256": "--focus-mask",
 }
 
 _MISSING = object()
@@ -86,14 +88,15 @@ def _without(settings: dict, names) -> dict:
     }
 
 
-def _fingerprint(table, config, mask=None, references=None) -> dict:
+def _fingerprint(table, config, mask=None, references=None, focus=None) -> dict:
     """What decides the run's result: the particles, the masks, the references, the settings.
 
     ``mask``: the `(N, N, N)` reference mask given by ``--mask`` or ``--particle-diameter``
     (its sha256 is recorded), or ``None`` for the default sphere (then nothing is: the
     configuration's ``mask_radius`` says it). ``references``: the `(R, N, N, N)` maps the
     run starts from as the engine gets them (:func:`faml.io.references.read_references`;
-    their sha256 is recorded), or ``None`` (reference-free: nothing is).
+    their sha256 is recorded), or ``None`` (reference-free: nothing is). ``focus``: the
+    `(N, N, N)` ``--focus-mask`` (its sha256 is recorded), or ``None``.
     """
     import hashlib
 
@@ -110,6 +113,9 @@ def _fingerprint(table, config, mask=None, references=None) -> dict:
     if references is not None:
         voxels = np.ascontiguousarray(references, dtype=np.float32)
         form["references_sha256"] = hashlib.sha256(voxels.tobytes()).hexdigest()
+    if focus is not None:
+        voxels = np.ascontiguousarray(focus, dtype=np.float32)
+        form["focus_mask_sha256"] = hashlib.sha256(voxels.tobytes()).hexdigest()
     return {
         "particles": len(table),
         "particles_sha256": digest.hexdigest(),
@@ -161,6 +167,8 @@ def _setting(field: str, value) -> str:
     option = _OPTIONS.get(field, field)
     if field == "mask_sha256":
         return "the default mask" if value is _MISSING else f"{option} (sha256 {value[:12]})"
+    if field == "focus_mask_sha256":
+        return f"no {option}" if value is _MISSING else f"{option} (sha256 {value[:12]})"
     if field == "references_sha256":
         return f"no {option}" if value is _MISSING else f"{option} (sha256 {value[:12]})"
     if value is _MISSING:
@@ -225,10 +233,14 @@ def _differences(before: dict, now: dict) -> dict[str, tuple[str, str]]:
             found[field] = (_setting(field, a), _setting(field, b))
     if "references" in found and before.get("references_sha256") != now.get("references_sha256"):
         del found["references"]  # the maps' sha256 already names --reference
+    if "focused" in found and "focus_mask_sha256" in found:
+        del found["focused"]  # the mask's sha256 already names --focus-mask
     return found
 
 
-def _check_out(args: argparse.Namespace, table, config, mask=None, references=None) -> None:
+def _check_out(
+    args: argparse.Namespace, table, config, mask=None, references=None, focus=None
+) -> None:
     """Refuse an ``--out`` among the inputs, or one that holds another run.
 
     faml never writes next to its input particles: ``--out`` must not be the folder of a
@@ -258,7 +270,7 @@ def _check_out(args: argparse.Namespace, table, config, mask=None, references=No
         before = None
     if not isinstance(before, dict):
         before = None
-    now = json.loads(json.dumps(_fingerprint(table, config, mask, references)))
+    now = json.loads(json.dumps(_fingerprint(table, config, mask, references, focus)))
     if args.resume:
         _check_continue(args, held, before, now)
         return
@@ -303,12 +315,12 @@ def _check_continue(args: argparse.Namespace, held: list[str], before, now: dict
         )  # fmt: skip
 
 
-def _record_inputs(out, table, config, dropped, mask=None, references=None) -> None:
+def _record_inputs(out, table, config, dropped, mask=None, references=None, focus=None) -> None:
     """``OUT/inputs.json`` (what ``_check_out`` compares) and ``OUT/dropped_particles.txt``."""
     from faml.io.atomic import write_text_atomic
 
     out.mkdir(parents=True, exist_ok=True)
-    fingerprint = _fingerprint(table, config, mask, references)
+    fingerprint = _fingerprint(table, config, mask, references, focus)
     write_text_atomic(out / _INPUTS, json.dumps(fingerprint, indent=2))
     if dropped:
         lines = ["# particle (1-based, as in the input)\tfile\treason"]

@@ -206,6 +206,14 @@ def _add_run_model(m) -> None:
         "likelihood and the maps; default: a soft sphere of radius 0.45 box)",
     )  # fmt: skip
     m.add_argument(
+        "--focus-mask", metavar="MRC",
+        help="focused classification (K > 1): values 0..1, the particles' box, the region "
+        "whose differences decide the classes (RELION's focused Class3D mask); the class "
+        "averages are kept equal outside it, poses still use the whole particle (--mask). "
+        "With --local-search the classes start from a split of the particles' differences "
+        "from their consensus inside it",
+    )  # fmt: skip
+    m.add_argument(
         "--particle-diameter", type=float, default=None, metavar="A",
         help="soft spherical mask of this diameter in Angstrom instead",
     )  # fmt: skip

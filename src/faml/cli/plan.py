@@ -128,6 +128,8 @@ def plan_lines(
                          f"(OUT/replicates), compared with the run")]
           if getattr(args, "stability", 0) else []),
         ("mask", mask),
+        *([("focus", f"{args.focus_mask}: the classes differ only inside it (poses use the "
+                     "whole particle)")] if cfg.focused else []),
         ("particle mask", particles),
         ("map step", f"{where}, {args.batch_size} particles per task"),
         ("output", f"{out}" + (" (--continue: after its last complete iteration)"
@@ -150,7 +152,14 @@ def start_row(paths: list[str], config, poses: str = "the STAR file's") -> str:
     if config.local_search_deg is not None:
         row += (f"; local search within {config.local_search_deg:g} deg of each particle's "
                 f"pose (prior sigma {config.local_search_deg / 3:.3g} deg)")  # fmt: skip
-    if config.classes > 1 and paths:
+    from faml.ml.phase import split_start
+
+    if split_start(config):
+        row += (
+            f"; {config.classes} classes from a split of the particles' differences from "
+            f"their consensus ({'in the focus mask' if config.focused else 'in the mask'})"
+        )
+    elif config.classes > 1 and paths:
         if len(paths) == 1:
             row += (
                 f" for all {config.classes} classes, each particle in a random class in iteration 1"

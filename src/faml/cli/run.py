@@ -60,6 +60,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         mask=read_volume(args.mask)[0] if args.mask else None,
         diameter=args.particle_diameter,
     )
+    focus = _focus_mask(args, table)
     references = None
     if args.reference:
         references = read_references(
@@ -103,10 +104,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         references=0 if references is None else len(references),
         initial_lowpass=args.initial_lowpass,
         local_search_deg=args.local_search,
+        focused=focus is not None,
         tuning=tuning,
     )
-    _check_out(args, table, config, mask, references)
-    _record_inputs(Path(args.out), table, config, dropped, mask, references)
+    _check_out(args, table, config, mask, references, focus)
+    _record_inputs(Path(args.out), table, config, dropped, mask, references, focus)
     executor = make_executor(
         args.workers,
         scheduler=args.scheduler,
@@ -134,11 +136,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
             command_line=sys.argv if args.argv is None else args.argv,
             on_iteration=ReportHook(),
             references=references,
+            focus_mask=focus,
         )
         if args.stability:
             found = run_replicates(
                 table, args.out, config, result, args.stability, mask=mask, executor=executor,
                 batch_size=args.batch_size, resume=args.resume, references=references,
+                focus_mask=focus,
             )  # fmt: skip
             write_stability(args.out, found, table, result.classes)
             ReportHook()(Path(args.out), None)
@@ -226,6 +230,35 @@ def _validated(args: argparse.Namespace, table):
     if len(lines) > _MOST_LINES:
         shown.append(f"  ... and {len(lines) - _MOST_LINES} more")
     raise InputProblems(f"{len(lines)} problems with the input (listed above)", shown, bad)
+
+
+def _focus_mask(args: argparse.Namespace, table):
+    """``--focus-mask`` read and checked (:func:`faml.ml.focus.check_focus_mask`), or ``None``.
+
+    Needs ``--classes`` 2 or more. Every problem is one line (a ``ValueError``).
+    """
+    from faml.io.mrc import read_volume
+    from faml.ml.focus import check_focus_mask
+
+    if not getattr(args, "focus_mask", None):
+        return None
+    if args.classes < 2:
+        raise ValueError("--focus-mask decides between classes: give --classes 2 or more")
+    try:
+        volume = read_volume(args.focus_mask)[0]
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--focus-mask {args.focus_mask}: cannot read it as MRC ({exc})") from exc
+    try:
+        focus = check_focus_mask(volume, table.box).astype("float32")
+    except ValueError as exc:
+        raise ValueError(f"{exc} ({args.focus_mask})") from exc
+    if args.local_search is None:
+        logger.warning(
+            "--focus-mask without --local-search: the classes start from random subsets, "
+            "which did not separate two similar states in faml's measurements (F1 0.50); give "
+            "the consensus run's particles.star with --local-search to start from a split"
+        )
+    return focus
 
 
 def _particle_mask_radius(args: argparse.Namespace, table) -> float | None:

@@ -40,12 +40,21 @@ from faml.geometry.masks import soft_sphere
 from faml.io.particles import ParticleTable, with_weight_scale
 from faml.ml.config import RunConfig
 from faml.ml.em import ParticleResult, step_context
+from faml.ml.focus import check_focus_mask, focus_averages, focused_model
 from faml.ml.junk import hold_junk
 from faml.ml.mstep import reference_model, update_model
 from faml.ml.outputs import final_fsc, final_map, run_summary, write_results
-from faml.ml.phase import Phase, phase_of, random_starts, start_iterations, starting_maps
+from faml.ml.phase import (
+    Phase,
+    phase_of,
+    random_starts,
+    split_start,
+    start_iterations,
+    starting_maps,
+)
 from faml.ml.reseed import reseed
 from faml.ml.rundir import Checkpoints, load_checkpoint, remove_stale_temporaries
+from faml.ml.split import split_classes, split_model
 from faml.ml.state import (
     IterationRecord,
     ModelState,
@@ -84,6 +93,7 @@ def run(
     command_line: list[str] | None = None,
     on_iteration: IterationHook | None = None,
     references: np.ndarray | None = None,
+    focus_mask: np.ndarray | None = None,
 ) -> RunResult:
     """Run FAML (or FA) on ``table`` and write the results into ``out_dir``.
 
@@ -114,6 +124,9 @@ def run(
     references
         `(config.references, N, N, N)` float32 maps the run starts from (``config.references
         > 0``), on the particles' grid, low-passed and masked (:mod:`faml.io.references`).
+    focus_mask
+        `(N, N, N)` the focus mask of a focused classification (values 0..1;
+        ``config.focused``): the classes differ only inside it (:mod:`faml.ml.focus`).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -127,6 +140,9 @@ def run(
         mask = soft_sphere(box, config.mask_radius * box - 3.0, edge=3.0)
     elif mask.shape != (box,) * 3 or not np.any(mask > 0):
         raise ValueError(f"the mask must be a non-empty {(box,) * 3} volume, got {mask.shape}")
+    if config.focused != (focus_mask is not None):
+        raise ValueError("a focused run (config.focused) needs a focus mask, and only it")
+    focus = None if focus_mask is None else check_focus_mask(focus_mask, box)
     references = starting_maps(config, table, references)
     halves = split_halves(n, config.seed)
     started = time.time()
@@ -134,7 +150,7 @@ def run(
     if own:
         executor = make_executor(workers)
     tasks = [Batch.of(table, c, halves, n) for c in chunks(n, batch_size, max(1, executor.workers))]
-    job = _Job(table, config, executor, halves, tasks, mask, batch_size, references)
+    job = _Job(table, config, executor, halves, tasks, mask, batch_size, references, focus)
     summary = run_summary(table, config, command_line, _ran_on(executor))
     main = job.line(out)
     try:
@@ -213,6 +229,7 @@ class _Job:
     mask: np.ndarray
     batch_size: int
     references: np.ndarray | None = None  # (K, N, N, N) with config.references
+    focus: np.ndarray | None = None  # (N, N, N) the focus mask of a focused run
 
     def line(self, base: Path) -> Checkpoints:
         return Checkpoints(base, self.halves, self.table.voxel_size)
@@ -232,11 +249,36 @@ class _Job:
         state = replace(state, xi=float(self.table.box))
         if self.references is not None:
             state = reference_model(self.references, state, cfg, self.table.voxel_size)
+        if split_start(cfg):
+            state, results = self.split(state, results)
         return (
             state,
             results,
             [IterationRecord.of(state, self.table, None, time.perf_counter() - t0, 0.0)],
         )
+
+    def split(self, state: ModelState, results: list[ParticleResult]):
+        """Iteration 0's classes from a split of the particles at their prior poses.
+
+        :func:`faml.ml.split.split_classes` inside the focus mask (or the reference mask),
+        at the FSC band of the particles' consensus; the class averages are its classes'
+        means (:func:`faml.ml.split.split_model`), made equal outside the focus mask.
+        """
+        table, cfg = self.table, self.config
+        region = self.focus if self.focus is not None else self.mask
+        split = split_classes(table, table.prior_rotations, table.prior_shifts, cfg.classes,
+                              region, None, self.halves, cfg.particle_mask_radius)  # fmt: skip
+        state, counts = split_model(state, table, split.labels, self.halves, self.executor,
+                                    self.batch_size, cfg, cfg.tuning.min_band)  # fmt: skip
+        if self.focus is not None:
+            averages = focus_averages(state.averages, state.alpha, self.focus)
+            halves = state.half_averages
+            if halves is not None:
+                halves = np.stack([focus_averages(halves[h], counts[h], self.focus)
+                                   for h in (0, 1)])  # fmt: skip
+            state = replace(state, averages=averages, half_averages=halves)
+        results = [replace(r, klass=int(split.labels[r.index])) for r in results]
+        return state, results
 
     def fit(self, line: Checkpoints, state, results, history, last: int, *, held=None,
             comparing: bool = False, after=None):  # fmt: skip
@@ -286,10 +328,14 @@ class _Job:
 
     def m_step(self, stats: Stats, state: ModelState, phase: Phase, results):
         """The M-step, the re-seeding of emptied classes and the band rule of ``phase``."""
-        state = update_model(stats, state, self.config, phase, len(self.table), self.mask)
+        state = update_model(stats, state, self.config, phase, len(self.table), self.mask,
+                             self.focus)  # fmt: skip
         state = hold_junk(state, self.config, self.table.box)
+        updated = state
         state, results = reseed(self.executor, self.table, state, results, self.config,
                                 self.halves, self.batch_size)  # fmt: skip
+        if state is not updated and self.focus is not None:
+            state = focused_model(state, self.focus)  # a re-seeded class: equal outside too
         if phase.held_band is not None:
             state = replace(state, band=int(phase.held_band))
         return state, results

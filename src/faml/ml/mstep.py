@@ -26,6 +26,7 @@ from faml.align.translate import half_spectrum_multiplicity
 from faml.geometry.symmetry import PointGroup, parse_symmetry, symmetry_frame
 from faml.geometry.transform import transform_volume
 from faml.ml.config import RunConfig
+from faml.ml.focus import focus_state
 from faml.ml.fourier import band_from_fsc, fsc, shell_index
 from faml.ml.phase import Phase
 from faml.ml.state import ModelState
@@ -161,10 +162,13 @@ def update_model(
     phase: Phase,
     n_particles: int,
     mask: np.ndarray,
+    focus: np.ndarray | None = None,
 ) -> ModelState:
     """The model after iteration ``phase.iteration``'s M-step.
 
-    ``previous``: the model before it (``None`` at the random start).
+    ``previous``: the model before it (``None`` at the random start). ``focus``: the
+    `(N, N, N)` focus mask of a focused classification (:mod:`faml.ml.focus`): the class
+    averages and their halves are made equal outside it before the FSC.
 
     The sums are symmetrised first when the phase says so, the averages turned into the
     point group's frame after the M-step of :func:`~faml.ml.phase.symmetry_frame_iteration`
@@ -186,6 +190,8 @@ def update_model(
     averages, halves = m.averages, m.half_averages
     if phase.to_symmetry_frame:
         averages, halves = to_symmetry_frame(averages, halves, group, mask)
+    if focus is not None and config.classes > 1:
+        averages, halves = focus_state(averages, halves, m.alpha, stats.n, focus)
     curves = np.stack([fsc(halves[0, k], halves[1, k]) for k in range(config.classes)])
     band = model_band(curves, tuning.min_band, box)
     return ModelState(

@@ -32,6 +32,7 @@ __all__ = [
     "Phase",
     "fa_iterations",
     "given_start",
+    "split_start",
     "iterations_in_all",
     "phase_of",
     "random_starts",
@@ -127,8 +128,19 @@ def phase_of(
         to_symmetry_frame=symmetric and iteration == frame_at > 0,
         held_band=held_band,
         may_stop=not comparing and iteration > max(warm_up, t.grid_iterations),
-        random_classes=iteration == 1 and config.references == 1 and config.classes > 1,
-    )
+        random_classes=(iteration == 1 and config.references == 1 and config.classes > 1
+                        and not split_start(config)),
+    )  # fmt: skip
+
+
+def split_start(config: RunConfig) -> bool:
+    """Whether the classes start from a split of the particles at their prior poses.
+
+    ``K > 1``, a local search (the poses) and ``Tuning.class_start == "split"``
+    (:mod:`faml.ml.split`).
+    """
+    return (config.classes > 1 and config.local_search_deg is not None
+            and config.tuning.class_start == "split")  # fmt: skip
 
 
 def start_iterations(config: RunConfig) -> int:
