@@ -3,7 +3,7 @@
 Usage::
 
     PYTHONPATH=src python benchmarks/workflows/relion.py [--sim /work/bits/wf/sim]
-        [--out /work/bits/wf-relion] [--rows relion-local,relion-reference,relion-global]
+        [--out /work/bits/wf-relion] [--rows priors,relion-local,relion-reference,relion-global]
         [--limit-s 900]
 
 On ``run.py``'s crowded simulation (``--sim``; made as ``run.py`` makes it when missing),
@@ -32,6 +32,9 @@ with ``--K 1 --iter 10``, see ``relion_rows``) with ``relion_rows.COMMON`` (part
   classification's start, the particles averaged at random poses; auto-refine would need a
   reference), with ``relion-reference``'s options but ``--firstiter_cc``.
 
+``priors`` scores the input itself (no refinement): the priors, and the average at them
+(``relion_reconstruct``) as the map.
+
 Each row is scored as run.py scores faml (``run.score``: within 15 degrees after the
 map-to-truth transform, FSC 0.5, masked correlation) with its wall time, and kept in
 ``benchmarks/workflows/relion_rows.json`` (rows already there are kept unless rerun).
@@ -42,15 +45,16 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from relion_rows import HERE, LIMIT_S, reconstruct, relion_row, write_star
-from run import BOX, RANGE_DEG, VOXEL, simulate, template_matching_priors
+from run import BOX, RANGE_DEG, VOXEL, score, simulate, template_matching_priors
 
 from faml.evaluate.maps import lowpass
 from faml.geometry.masks import default_mask
 from faml.geometry.rotations import rotation_distance
-from faml.io.mrc import write_volume
+from faml.io.mrc import read_volume, write_volume
 from faml.simulate.dataset import read_truth
 
 ROWS_JSON = HERE / "relion_rows.json"
@@ -90,6 +94,20 @@ def main() -> None:
             if not ref.exists():
                 reconstruct(star, ref)
             options = LOCAL
+        elif name == "priors":  # the input itself: the priors and the average at them
+            priors, prior_shifts, wild = template_matching_priors(truth, 1)
+            ref = out / "average_at_priors.mrc"
+            if not ref.exists():
+                reconstruct(write_star(sim, out / "priors.star", priors, prior_shifts), ref)
+            result = SimpleNamespace(
+                maps=[read_volume(ref)[0]], rotations=priors, shifts=prior_shifts,
+                verdict=SimpleNamespace(trusted=None),
+            )  # fmt: skip
+            inside = (rotation_distance(priors, truth.rotations) <= RANGE_DEG) & ~wild
+            row = score(result, truth, {"prior_inside": inside, "prior_random": wild})
+            save_row(name, dict(row, seed=1, iterations=0, reference=ref.name))
+            print(name, row, flush=True)
+            continue
         elif name == "relion-reference":
             star, options = plain, GLOBAL
             ref = out / "truth_60A_masked.mrc"
