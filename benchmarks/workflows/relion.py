@@ -19,7 +19,8 @@ with ``--K 1 --iter 10``, see ``relion_rows``) with ``relion_rows.COMMON`` (part
   ``--ini_high 60 --sigma_ang 10 --healpix_order 3 --oversampling 0 --offset_range 6
   --offset_step 2``: local searches (7.5 degrees and 2 voxels, no finer pass: with the finer
   pass one iteration took ~10 min on the shared 2 cores) within +-3 sigma of the priors in
-  every iteration. The share
+  every iteration (``relion-local-hp2``: ``--healpix_order 2 --oversampling 1``, 15 degrees
+  coarse and 7.5 fine, otherwise the same). The share
   within 15 degrees is also given for the particles whose prior lies within 30 degrees of the
   truth and for the random 5%;
 - ``relion-reference``: a global search from run.py's reference (the truth's density
@@ -62,6 +63,8 @@ GLOBAL = ["--ini_high", "60", "--firstiter_cc", "--healpix_order", "1", "--overs
           "--offset_range", "4", "--offset_step", "2"]  # fmt: skip
 LOCAL = ["--ini_high", "60", "--sigma_ang", "10", "--healpix_order", "3", "--oversampling", "0",
          "--offset_range", "6", "--offset_step", "2"]  # fmt: skip
+LOCAL_HP2 = ["--ini_high", "60", "--sigma_ang", "10", "--healpix_order", "2", "--oversampling",
+             "1", "--offset_range", "6", "--offset_step", "2"]  # fmt: skip
 
 
 def save_row(name: str, row: dict) -> None:
@@ -85,7 +88,7 @@ def main() -> None:
     plain = write_star(sim, out / "particles.star")
     for name in args.rows.split(","):
         folder, subsets = out / name, None
-        if name == "relion-local":
+        if name in ("relion-local", "relion-local-hp2"):
             priors, prior_shifts, wild = template_matching_priors(truth, 1)
             inside = (rotation_distance(priors, truth.rotations) <= RANGE_DEG) & ~wild
             subsets = {"prior_inside": inside, "prior_random": wild}
@@ -93,7 +96,7 @@ def main() -> None:
             ref = out / "average_at_priors.mrc"
             if not ref.exists():
                 reconstruct(star, ref)
-            options = LOCAL
+            options = LOCAL if name == "relion-local" else LOCAL_HP2
         elif name == "priors":  # the input itself: the priors and the average at them
             priors, prior_shifts, wild = template_matching_priors(truth, 1)
             ref = out / "average_at_priors.mrc"
