@@ -28,10 +28,12 @@ with ``--K 1 --iter 10``, see ``relion_rows``) with ``relion_rows.COMMON`` (part
   --healpix_order 1 --oversampling 1 --offset_range 4 --offset_step 2`` (30 degrees, 15 after
   RELION's adaptive oversampling: ``benchmarks/real/crowded.py``'s global sampling; finer
   global sampling costs hours per run here. The offsets: the true ones are within 3 voxels
-  of the box centre, and each iteration searches about the last one);
+  of the box centre, and each iteration searches about the last one;
+  ``relion-reference-hp2``: ``--healpix_order 2``, 15 degrees coarse and 7.5 fine);
 - ``relion-global``: reference-free as RELION 3.1 allows it: ``--ref None`` (3D
   classification's start, the particles averaged at random poses; auto-refine would need a
-  reference), with ``relion-reference``'s options but ``--firstiter_cc``.
+  reference), with ``relion-reference``'s options but ``--firstiter_cc``. Measured: too slow
+  here (RELION estimated 18 min for the first iteration alone), no row kept.
 
 ``priors`` scores the input itself (no refinement): the priors, and the average at them
 (``relion_reconstruct``) as the map.
@@ -61,6 +63,8 @@ from faml.simulate.dataset import read_truth
 ROWS_JSON = HERE / "relion_rows.json"
 GLOBAL = ["--ini_high", "60", "--firstiter_cc", "--healpix_order", "1", "--oversampling", "1",
           "--offset_range", "4", "--offset_step", "2"]  # fmt: skip
+GLOBAL_HP2 = ["--ini_high", "60", "--firstiter_cc", "--healpix_order", "2", "--oversampling", "1",
+              "--offset_range", "4", "--offset_step", "2"]  # fmt: skip
 LOCAL = ["--ini_high", "60", "--sigma_ang", "10", "--healpix_order", "3", "--oversampling", "0",
          "--offset_range", "6", "--offset_step", "2"]  # fmt: skip
 LOCAL_HP2 = ["--ini_high", "60", "--sigma_ang", "10", "--healpix_order", "2", "--oversampling",
@@ -111,8 +115,8 @@ def main() -> None:
             save_row(name, dict(row, seed=1, iterations=0, reference=ref.name))
             print(name, row, flush=True)
             continue
-        elif name == "relion-reference":
-            star, options = plain, GLOBAL
+        elif name in ("relion-reference", "relion-reference-hp2"):
+            star, options = plain, GLOBAL if name == "relion-reference" else GLOBAL_HP2
             ref = out / "truth_60A_masked.mrc"
             write_volume(ref, (lowpass(truth.maps[0], 60.0, VOXEL) * default_mask(BOX))
                          .astype(np.float32), VOXEL)  # fmt: skip
