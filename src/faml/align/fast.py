@@ -57,8 +57,8 @@ from faml.align.peaks import find_peaks
 from faml.align.prepared import (
     PreparedAverage,
     _check_volume,
-    _check_weight,
     _shell_setup,
+    checked_particle,
     prepare_average,
 )
 from faml.align.scan import scan
@@ -200,11 +200,8 @@ def align_to(
     """
     clock = Stopwatch(timings)
     st = prepared.settings
-    particle = _check_volume("particle", particle)
+    particle, wedge = checked_particle(particle, wedge, st)
     box = particle.shape[0]
-    if box != st.box:
-        raise ValueError(f"particle is {box}^3 but the average is {st.box}^3")
-    wedge = _check_weight(wedge, box)
     weight = wedge * wedge
     data_ft = scipy.fft.rfftn(particle, workers=1) * wedge
     # Everything is scored within the band limit: beyond it the average is not trusted

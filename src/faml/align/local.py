@@ -29,7 +29,7 @@ import scipy.fft
 
 from faml.align.fast import Candidate, Stopwatch, band_mask, ranked
 from faml.align.fourier_rotation import crop_half_spectrum
-from faml.align.prepared import PreparedAverage, _check_volume, _check_weight
+from faml.align.prepared import PreparedAverage, checked_particle
 from faml.align.scan import rotation_grid, scan
 from faml.align.settings import _scan_shifts, _scan_weights
 from faml.geometry.rotations import rotation_distance
@@ -127,13 +127,10 @@ def local_align(
     """
     clock = Stopwatch(timings)
     st = prepared.settings
-    particle = _check_volume("particle", particle)
+    particle, wedge = checked_particle(particle, wedge, st)
     box = particle.shape[0]
-    if box != st.box:
-        raise ValueError(f"particle is {box}^3 but the average is {st.box}^3")
     if not range_deg > 0:
         raise ValueError(f"the local search range must be positive, got {range_deg} degrees")
-    wedge = _check_weight(wedge, box)
     tbox = st.resolved_translation_box
     prior_shift = np.asarray(prior_shift, dtype=np.float64)
     data_ft = scipy.fft.rfftn(particle, workers=1) * wedge

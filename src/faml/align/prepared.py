@@ -135,3 +135,14 @@ def _check_weight(weight: np.ndarray, box: int) -> np.ndarray:
     if not np.all(np.isfinite(weight)) or not np.abs(weight).max() > 0:
         raise ValueError("the wedge (Fourier weight) must be finite and not all zero")
     return weight
+
+
+def checked_particle(
+    particle: np.ndarray, wedge: np.ndarray, settings: AlignSettings
+) -> tuple[np.ndarray, np.ndarray]:
+    """A particle `(N, N, N)` and its weight ``w`` checked against ``settings`` (float32)."""
+    particle = _check_volume("particle", particle)
+    box = particle.shape[0]
+    if box != settings.box:
+        raise ValueError(f"particle is {box}^3 but the average is {settings.box}^3")
+    return particle, _check_weight(wedge, box)
