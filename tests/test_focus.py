@@ -23,7 +23,7 @@ from faml.geometry.masks import default_mask, soft_sphere
 from faml.io.particles import from_mrc_files, with_weight_scale
 from faml.ml.config import RunConfig, Tuning
 from faml.ml.engine import run
-from faml.ml.focus import check_focus_mask, focus_averages
+from faml.ml.focus import check_focus_mask, focus_averages, focus_from_averages
 from faml.ml.split import cluster_scores, principal_scores, split_classes
 from faml.ml.tasks import split_halves
 
@@ -151,6 +151,8 @@ def test_a_bad_focus_mask_is_one_line(tmp_path, capsys):
                 "--focus-mask holds 1 NaN or infinite voxels"),
         "one class": (_mrc(tmp_path / "ok.mrc", ones), "1",
                       "--focus-mask decides between classes: give --classes 2 or more"),
+        "auto": ("auto", "2", "--focus-mask auto needs --local-search: it classifies from a "
+                 "consensus's poses"),
     }  # fmt: skip
     for name, (path, k, sentence) in cases.items():
         capsys.readouterr()
@@ -159,5 +161,23 @@ def test_a_bad_focus_mask_is_one_line(tmp_path, capsys):
                    "--focus-mask", str(path), "--no-data-check"])  # fmt: skip
         assert rc == 2, name
         errors = [e for e in capsys.readouterr().err.splitlines() if "error" in e]
-        suffix = "" if name == "one class" else f" ({path})"
+        suffix = "" if name in ("one class", "auto") else f" ({path})"
         assert errors == [f"faml: error: {sentence}{suffix}"], name
+
+
+def test_the_automatic_focus_is_where_the_class_maps_differ():
+    """Two maps that differ by a blob at one of two places: the mask holds both places (and
+    little else: under 3% of the box), nothing far from them; one map is refused."""
+    base = polnet_map("1bxn", BOX)
+    maps = np.stack([base + 2.0 * _blob(BOX, 1.5, (0, 0, -1.5)),
+                     base + 2.0 * _blob(BOX, 1.5, (0, 0, 1.5))])  # fmt: skip
+    focus = focus_from_averages(maps)
+    for dx in (-1.5, 1.5):
+        z, y, x = np.rint(CENTRE + np.array([0, 0, dx])).astype(int)
+        assert focus[z, y, x] > 0.9
+    assert np.mean(focus > 0.5) < 0.03
+    z, y, x = np.indices((BOX,) * 3)
+    far = (z - CENTRE[0]) ** 2 + (y - CENTRE[1]) ** 2 + (x - CENTRE[2]) ** 2 > 8.0**2
+    assert focus[far].max() < 1e-3
+    with pytest.raises(ValueError, match="K >= 2"):
+        focus_from_averages(maps[:1])

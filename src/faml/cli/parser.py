@@ -211,7 +211,9 @@ def _add_run_model(m) -> None:
         "whose differences decide the classes (RELION's focused Class3D mask); the class "
         "averages are kept equal outside it, poses still use the whole particle (--mask). "
         "With --local-search the classes start from a split of the particles' differences "
-        "from their consensus inside it",
+        "from their consensus inside it. 'auto' (with --local-search): classify without a "
+        "focus first (OUT/unfocused), then focus where its class maps differ most "
+        "(OUT/focus_auto.mrc)",
     )  # fmt: skip
     m.add_argument(
         "--particle-diameter", type=float, default=None, metavar="A",

@@ -128,7 +128,10 @@ def plan_lines(
                          f"(OUT/replicates), compared with the run")]
           if getattr(args, "stability", 0) else []),
         ("mask", mask),
-        *([("focus", f"{args.focus_mask}: the classes differ only inside it (poses use the "
+        *([("focus", "auto: a run without a focus first (OUT/unfocused), then the region "
+                     "where its class maps differ most (OUT/focus_auto.mrc)"
+                     if args.focus_mask == "auto" else
+                     f"{args.focus_mask}: the classes differ only inside it (poses use the "
                      "whole particle)")] if cfg.focused else []),
         ("particle mask", particles),
         ("map step", f"{where}, {args.batch_size} particles per task"),

@@ -107,8 +107,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         focused=focus is not None,
         tuning=tuning,
     )
-    _check_out(args, table, config, mask, references, focus)
-    _record_inputs(Path(args.out), table, config, dropped, mask, references, focus)
+    auto = isinstance(focus, str)
+    recorded = None if auto else focus  # the automatic focus is derived, not an input
+    _check_out(args, table, config, mask, references, recorded)
+    _record_inputs(Path(args.out), table, config, dropped, mask, references, recorded)
     executor = make_executor(
         args.workers,
         scheduler=args.scheduler,
@@ -125,6 +127,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             max(1, executor.workers),
             starts_included=random_starts(config) > 1,
         )
+        if auto:
+            focus = _auto_focus(
+                table, config, Path(args.out), mask=mask, executor=executor,
+                batch_size=args.batch_size, resume=args.resume, references=references,
+            )  # fmt: skip
         result = run(
             table,
             args.out,
@@ -232,6 +239,36 @@ def _validated(args: argparse.Namespace, table):
     raise InputProblems(f"{len(lines)} problems with the input (listed above)", shown, bad)
 
 
+AUTO = "auto"
+"""``--focus-mask auto``: the mask comes from an unfocused run first (:func:`_auto_focus`)."""
+
+
+def _auto_focus(table, config, out, **run_options):
+    """The focus mask of ``--focus-mask auto``.
+
+    The classification without a focus in ``OUT/unfocused``, then
+    :func:`faml.ml.focus.focus_from_averages` of its class maps (``OUT/focus_auto.mrc``).
+    """
+    from dataclasses import replace
+
+    import numpy as np
+
+    from faml.io.mrc import write_volume
+    from faml.ml.engine import run
+    from faml.ml.focus import focus_from_averages
+
+    logger.info("--focus-mask auto: the classification without a focus first (%s)",
+                out / "unfocused")  # fmt: skip
+    first = run(table, out / "unfocused", replace(config, focused=False), **run_options)
+    focus = focus_from_averages(first.maps)
+    write_volume(out / "focus_auto.mrc", focus, table.voxel_size)
+    logger.info(
+        "--focus-mask auto: %d voxels where the class maps differ most (%s)",
+        int(np.sum(focus > 0.5)), out / "focus_auto.mrc",
+    )  # fmt: skip
+    return focus
+
+
 def _focus_mask(args: argparse.Namespace, table):
     """``--focus-mask`` read and checked (:func:`faml.ml.focus.check_focus_mask`), or ``None``.
 
@@ -244,6 +281,12 @@ def _focus_mask(args: argparse.Namespace, table):
         return None
     if args.classes < 2:
         raise ValueError("--focus-mask decides between classes: give --classes 2 or more")
+    if args.focus_mask == "auto":
+        if args.local_search is None:
+            raise ValueError(
+                "--focus-mask auto needs --local-search: it classifies from a consensus's poses"
+            )
+        return AUTO
     try:
         volume = read_volume(args.focus_mask)[0]
     except (OSError, ValueError) as exc:
