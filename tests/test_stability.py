@@ -39,9 +39,14 @@ def test_a_real_split_is_stable():
     assert 0.9 < np.mean(found.consistency) <= 1.0
     assert found.groups == ((0,), (1,))
     assert "K = 2 is supported" in found.evidence
-    assert "+0.2 from the run's" in found.evidence
+    assert "+0.00125 per particle from the run's" in found.evidence
     d = found.to_dict()
     assert d["suggested_classes"] == 2 and d["groups"] == [[1], [2]]
+    # a replicate whose likelihood covers another band is not compared
+    other_band = measure(labels, reps, 2, (1, 2, 3, 4), (-10.0, -10.5, -9.8, -10.1),
+                         bands=(10, 10, 11, 10))  # fmt: skip
+    assert np.isnan(other_band.log_likelihood[2])
+    assert "-0.000625 per particle from the run's" in other_band.evidence
 
 
 def test_a_forced_split_is_not_stable():

@@ -84,7 +84,8 @@ class Stability:
     consistency
         `(n,)` per particle: the share of replicates that agree with the run.
     log_likelihood
-        The run's final log-likelihood, then the replicates' (NaN where none).
+        The run's final log-likelihood, then the replicates' (NaN where none or over another
+        band than the run's).
     suggested_classes
         The suggested number of classes.
     groups
@@ -176,11 +177,14 @@ def measure(
     classes: int,
     seeds: tuple[int, ...],
     log_likelihood: tuple[float, ...] | None = None,
+    bands: tuple[int, ...] | None = None,
 ) -> Stability:
     """Compare a run's 0-based ``labels`` `(n,)` with each replicate's `(n,)`.
 
     ``classes``: ``K`` of all of them; ``seeds``: the run's and the replicates';
-    ``log_likelihood``: their final log-likelihoods, in the same order.
+    ``log_likelihood``: their final log-likelihoods, in the same order, and ``bands`` the
+    bands (shells) they were computed over: a likelihood over another band than the run's
+    is not comparable and is left out (NaN).
     """
     labels = np.asarray(labels, dtype=np.int64)
     if not replicates:
@@ -209,7 +213,11 @@ def measure(
     r = len(replicates)
     together, kept, exchange = together / r, kept / r, exchange / r
     ll = np.full(r + 1, np.nan) if log_likelihood is None else np.asarray(log_likelihood, float)
-    suggested, groups, evidence = suggest_classes(together, exchange, sizes, np.array(rand), ll)
+    if bands is not None:
+        ll = np.where(np.asarray(bands) == bands[0], ll, np.nan)
+    suggested, groups, evidence = suggest_classes(
+        together, exchange, sizes, np.array(rand), ll / max(n, 1)
+    )
     return Stability(
         seeds=tuple(int(s) for s in seeds),
         rand_index=np.array(rand),
@@ -279,9 +287,11 @@ def suggest_classes(
         )
     finite = log_likelihood[np.isfinite(log_likelihood)]
     if finite.size > 1 and np.isfinite(log_likelihood[0]):
-        gain = float(np.max(log_likelihood[1:]) - log_likelihood[0])
-        evidence += f"; the best replicate's log-likelihood is {gain:+.4g} from the run's" + (
-            " (the run may have ended in a poorer optimum)" if gain > 0 else ""
+        gain = float(np.nanmax(log_likelihood[1:]) - log_likelihood[0])
+        evidence += (
+            f"; at the same band the best replicate's log-likelihood is {gain:+.3g} per "
+            "particle from the run's"
+            + (" (the run may have ended in a poorer optimum)" if gain > 1.0 else "")
         )
     return suggested, grouped, evidence
 
@@ -308,14 +318,17 @@ def run_replicates(
     if config.classes < 2:
         raise ValueError("stability of classes needs --classes 2 or more")
     seeds = replicate_seeds(config.seed, replicates)
-    labels, ll = [], [_final_ll(result)]
+    labels, ll, bands = [], [_final_ll(result)], [_final_band(result)]
     for r, seed in enumerate(seeds, start=1):
         logger.info("stability: replicate %d of %d (seed %d)", r, replicates, seed)
         folder = Path(out_dir) / "replicates" / f"seed{seed}"
         rep = run(table, folder, replace(config, seed=seed), **run_options)
         labels.append(rep.classes)
         ll.append(_final_ll(rep))
-    found = measure(result.classes, labels, config.classes, (config.seed, *seeds), tuple(ll))
+        bands.append(_final_band(rep))
+    found = measure(
+        result.classes, labels, config.classes, (config.seed, *seeds), tuple(ll), tuple(bands)
+    )
     logger.info("stability: %s", found.evidence)
     return found
 
@@ -344,3 +357,7 @@ def write_stability(
     info = json.loads((out / "run.json").read_text())
     info["stability"] = found.to_dict()
     write_text_atomic(out / "run.json", json.dumps(info, indent=2))
+
+
+def _final_band(result: RunResult) -> int:
+    return int(result.history[-1].band_shells) if result.history else -1
