@@ -40,6 +40,7 @@ from faml.io.atomic import write_text_atomic
 from faml.io.particles import ParticleTable
 from faml.ml.config import RunConfig
 from faml.ml.engine import run
+from faml.ml.phase import split_start
 from faml.ml.state import RunResult
 
 __all__ = [
@@ -317,6 +318,12 @@ def run_replicates(
     """
     if config.classes < 2:
         raise ValueError("stability of classes needs --classes 2 or more")
+    if split_start(config):
+        logger.warning(
+            "stability: the classes start from the deterministic split of the consensus "
+            "(--local-search with --classes > 1), so replicates with other seeds are expected "
+            "to agree whatever the data; the figures below do not test the split"
+        )
     seeds = replicate_seeds(config.seed, replicates)
     labels, ll, bands = [], [_final_ll(result)], [_final_band(result)]
     for r, seed in enumerate(seeds, start=1):
