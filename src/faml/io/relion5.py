@@ -327,12 +327,24 @@ def star_poses(
     its particles file. The poses of a 2D-stack set are returned in faml's mirrored box frame
     (:func:`stack_frame`), the frame of the subtomograms :mod:`faml.io.tiltstacks` makes.
     """
+    return _poses(*_particle_blocks(path), composed=composed)
+
+
+def _particle_blocks(path: str | os.PathLike[str]):
+    """``(path, blocks, particles)`` of a particles STAR file.
+
+    An optimisation set is followed to its particles file (``path`` is then that file).
+    """
     path = Path(path)
     blocks = starfile.read(path, always_dict=True)
     if is_optimisation_set(blocks):
         path = read_optimisation_set(path)[0]
         blocks = starfile.read(path, always_dict=True)
-    particles = blocks.get("particles", next(iter(blocks.values())))
+    return path, blocks, blocks.get("particles", next(iter(blocks.values())))
+
+
+def _poses(path: Path, blocks: dict, particles, *, composed: bool = False):
+    """:func:`star_poses` of a file already read (:func:`_particle_blocks`)."""
     n = len(particles)
     angles = np.zeros((n, 3))
     for j, c in enumerate(_ANGLES):
@@ -366,23 +378,15 @@ def star_priors(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray] |
     :func:`star_poses` (relative to the subtomogram's frame, as faml works) when the file's
     particles have ``rlnAngleRot/Tilt/Psi``; ``None`` when they have none of them.
     """
-    path = Path(path)
-    blocks = starfile.read(path, always_dict=True)
-    if is_optimisation_set(blocks):
-        blocks = starfile.read(read_optimisation_set(path)[0], always_dict=True)
-    particles = blocks.get("particles", next(iter(blocks.values())))
+    path, blocks, particles = _particle_blocks(path)
     if not any(c in particles.columns for c in _ANGLES):
         return None
-    return star_poses(path)
+    return _poses(path, blocks, particles)
 
 
 def star_classes(path: str | os.PathLike[str]) -> np.ndarray | None:
     """A particles STAR file's ``rlnClassNumber`` per particle (1-based), or ``None``."""
-    path = Path(path)
-    blocks = starfile.read(path, always_dict=True)
-    if is_optimisation_set(blocks):
-        blocks = starfile.read(read_optimisation_set(path)[0], always_dict=True)
-    particles = blocks.get("particles", next(iter(blocks.values())))
+    particles = _particle_blocks(path)[2]
     if "rlnClassNumber" not in particles.columns:
         return None
     return particles["rlnClassNumber"].to_numpy(dtype=np.int64)
