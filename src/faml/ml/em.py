@@ -410,7 +410,7 @@ def process_particle(
     weights = with_square(wedge)  # w and w², gathered for every candidate batch
     clock = _lap(t, "fft", clock)
     centre = None if local is None else np.asarray(prior[1], dtype=np.float64)
-    max_shift = box / 4.0 if cfg.max_shift is None else float(cfg.max_shift)
+    max_shift = AlignSettings(box=box, max_shift=cfg.max_shift).resolved_max_shift
     if candidates is not None:
         given = candidates[int(i)]
         rots = [np.asarray(c[0], dtype=np.float64) for c in given]
