@@ -8,7 +8,8 @@ from conftest import make_dataset, polnet_map
 from faml.io.particles import from_mrc_files
 from faml.ml.config import RunConfig
 from faml.ml.engine import run
-from faml.ml.junk import hold_junk, junk_indices, shell_index
+from faml.ml.fourier import shell_index
+from faml.ml.junk import hold_junk, junk_indices
 from faml.ml.state import ModelState
 
 

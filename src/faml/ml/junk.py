@@ -17,23 +17,16 @@ from dataclasses import replace
 import numpy as np
 
 from faml.ml.config import RunConfig
+from faml.ml.fourier import shell_index
 from faml.ml.mstep import model_band
 from faml.ml.state import ModelState
 
-__all__ = ["hold_junk", "junk_indices", "shell_index"]
+__all__ = ["hold_junk", "junk_indices"]
 
 
 def junk_indices(config: RunConfig) -> range:
     """The 0-based indices of the junk classes (the last ``config.junk_classes``)."""
     return range(config.classes - config.junk_classes, config.classes)
-
-
-def shell_index(box: int) -> np.ndarray:
-    """`(N, N, N//2 + 1)` each ``rfftn`` voxel's Fourier shell (its radius, rounded)."""
-    k = np.fft.fftfreq(box, 1.0 / box)
-    kx = np.fft.rfftfreq(box, 1.0 / box)
-    r = np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + kx[None, None, :] ** 2)
-    return np.rint(r).astype(np.int64)
 
 
 def hold_junk(state: ModelState, config: RunConfig, box: int) -> ModelState:
