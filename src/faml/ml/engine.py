@@ -40,7 +40,7 @@ from faml.geometry.masks import soft_sphere
 from faml.io.particles import ParticleTable, with_weight_scale
 from faml.ml.config import RunConfig
 from faml.ml.em import ParticleResult, step_context
-from faml.ml.focus import check_focus_mask, focus_averages, focused_model
+from faml.ml.focus import check_focus_mask, focus_averages, focus_state, focused_model
 from faml.ml.junk import hold_junk
 from faml.ml.mstep import reference_model, update_model
 from faml.ml.outputs import final_fsc, final_map, run_summary, write_results
@@ -270,13 +270,13 @@ class _Job:
                               region, None, self.halves, cfg.particle_mask_radius)  # fmt: skip
         state, counts = split_model(state, table, split.labels, self.halves, self.executor,
                                     self.batch_size, cfg, cfg.tuning.min_band)  # fmt: skip
-        if self.focus is not None:
-            averages = focus_averages(state.averages, state.alpha, self.focus)
-            halves = state.half_averages
-            if halves is not None:
-                halves = np.stack([focus_averages(halves[h], counts[h], self.focus)
-                                   for h in (0, 1)])  # fmt: skip
+        if self.focus is not None and state.half_averages is not None:
+            averages, halves = focus_state(state.averages, state.half_averages, state.alpha,
+                                           counts, self.focus)  # fmt: skip
             state = replace(state, averages=averages, half_averages=halves)
+        elif self.focus is not None:
+            averages = focus_averages(state.averages, state.alpha, self.focus)
+            state = replace(state, averages=averages)
         results = [replace(r, klass=int(split.labels[r.index])) for r in results]
         return state, results
 
