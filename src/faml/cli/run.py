@@ -60,7 +60,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         mask=read_volume(args.mask)[0] if args.mask else None,
         diameter=args.particle_diameter,
     )
-    focus = _focus_mask(args, table)
+    focus = _focus_mask(args, table)  # None for --focus-mask auto: made after a first run
+    auto = getattr(args, "focus_mask", None) == AUTO
     references = None
     if args.reference:
         references = read_references(
@@ -104,13 +105,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         references=0 if references is None else len(references),
         initial_lowpass=args.initial_lowpass,
         local_search_deg=args.local_search,
-        focused=focus is not None,
+        focused=focus is not None or auto,
         tuning=tuning,
     )
-    auto = isinstance(focus, str)
-    recorded = None if auto else focus  # the automatic focus is derived, not an input
-    _check_out(args, table, config, mask, references, recorded)
-    _record_inputs(Path(args.out), table, config, dropped, mask, references, recorded)
+    _check_out(args, table, config, mask, references, focus)
+    _record_inputs(Path(args.out), table, config, dropped, mask, references, focus)
     executor = make_executor(
         args.workers,
         scheduler=args.scheduler,
@@ -272,7 +271,8 @@ def _auto_focus(table, config, out, **run_options):
 def _focus_mask(args: argparse.Namespace, table):
     """``--focus-mask`` read and checked (:func:`faml.ml.focus.check_focus_mask`), or ``None``.
 
-    Needs ``--classes`` 2 or more. Every problem is one line (a ``ValueError``).
+    ``None`` also for ``auto``: that mask is made from a first run, not read. Needs
+    ``--classes`` 2 or more. Every problem is one line (a ``ValueError``).
     """
     from faml.io.mrc import read_volume
     from faml.ml.focus import check_focus_mask
@@ -281,12 +281,12 @@ def _focus_mask(args: argparse.Namespace, table):
         return None
     if args.classes < 2:
         raise ValueError("--focus-mask decides between classes: give --classes 2 or more")
-    if args.focus_mask == "auto":
+    if args.focus_mask == AUTO:
         if args.local_search is None:
             raise ValueError(
                 "--focus-mask auto needs --local-search: it classifies from a consensus's poses"
             )
-        return AUTO
+        return None
     try:
         volume = read_volume(args.focus_mask)[0]
     except (OSError, ValueError) as exc:
