@@ -15,7 +15,7 @@ from faml.ml.state import ModelState
 from faml.ml.tasks import Batch, map_assigned, reduce
 from faml.parallel import Executor
 
-__all__ = ["RARE_SHARE", "RESEED_SHARE", "reseed", "reseed_below"]
+__all__ = ["RARE_SHARE", "RESEED_SHARE", "placed_means", "reseed", "reseed_below"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,20 +73,13 @@ def reseed(
             continue
         members.sort(key=lambda r: r.fit)
         moved = members[: len(members) // 2]
-        items = [(leaf, r.index, k, r.rotation, r.shift) for leaf, r in enumerate(moved)]
-        tasks = [
-            Batch.of(table, [it[1] for it in part], halves, len(items), tuple(part))
-            for part in (items[s : s + batch_size] for s in range(0, len(items), batch_size))
-        ]
-        shared = (K, config.particle_mask_radius)
-        _, total = reduce(executor, map_assigned, shared, tasks, f"re-seeding class {k + 1}")
-        S, W = total.dense()
-        s, w = S[:, k], W[:, k]  # (2, ...)
-        averages[k] = compensated_mean(s.sum(axis=0), w.sum(axis=0), total.level[:, k].sum(0))
-        halves_k = [compensated_mean(s[h], w[h], total.level[h, k]) for h in (0, 1)]
-        curves[k] = fsc(halves_k[0], halves_k[1])
+        placed = [(r.index, k, r.rotation, r.shift) for r in moved]
+        means, halves_k, curves_k, _ = placed_means(
+            executor, table, placed, halves, config, batch_size, f"re-seeding class {k + 1}"
+        )
+        averages[k], curves[k] = means[k], curves_k[k]
         if half_averages is not None:
-            half_averages[:, k] = halves_k
+            half_averages[:, k] = halves_k[:, k]
         for r in moved:
             results[r.index] = ParticleResult(
                 r.index, k, r.rotation, r.shift, r.max_probability, r.n_significant, r.fit
@@ -105,3 +98,38 @@ def reseed(
         state.iteration, averages, curves, band, alpha, state.sigma2, state.xi, half_averages
     )
     return reseeded, results
+
+
+def placed_means(
+    executor: Executor,
+    table: ParticleTable,
+    placed: list[tuple[int, int, np.ndarray, np.ndarray]],
+    halves: np.ndarray,
+    config: RunConfig,
+    batch_size: int,
+    label: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Class averages of particles placed by hand: ``(index, class, rotation, shift)`` each.
+
+    The sums over the executor (tasks of ``batch_size``, progress ``label``), then per class
+    the wedge-compensated mean, joint `(K, ...)` and per half-set `(2, K, ...)`, the FSC
+    between the halves `(K, N//2 + 1)` and the particles per half and class `(2, K)`.
+    """
+    K = config.classes
+    items = [(leaf, *p) for leaf, p in enumerate(placed)]
+    tasks = [
+        Batch.of(table, [it[1] for it in part], halves, len(items), tuple(part))
+        for part in (items[s : s + batch_size] for s in range(0, len(items), batch_size))
+    ]
+    _, total = reduce(executor, map_assigned, (K, config.particle_mask_radius), tasks, label)
+    S, W = total.dense()  # (2, K, ...)
+    means = np.stack(
+        [compensated_mean(S[:, k].sum(0), W[:, k].sum(0), total.level[:, k].sum(0))
+         for k in range(K)]
+    )  # fmt: skip
+    by_half = np.stack(
+        [[compensated_mean(S[h, k], W[h, k], total.level[h, k]) for k in range(K)]
+         for h in (0, 1)]
+    )  # fmt: skip
+    curves = np.stack([fsc(by_half[0, k], by_half[1, k]) for k in range(K)])
+    return means, by_half, curves, total.n

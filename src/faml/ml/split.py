@@ -245,29 +245,19 @@ def split_model(state, table, labels: np.ndarray, halves: np.ndarray, executor, 
     wedge-compensated mean of its particles, ``alpha`` their shares, the noise and ``xi``
     those of ``state``; the band the classes' FSC gives (at least ``min_band``).
     """
-    from faml.ml.mstep import compensated_mean, model_band
+    from faml.ml.mstep import model_band
+    from faml.ml.reseed import placed_means
     from faml.ml.state import ModelState
-    from faml.ml.tasks import Batch, map_assigned, reduce
 
     K, n = config.classes, len(table)
-    items = [(i, i, int(labels[i]), table.prior_rotations[i], table.prior_shifts[i])
-             for i in range(n)]  # fmt: skip
-    tasks = [
-        Batch.of(table, [it[1] for it in part], halves, n, tuple(part))
-        for part in (items[s : s + batch_size] for s in range(0, n, batch_size))
-    ]
-    shared = (K, config.particle_mask_radius)
-    _, total = reduce(executor, map_assigned, shared, tasks, "split classes")
-    S, W = total.dense()
-    averages = np.empty_like(state.averages)
-    half_averages = np.empty((2, *averages.shape), dtype=averages.dtype)
-    curves = np.empty_like(state.fsc)
-    for k in range(K):
-        averages[k] = compensated_mean(S[:, k].sum(0), W[:, k].sum(0), total.level[:, k].sum(0))
-        for h in (0, 1):
-            half_averages[h, k] = compensated_mean(S[h, k], W[h, k], total.level[h, k])
-        curves[k] = fsc(half_averages[0, k], half_averages[1, k])
+    placed = [(i, int(labels[i]), table.prior_rotations[i], table.prior_shifts[i])
+              for i in range(n)]  # fmt: skip
+    averages, half_averages, curves, counts = placed_means(
+        executor, table, placed, halves, config, batch_size, "split classes"
+    )
+    averages = averages.astype(state.averages.dtype, copy=False)
+    half_averages = half_averages.astype(state.averages.dtype, copy=False)
     alpha = np.bincount(labels, minlength=K) / n
     band = model_band(curves, min_band, table.box)
     kept = half_averages if config.gold_standard else None
-    return ModelState(0, averages, curves, band, alpha, state.sigma2, state.xi, kept), total.n
+    return ModelState(0, averages, curves, band, alpha, state.sigma2, state.xi, kept), counts
