@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft
+from scipy.cluster.vq import kmeans2
 
 from faml.align.fourier_rotation import padded_spectrum
 from faml.ml.em import load_particle
@@ -119,17 +120,9 @@ def cluster_scores(scores: np.ndarray, classes: int, iterations: int = 50) -> np
     else:
         quantiles = (np.arange(classes) + 0.5) / classes
         order = np.argsort(s[:, 0], kind="stable")
-        centres = s[order[(quantiles * n).astype(int)]].copy()
-        labels = np.zeros(n, dtype=np.int64)
-        for _ in range(iterations):
-            d2 = ((s[:, None, :] - centres[None]) ** 2).sum(axis=2)
-            new = np.argmin(d2, axis=1)
-            for k in range(classes):
-                if np.any(new == k):
-                    centres[k] = s[new == k].mean(axis=0)
-            if np.array_equal(new, labels):
-                break
-            labels = new
+        centres = s[order[(quantiles * n).astype(int)]]
+        # scipy's Lloyd iterations from those centres (an emptied cluster keeps its centre)
+        _, labels = kmeans2(s, centres, iter=iterations, minit="matrix", missing="warn")
     sizes = np.bincount(labels, minlength=classes)
     rank = np.argsort(-sizes, kind="stable")
     relabel = np.empty(classes, dtype=np.int64)
