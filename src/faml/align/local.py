@@ -33,6 +33,7 @@ from faml.align.prepared import PreparedAverage, checked_particle
 from faml.align.scan import rotation_grid, scan
 from faml.align.settings import _scan_shifts, _scan_weights
 from faml.geometry.rotations import rotation_distance
+from faml.geometry.transform import shift_fourier
 
 __all__ = [
     "DEFAULT_STEP_DEG",
@@ -89,20 +90,6 @@ def _near_identity(range_deg: float, step_deg: float) -> np.ndarray:
     return near
 
 
-def _unshift_spectrum(data_ft: np.ndarray, shift_xyz: np.ndarray) -> np.ndarray:
-    """`(N, N, N//2 + 1)` the spectrum of the volume moved by ``-shift`` (voxels, x y z)."""
-    box = data_ft.shape[0]
-    k = np.fft.fftfreq(box, 1.0 / box)
-    kx = np.fft.rfftfreq(box, 1.0 / box)
-    tx, ty, tz = (2.0 * np.pi / box) * np.asarray(shift_xyz, dtype=np.float64)
-    ramp = (
-        np.exp(1j * tz * k)[:, None, None]
-        * np.exp(1j * ty * k)[None, :, None]
-        * np.exp(1j * tx * kx)[None, None, :]
-    )
-    return data_ft * ramp
-
-
 def local_align(
     particle: np.ndarray,
     wedge: np.ndarray,
@@ -134,7 +121,7 @@ def local_align(
     tbox = st.resolved_translation_box
     prior_shift = np.asarray(prior_shift, dtype=np.float64)
     data_ft = scipy.fft.rfftn(particle, workers=1) * wedge
-    data_ft = _unshift_spectrum(crop_half_spectrum(data_ft, tbox), prior_shift * tbox / box)
+    data_ft = shift_fourier(crop_half_spectrum(data_ft, tbox), -prior_shift * tbox / box, box=tbox)
     full_weight = crop_half_spectrum(wedge * wedge, tbox)
     weight = full_weight * band_mask(tbox, st.translation_band_limit)
     clock.lap("spectra")
