@@ -20,7 +20,7 @@ from faml.cli import main
 QUICK = ["--starts", "1", "--fa-iterations", "1", "--candidates", "8"]
 
 MODEL = [
-    "--classes", "--reference", "--initial-lowpass", "--local-search", "--method",
+    "--classes", "--reference", "--initial-lowpass", "--local-search", "--consensus", "--method",
     "--iterations", "--junk", "--stability", "--symmetry", "--gold-standard", "--mask",
     "--focus-mask",
     "--particle-diameter", "--particle-mask", "--seed", "--max-shift",

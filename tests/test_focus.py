@@ -24,7 +24,7 @@ from faml.io.particles import from_mrc_files, with_weight_scale
 from faml.ml.config import RunConfig, Tuning
 from faml.ml.engine import run
 from faml.ml.focus import check_focus_mask, focus_averages, focus_from_averages
-from faml.ml.split import cluster_scores, principal_scores, split_classes
+from faml.ml.split import cluster_scores, principal_scores, split_classes, split_sample
 from faml.ml.tasks import split_halves
 
 BOX, VOXEL = 24, 10.0
@@ -100,6 +100,25 @@ def test_scores_of_two_planted_clusters():
     assert all(len(np.unique(got[s : s + 10])) == 1 for s in (0, 10, 20))
 
 
+def test_components_from_a_half_place_every_point():
+    """Two planted clusters: the components of a random half (split_sample) still separate
+    all the points; the half differs by seed, and share 1 is every particle."""
+    rng = np.random.default_rng(4)
+    centre = rng.normal(size=300)
+    labels = np.repeat([0, 1], [40, 30])
+    points = rng.normal(size=(70, 300)) + np.where(labels == 1, 2.0, -2.0)[:, None] * centre
+    halves = [split_sample(70, RunConfig(seed=s).tuned(split_share=0.5)) for s in (1, 2)]
+    assert all(h.size == 35 and np.unique(h).size == 35 for h in halves)
+    assert not np.array_equal(halves[0], halves[1])
+    assert split_sample(70, RunConfig(seed=1)) is None
+    for half in halves:
+        scores, _ = principal_scores(points, 1, half)
+        assert scores.shape == (70, 1)
+        np.testing.assert_array_equal(cluster_scores(scores, 2), labels)
+    full, _ = principal_scores(points, 1)
+    np.testing.assert_allclose(principal_scores(points, 1, np.arange(70))[0], full, atol=1e-8)
+
+
 def test_the_split_separates_two_states_at_their_poses(two_states):
     table, classes, focus, _ = two_states
     table = with_weight_scale(table)
@@ -151,8 +170,8 @@ def test_a_bad_focus_mask_is_one_line(tmp_path, capsys):
                 "--focus-mask holds 1 NaN or infinite voxels"),
         "one class": (_mrc(tmp_path / "ok.mrc", ones), "1",
                       "--focus-mask decides between classes: give --classes 2 or more"),
-        "auto": ("auto", "2", "--focus-mask auto needs --local-search: it classifies from a "
-                 "consensus's poses"),
+        "auto": ("auto", "2", "--focus-mask auto needs --local-search or --consensus: it "
+                 "classifies from a consensus's poses"),
     }  # fmt: skip
     for name, (path, k, sentence) in cases.items():
         capsys.readouterr()

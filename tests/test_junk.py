@@ -1,5 +1,8 @@
-"""Junk classes (``--junk``): held at the lowest band, never re-seeded; picks of another
-protein gather in them while the target's particles stay in the target class."""
+"""Junk classes (``--junk``): closed during the FA warm-up, opened with the worst-fitting
+picks, never re-seeded; picks of another protein gather in them while the target's
+particles stay in the target class."""
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -8,35 +11,27 @@ from conftest import make_dataset, polnet_map
 from faml.io.particles import from_mrc_files
 from faml.ml.config import RunConfig
 from faml.ml.engine import run
-from faml.ml.fourier import shell_index
-from faml.ml.junk import hold_junk, junk_indices
+from faml.ml.junk import JUNK_SEED_SHARE, junk_indices, target_band
 from faml.ml.state import ModelState
 
 
-def test_hold_junk_cuts_the_junk_classes_only():
-    """K = 3 with one junk class: its joint and half spectra are zero beyond min_band, the
-    target classes untouched, the band the targets' (not the junk's higher FSC)."""
+def test_the_band_comes_from_the_target_classes():
+    """K = 3 with one junk class whose FSC claims every shell: the band is the targets'
+    (their 0.143 shell is 4), the averages untouched; no junk class, the state itself."""
     rng = np.random.default_rng(0)
     box, K = 16, 3
     shape = (K, box, box, box // 2 + 1)
     spectra = rng.normal(size=shape) + 1j * rng.normal(size=shape)
-    halves = np.stack([spectra, spectra * 0.5])
     curves = np.zeros((K, box // 2 + 1))
     curves[:, :5] = 1.0
     curves[2, :] = 1.0  # the junk class's FSC would claim every shell
-    state = ModelState(3, spectra, curves, 7, np.full(K, 1 / 3), np.ones(box // 2 + 1), 2.0,
-                       halves)  # fmt: skip
+    state = ModelState(3, spectra, curves, 7, np.full(K, 1 / 3), np.ones(box // 2 + 1), 2.0)
     config = RunConfig(classes=3, junk_classes=1)
-    held = hold_junk(state, config, box)
-    beyond = shell_index(box) > config.tuning.min_band
+    banded = target_band(state, config, box)
     assert list(junk_indices(config)) == [2]
-    assert np.all(held.averages[2][beyond] == 0) and np.all(
-        held.half_averages[:, 2][:, beyond] == 0
-    )
-    np.testing.assert_array_equal(held.averages[2][~beyond], spectra[2][~beyond])
-    np.testing.assert_array_equal(held.averages[:2], spectra[:2])
-    assert held.band == config.tuning.min_band  # the targets' 0.143 shell is 4, min_band 4
-    assert hold_junk(state, RunConfig(classes=3), box) is state
+    assert banded.band == config.tuning.min_band == 4
+    assert banded.averages is state.averages
+    assert target_band(state, RunConfig(classes=3), box) is state
 
 
 def test_junk_classes_are_checked():
@@ -60,3 +55,22 @@ def test_another_protein_gathers_in_the_junk_class(tmp_path):
     target = classes < 2
     assert np.mean(result.classes[~target] == 1) >= 0.8
     assert np.mean(result.classes[target] == 0) >= 0.9
+
+
+def test_the_junk_class_opens_after_the_warm_up_with_the_worst_fits(tmp_path):
+    """Through the FA warm-up (2 iterations) the junk class takes no pick; its last M-step
+    deals the third of the picks that fit the target worst to it, most of them the other
+    protein's (SNR 0.5: the target's own fit it far better)."""
+    structures = [polnet_map("1bxn", 24)] * 2 + [polnet_map("3cf3", 24)]
+    _, _, classes = make_dataset(tmp_path / "p", structures, 12, 0.5, seed=3)
+    table = from_mrc_files(tmp_path / "p")
+    config = RunConfig(classes=2, junk_classes=1, seed=2, iterations=1).tuned(
+        starts=1, fa_iterations=2, verify=False
+    )
+    closed = run(table, tmp_path / "one", config)
+    assert np.all(closed.classes == 0) and closed.state.alpha[1] == 0.0
+    opened = run(table, tmp_path / "two", replace(config, iterations=2))
+    in_junk = opened.classes == 1
+    assert in_junk.sum() == round(JUNK_SEED_SHARE * len(table))
+    assert opened.state.alpha[1] == pytest.approx(in_junk.mean())
+    assert np.mean(classes[in_junk] == 2) >= 0.75

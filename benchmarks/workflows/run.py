@@ -97,8 +97,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="1,2")
     parser.add_argument("--out", default=str(HERE / "results"))
-    parser.add_argument("--runs", default="global,local,reference",
-                        help="which runs, comma-separated (default: all three)")
+    parser.add_argument(
+        "--runs",
+        default="global,local,reference",
+        help="which runs, comma-separated (default: all three)",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -127,8 +130,7 @@ def main() -> None:
             result = run(tab, out / f"{name}-seed{seed}", cfg, workers=2, references=refs)
             subsets = {"prior_inside": inside, "prior_random": wild} if name == "local" else None
             row = score(result, truth, subsets)
-            row.update(seed=seed, wall_s=time.perf_counter() - t0,
-                       iterations=result.n_iterations)
+            row.update(seed=seed, wall_s=time.perf_counter() - t0, iterations=result.n_iterations)
             rows[name] = [r for r in rows[name] if r.get("seed") != seed] + [row]
             print(name, seed, row, flush=True)
             (out / "results.json").write_text(json.dumps(rows, indent=2))

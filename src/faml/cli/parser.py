@@ -174,6 +174,13 @@ def _add_run_model(m) -> None:
         "is given; no random starts, no FA warm-up",
     )  # fmt: skip
     m.add_argument(
+        "--consensus", action="store_true",
+        help="with --classes K > 1 and no poses: a K = 1 run first (OUT/consensus, "
+        "reference-free), then the K classes from its map and poses with a local search "
+        "(--local-search DEG, default 15) and the classes started from a split of the "
+        "particles' differences: the way to separate similar states in one command",
+    )  # fmt: skip
+    m.add_argument(
         "--method", choices=("faml", "fa"), default="faml",
         help="faml: candidates + maximum likelihood; fa: alignment only",
     )  # fmt: skip
@@ -181,8 +188,9 @@ def _add_run_model(m) -> None:
     m.add_argument(
         "--junk", type=int, default=0, metavar="J",
         help="J more classes, after the --classes K, for picks that are not the target "
-        "(other proteins, membrane, ice): held at the lowest band (blobs), never re-seeded; "
-        "drop them with --select-classes 1..K in the next run",
+        "(other proteins, membrane, ice): they open after the FA warm-up with the picks that "
+        "fit the target worst, are never re-seeded and do not set the resolution; drop them "
+        "with --select-classes 1..K in the next run",
     )  # fmt: skip
     m.add_argument(
         "--stability", type=int, default=0, metavar="N",

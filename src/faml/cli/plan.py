@@ -109,6 +109,10 @@ def plan_lines(
         where = f"local Dask cluster, {workers} worker processes"
     out = Path(args.out).resolve()
     poses = "the Dynamo table's" if getattr(args, "dynamo_table", None) else "the STAR file's"
+    consensus = getattr(args, "consensus", False)
+    references = list(args.reference or [])
+    if consensus:
+        poses, references = "the consensus run's", [str(out / "consensus" / "class_001.mrc")]
     rows = [
         ("particles", f"{len(table)}, from {args.particles}"),
         ("box", f"{table.box}^3 voxels, {table.voxel_size:.4g} A/voxel "
@@ -116,11 +120,14 @@ def plan_lines(
         *([("CTF form", ctf_form)] if ctf_form else []),
         ("classes K", f"{cfg.classes}" + (
             f" ({cfg.classes - cfg.junk_classes} target, {cfg.junk_classes} junk: classes "
-            f"{cfg.classes - cfg.junk_classes + 1}-{cfg.classes} held at "
-            f"{cfg.tuning.min_band} shells)" if cfg.junk_classes else "")),
+            f"{cfg.classes - cfg.junk_classes + 1}-{cfg.classes}, opened after the FA warm-up "
+            "with the worst-fitting picks)" if cfg.junk_classes else "")),
         ("method", "; ".join(m for m in (method, starts) if m)
          + f"; at most {_n(cfg.iterations, 'iteration')}"),
-        *([("start", start_row(args.reference or [], cfg, poses))]
+        *([("consensus", "a K = 1 run first, reference-free (OUT/consensus: random starts, "
+                         "FA warm-up, global search); its map and poses start the classes")]
+          if consensus else []),
+        *([("start", start_row(references, cfg, poses))]
           if cfg.references or cfg.local_search_deg is not None else []),
         ("symmetry", cfg.symmetry),
         ("gold standard", gold),

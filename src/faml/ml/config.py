@@ -146,6 +146,12 @@ class Tuning:
         focus after iteration 1, against 0.76 between the split's), the responsibilities turn
         hard in the first iteration (median largest 0.85, then 1.0) and the particles stay in
         their random classes.
+    split_share
+        The share of the particles (drawn with the seed) whose residuals define the split's
+        main components; every particle is then placed by its scores on them. 1: all (a
+        run). The stability replicates of a run that starts from the split use 0.5, another
+        half per seed (:func:`faml.ml.stability.run_replicates`): with all particles the
+        split is deterministic and every seed would repeat it.
     stop_class_change
         Early stop when fewer than this share of particles changed class ...
     stop_pose_change_deg
@@ -178,6 +184,7 @@ class Tuning:
     min_band: int = 4
     band_margin: int = 2
     class_start: str = "split"
+    split_share: float = 1.0
     stop_class_change: float = 0.005
     stop_pose_change_deg: float = 0.3
 
@@ -224,6 +231,8 @@ class Tuning:
             raise ValueError(f"start_band must be at least 2 shells, got {self.start_band}")
         if self.fa_iterations < 0:
             raise ValueError(f"fa_iterations must be >= 0, got {self.fa_iterations}")
+        if not 0.0 < self.split_share <= 1.0:
+            raise ValueError(f"split_share must be in (0, 1], got {self.split_share}")
         if self.class_start not in ("split", "random"):
             raise ValueError(f"class_start must be 'split' or 'random', got {self.class_start!r}")
         if self.grid_iterations < 0 or self.grid_candidates < 1:
@@ -305,12 +314,11 @@ class RunConfig:
         the average at the prior poses (unless references are given); no random starts, no
         FA warm-up.
     junk_classes
-        The last ``junk_classes`` of the ``classes`` are junk classes (``faml run --junk J``):
-        their averages are held at ``Tuning.min_band`` shells after every M-step (a blob of
-        the particles' size and mass, :mod:`faml.ml.junk`), so that picks that are not the
-        target (other proteins, membrane, ice) can gather in them while they cannot become a
-        copy of a target class; they are never re-seeded and do not set the band. With
-        references for the target classes only, they start from the references' mean.
+        The last ``junk_classes`` of the ``classes`` are junk classes (``faml run --junk J``),
+        where picks that are not the target (other proteins, membrane, ice) gather
+        (:mod:`faml.ml.junk`): they wait for the end of the FA warm-up, open with the
+        worst-fitting picks, are never re-seeded and do not set the band. With references
+        for the target classes only, they start from the references' mean.
     focused
         Focused classification (``faml run --focus-mask``): the class averages are made equal
         outside the focus mask given to :func:`faml.ml.engine.run` after every M-step

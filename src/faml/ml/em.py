@@ -396,6 +396,8 @@ def process_particle(
     tuning = cfg.tuning
     box = ctx.box
     K = cfg.classes
+    # the classes this iteration compares: the junk classes wait for the end of the warm-up
+    active = K if ctx.phase.junk_open else K - cfg.junk_classes
     local = cfg.local_search_deg
     if local is not None and prior is None:
         raise ValueError(f"particle {i}: a local search needs its prior pose")
@@ -419,12 +421,13 @@ def process_particle(
         scores = None
     elif ctx.phase.grid:
         align = ctx.for_half(half)[0]
-        grid = [grid_candidates(vol, wedge, align[k], cfg.tuning.grid_candidates) for k in range(K)]
+        grid = [grid_candidates(vol, wedge, align[k], cfg.tuning.grid_candidates)
+                for k in range(active)]  # fmt: skip
         rots = [g[0] for g in grid]
         shifts = [g[1] for g in grid]
         if local is not None:
             step = neighbour_step_deg(cfg, ctx.band_e)
-            for k in range(K):
+            for k in range(active):
                 rots[k], shifts[k], _ = restrict(
                     rots[k], shifts[k], 0.0, prior, local, max_shift, step
                 )
@@ -432,21 +435,21 @@ def process_particle(
     else:
         align = ctx.for_half(half)[0]
         if local is None:
-            cands = [align_to(vol, wedge, align[k]) for k in range(K)]
+            cands = [align_to(vol, wedge, align[k]) for k in range(active)]
         else:
-            cands = [local_align(vol, wedge, align[k], *prior, local) for k in range(K)]
+            cands = [local_align(vol, wedge, align[k], *prior, local) for k in range(active)]
         rots = [np.stack([c.rotation for c in cs]) for cs in cands]
         shifts = [np.stack([c.shift for c in cs]) for cs in cands]
         scores = [cs[0].score for cs in cands]
         nus = None
-        steps = [neighbour_step_deg(cfg, align[k].settings.band_limit) for k in range(K)]
+        steps = [neighbour_step_deg(cfg, align[k].settings.band_limit) for k in range(active)]
         if local is not None:
-            for k in range(K):
+            for k in range(active):
                 rots[k], shifts[k], scores[k] = restrict(
                     rots[k], shifts[k], scores[k], prior, local, max_shift
                 )
         if ctx.phase.method == "faml" and tuning.local_candidates:
-            for k in range(K):
+            for k in range(active):
                 rots[k], shifts[k] = with_neighbours(
                     rots[k], shifts[k], cfg.tuning.local_candidates, steps[k],
                     cfg.tuning.local_rings,
@@ -454,10 +457,13 @@ def process_particle(
                 if local is not None:
                     inside = within(rots[k], shifts[k], prior, local, max_shift)
                     rots[k], shifts[k] = rots[k][inside], shifts[k][inside]
+    if candidates is None:  # closed junk classes: no candidate
+        rots += [np.empty((0, 3, 3))] * (K - active)
+        shifts += [np.empty((0, 3))] * (K - active)
     clock = _lap(t, "align", clock)
     only = random_class(cfg.seed, i, K) if ctx.phase.random_classes else None
     if ctx.phase.method == "fa":
-        best_k = int(np.argmax(scores)) if only is None else only
+        best_k = int(np.argmax(scores[:active])) if only is None else only
         best_m, max_p, n_sig, fit = 0, 1.0, 1, float(scores[best_k])
         clock = _lap(t, "estep", clock)
         accumulate(
@@ -467,6 +473,9 @@ def process_particle(
     else:
         log_e = []
         for k in range(K):
+            if len(rots[k]) == 0:  # a closed junk class
+                log_e.append(np.empty(0))
+                continue
             if nus is None and not cfg.tuning.voronoi:
                 nu = np.full(len(rots[k]), 1.0 / len(rots[k]))
             elif nus is None:

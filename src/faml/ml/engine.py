@@ -41,11 +41,12 @@ from faml.io.particles import ParticleTable, with_weight_scale
 from faml.ml.config import RunConfig
 from faml.ml.em import ParticleResult, step_context
 from faml.ml.focus import check_focus_mask, focus_averages, focus_state, focused_model
-from faml.ml.junk import hold_junk
+from faml.ml.junk import open_junk, target_band
 from faml.ml.mstep import reference_model, update_model
 from faml.ml.outputs import final_fsc, final_map, run_summary, write_results
 from faml.ml.phase import (
     Phase,
+    fa_iterations,
     phase_of,
     random_starts,
     split_start,
@@ -54,7 +55,7 @@ from faml.ml.phase import (
 )
 from faml.ml.reseed import reseed
 from faml.ml.rundir import Checkpoints, load_checkpoint, remove_stale_temporaries
-from faml.ml.split import split_classes, split_model
+from faml.ml.split import split_classes, split_model, split_sample
 from faml.ml.state import (
     IterationRecord,
     ModelState,
@@ -267,7 +268,8 @@ class _Job:
         table, cfg = self.table, self.config
         region = self.focus if self.focus is not None else self.mask
         split = split_classes(table, table.prior_rotations, table.prior_shifts, cfg.classes,
-                              region, None, self.halves, cfg.particle_mask_radius)  # fmt: skip
+                              region, None, self.halves, cfg.particle_mask_radius,
+                              split_sample(len(table), cfg))  # fmt: skip
         state, counts = split_model(state, table, split.labels, self.halves, self.executor,
                                     self.batch_size, cfg, cfg.tuning.min_band)  # fmt: skip
         if self.focus is not None and state.half_averages is not None:
@@ -330,7 +332,10 @@ class _Job:
         """The M-step, the re-seeding of emptied classes and the band rule of ``phase``."""
         state = update_model(stats, state, self.config, phase, len(self.table), self.mask,
                              self.focus)  # fmt: skip
-        state = hold_junk(state, self.config, self.table.box)
+        state = target_band(state, self.config, self.table.box)
+        if self.config.junk_classes and phase.iteration == fa_iterations(self.config) > 0:
+            state, results = open_junk(self.executor, self.table, state, results, self.config,
+                                       self.halves, self.batch_size)  # fmt: skip
         updated = state
         state, results = reseed(self.executor, self.table, state, results, self.config,
                                 self.halves, self.batch_size)  # fmt: skip

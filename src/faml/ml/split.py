@@ -19,9 +19,11 @@ classes start from where the particles differ most:
    classes (:func:`cluster_scores`; for ``K = 2`` the best split of the first score).
 
 Everything is deterministic (no random draw for ``K <= 2``; ``K``-means from a fixed start
-along the first component). Memory: the residuals at the band's points, `(n, P)`
-complex64 (``P`` about ``2.1 band^3``), and the masked residuals, `(n, V)` float32 with
-``V`` the focus mask's voxels; for very large sets a subset of particles would do.
+along the first component), unless the components come from a random share of the
+particles (:func:`split_sample`, the stability replicates). Memory: the residuals at the
+band's points, `(n, P)` complex64 (``P`` about ``2.1 band^3``), and the masked residuals,
+`(n, V)` float32 with ``V`` the focus mask's voxels; for very large sets a subset of
+particles would do.
 """
 
 from __future__ import annotations
@@ -38,7 +40,14 @@ from faml.ml.em import load_particle
 from faml.ml.fourier import band_from_fsc, fsc, fsc_filter
 from faml.ml.stats import class_frame, frame_points
 
-__all__ = ["SplitResult", "cluster_scores", "principal_scores", "split_classes", "split_model"]
+__all__ = [
+    "SplitResult",
+    "cluster_scores",
+    "principal_scores",
+    "split_classes",
+    "split_model",
+    "split_sample",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -68,28 +77,36 @@ class SplitResult:
     band: int
 
 
-def principal_scores(vectors: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+def principal_scores(
+    vectors: np.ndarray, count: int, sample: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """`(n, count)` scores on the first principal components of `(n, V)` ``vectors``.
 
-    Centred over the particles; computed from the smaller of the `(n, n)` Gram matrix and the
-    `(V, V)` covariance. Returns the scores and each component's share of the variance.
-    The sign of each component is fixed (its largest-magnitude score positive).
+    The components are those of the rows ``sample`` (indices; ``None``: all), centred over
+    them; computed from the smaller of the Gram matrix and the `(V, V)` covariance. Every
+    row is scored (minus the sample's mean). Returns the scores and each component's share
+    of the sample's variance. The sign of each component is fixed (its largest-magnitude
+    score positive).
     """
     v = np.asarray(vectors, dtype=np.float64)
-    v = v - v.mean(axis=0, keepdims=True)
-    n, dim = v.shape
-    count = int(min(count, n - 1, dim)) if n > 1 else 0
+    n = v.shape[0]
+    fit = v if sample is None else v[np.asarray(sample)]
+    mean = fit.mean(axis=0, keepdims=True)
+    fit = fit - mean
+    m, dim = fit.shape
+    count = int(min(count, m - 1, dim)) if m > 1 else 0
     if count < 1:
         return np.zeros((n, 0)), np.zeros(0)
-    if n <= dim:
-        values, vecs = np.linalg.eigh(v @ v.T)
+    if m <= dim:
+        values, vecs = np.linalg.eigh(fit @ fit.T)
         order = np.argsort(values)[::-1][:count]
-        scores = vecs[:, order] * np.sqrt(np.maximum(values[order], 0.0))[None]
+        axes = fit.T @ vecs[:, order] / np.sqrt(np.maximum(values[order], 1e-300))[None]
     else:
-        values, vecs = np.linalg.eigh(v.T @ v)
+        values, vecs = np.linalg.eigh(fit.T @ fit)
         order = np.argsort(values)[::-1][:count]
-        scores = v @ vecs[:, order]
-    total = max(float(np.sum(v * v)), 1e-300)
+        axes = vecs[:, order]
+    scores = (v - mean) @ axes
+    total = max(float(np.sum(fit * fit)), 1e-300)
     explained = np.maximum(values[order], 0.0) / total
     signs = np.sign(scores[np.argmax(np.abs(scores), axis=0), np.arange(count)])
     return scores * np.where(signs == 0, 1.0, signs)[None], explained
@@ -161,6 +178,7 @@ def split_classes(
     band: int | None,
     halves: np.ndarray,
     mask_radius: float | None = None,
+    sample: np.ndarray | None = None,
 ) -> SplitResult:
     """``classes`` starting classes of the particles at their poses (module docstring).
 
@@ -182,6 +200,9 @@ def split_classes(
         `(n,)` 0/1 the run's random halves (the consensus's FSC weighting).
     mask_radius
         :attr:`RunConfig.particle_mask_radius`.
+    sample
+        Indices of the particles whose residuals define the components (``None``: all);
+        every particle is placed by its scores (:attr:`Tuning.split_share`).
     """
     box = table.box
     top = box // 2 - 1 if band is None else int(np.clip(band, 2, box // 2 - 1))
@@ -218,7 +239,7 @@ def split_classes(
         part = _dense(resid[start : start + 256], box, top)
         vols = scipy.fft.irfftn(part, s=(box,) * 3, axes=(-3, -2, -1), workers=1)
         vectors[start : start + 256] = vols.reshape(len(part), -1)[:, support] * m[None]
-    scores, explained = principal_scores(vectors, classes - 1)
+    scores, explained = principal_scores(vectors, classes - 1, sample)
     labels = cluster_scores(scores, classes)
     logger.info(
         "split into %d classes along the residuals' main components (band %d, %d focus "
@@ -254,3 +275,16 @@ def split_model(state, table, labels: np.ndarray, halves: np.ndarray, executor, 
     band = model_band(curves, min_band, table.box)
     kept = half_averages if config.gold_standard else None
     return ModelState(0, averages, curves, band, alpha, state.sigma2, state.xi, kept), counts
+
+
+def split_sample(n: int, config) -> np.ndarray | None:
+    """The particles whose residuals define the split; ``None``: all of them.
+
+    :attr:`~faml.ml.config.Tuning.split_share` of the ``n``, drawn with ``config.seed``.
+    """
+    share = config.tuning.split_share
+    if share >= 1.0:
+        return None
+    rng = np.random.default_rng([int(config.seed), 23])
+    size = min(n, max(2, int(round(share * n))))
+    return np.sort(rng.choice(n, size=size, replace=False))
