@@ -97,14 +97,19 @@ def single_consensus(out: Path) -> dict:
 STATES_DIAMETER = "280"  # the 50S sets' particle diameter (benchmarks/workflows/states.py)
 
 
-def _scored_states(run: Path, sim: Path, states: int, names: list[str]) -> dict:
-    """F1 per state and overall, the confusion (predicted x true) of a run on a states set."""
+def _scored_states(
+    run: Path, sim: Path, states: int, names: list[str], star: Path | None = None
+) -> dict:
+    """F1 per state and overall, the confusion (predicted x true) of a run on a states set.
+
+    ``star``: the run's particles (default ``run/particles.star``).
+    """
     from faml.evaluate.classes import match_classes
     from faml.simulate.dataset import read_truth
 
     truth = read_truth(sim)
     where = {Path(n).name: i for i, n in enumerate(truth.image_names)}
-    got = starfile.read(run / "particles.star", always_dict=True)["particles"]
+    got = starfile.read(star or run / "particles.star", always_dict=True)["particles"]
     order = np.array([where[Path(n).name] for n in got["rlnImageName"]])
     structures = truth.metadata["structures"]
     true = np.asarray([names.index(structures[c]) for c in truth.classes])[order]

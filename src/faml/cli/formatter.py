@@ -71,6 +71,9 @@ examples:
   faml run particles.star --out run5 --classes 3 --reference run_class001.mrc
   faml run run1/particles.star --out run6 --classes 2 --reference run1/class_001.mrc
            --local-search 15 --focus-mask focus.mrc  # focused classification, from run1
+  faml run particles.star --out run7 --classes 2 --consensus --focus-mask auto
+           --stability 2  # similar states in one command: consensus, focus, classes, check
+  faml run particles.star --out run8 --classes 1 --junk 2  # picks of other things apart
 
 outputs in --out: class_KKK.mrc, particles.star, model.star, run.json, report.html and a
 checkpoint per iteration (iterations/NNN/).
