@@ -34,9 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +42,9 @@ import starfile
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.append(str(HERE.parent / "workflows"))  # after HERE: its run.py is not ours
 
+from relion_states import run_once  # noqa: E402  (benchmarks/workflows)
 from run import _scored_states  # noqa: E402  (run.py's scoring)
 
 ITERATIONS = 15
@@ -76,12 +76,7 @@ def relion_row(scenario: str, out: Path) -> dict:
     folder = out / f"relion-{scenario}"
     last = folder / f"run_it{ITERATIONS:03d}_data.star"
     cmd = command(cons, folder, classes, DIAMETER[scenario], focus)
-    if not last.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        with open(folder / "log.txt", "w") as fh:
-            subprocess.run(cmd, check=True, stdout=fh, stderr=fh, cwd=folder)
-        (folder / "wall_s.json").write_text(json.dumps(time.perf_counter() - t0))
+    run_once(cmd, folder, last)
     wall = json.loads((folder / "wall_s.json").read_text())
     shown = " ".join("relion_refine" if c == cmd[0] else c for c in cmd)
     if scenario == "junk":

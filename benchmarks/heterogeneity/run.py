@@ -15,11 +15,11 @@ Usage::
   75 + 75 particles at 13.1 A, SNR 0.02, maps correlating 0.91), one command reference-free:
   ``--classes 2 --consensus --focus-mask auto --stability 2``: F1 against the truth, and the
   stability figures must say the classes are stable;
-- ``three``: three states of 70/20/10% (140/40/20 particles): 50S classes D and E and a
-  third, D without the density of a sphere of 4.5 voxels at (z, y, x) = (12, 13, 20)
-  (correlation 0.91 with D, 0.85 with E: an intermediate missing a domain), simulated as
-  ``states``; ``--classes 3 --consensus --focus-mask auto``: the F1 of each state, the 10%
-  state's above all;
+- ``three``: three states of 70/20/10% (140/40/20 particles; ``three_large``: 350/100/50):
+  50S classes D and E and a third, D without the density of a sphere of 4.5 voxels at
+  (z, y, x) = (12, 13, 20) (correlation 0.91 with D, 0.85 with E: an intermediate missing a
+  domain), simulated as ``states``; ``--classes 3 --consensus --focus-mask auto``: the F1 of
+  each state, the 10% state's above all;
 - ``junk``: 1U6G as the target (70%) with 30% picks of three other proteins (1BXN, 3CF3,
   2CG9), crowded, SNR 0.02, 150 particles; ``--classes 1 --junk 2`` against ``--classes 1``
   on the target's particles alone: the share of junk out of the target class, the target
@@ -145,21 +145,22 @@ def third_state(d_map: np.ndarray) -> np.ndarray:
     return (d_map * (1.0 - np.clip((THIRD_RADIUS + 1.0 - r) / 2.0, 0.0, 1.0))).astype(np.float32)
 
 
-def three(out: Path) -> dict:
+def three(out: Path, tenth: int = 20, name: str = "three") -> dict:
+    """The three-state scenario, ``tenth`` particles per 10% (200 in all by default)."""
     from states import MAPS, SNR, STATES, VOXEL
 
     from faml.io.mrc import read_volume
     from faml.simulate import CrowdedSettings, SimulationSettings, simulate_crowded
 
-    sim = out / "sim_three"
+    sim = out / f"sim_{name}"
     names = ["tomodrgn_10076_classD_32", "tomodrgn_10076_classE_32", "classD_less_domain"]
     if not (sim / "truth" / "truth.json").exists():
         d, e = (read_volume(MAPS / n)[0].astype(np.float32) for n in STATES)
         maps = [d] * 7 + [e] * 2 + [third_state(d)]  # 70 / 20 / 10 %
         labels = [names[0]] * 7 + [names[1]] * 2 + [names[2]]
-        simulate_crowded(maps, labels, 20, sim, SimulationSettings(voxel_size=VOXEL, snr=SNR),
+        simulate_crowded(maps, labels, tenth, sim, SimulationSettings(voxel_size=VOXEL, snr=SNR),
                          CrowdedSettings(), seed=1, workers=2, overwrite=True)  # fmt: skip
-    run = out / "three_consensus"
+    run = out / f"{name}_consensus"
     wall = faml("run", str(sim / "particles.star"), "--out", str(run), "--overwrite",
                 "--classes", "3", "--consensus", "--focus-mask", "auto", "--particle-mask",
                 "--particle-diameter", STATES_DIAMETER, "--workers", "2",
@@ -207,8 +208,13 @@ def junk(out: Path) -> dict:
     return rows
 
 
+def three_large(out: Path) -> dict:
+    """``three`` with 500 particles (350 / 100 / 50)."""
+    return three(out, 50, "three_large")
+
+
 SCENARIOS = {"single": single, "single_consensus": single_consensus, "states": states,
-             "three": three, "junk": junk}  # fmt: skip
+             "three": three, "three_large": three_large, "junk": junk}  # fmt: skip
 
 
 def main() -> None:

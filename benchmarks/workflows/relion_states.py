@@ -63,6 +63,18 @@ def iterations_of(extra: list[str]) -> int:
     return int(extra[extra.index("--iter") + 1]) if "--iter" in extra else ITERATIONS
 
 
+def run_once(cmd: list[str], folder: Path, last: Path) -> None:
+    """Run ``cmd`` in ``folder`` (log in ``log.txt``, wall time in ``wall_s.json``) unless its
+    ``last`` output exists."""
+    if last.exists():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with open(folder / "log.txt", "w") as fh:
+        subprocess.run(cmd, check=True, stdout=fh, stderr=fh, cwd=folder)
+    (folder / "wall_s.json").write_text(json.dumps(time.perf_counter() - t0))
+
+
 def relion_row(out: Path, consensus: Path, truth, store: Path) -> list[dict]:
     from states import score  # the sibling script
 
@@ -74,12 +86,7 @@ def relion_row(out: Path, consensus: Path, truth, store: Path) -> list[dict]:
         last = folder / f"run_it{n_it:03d}_data.star"
         cmd = command(shutil.which("relion_refine") or "relion_refine", folder, consensus,
                       out / "focus.mrc", extra)  # fmt: skip
-        if not last.exists():
-            folder.mkdir(parents=True, exist_ok=True)
-            t0 = time.perf_counter()
-            with open(folder / "log.txt", "w") as fh:
-                subprocess.run(cmd, check=True, stdout=fh, stderr=fh, cwd=folder)
-            (folder / "wall_s.json").write_text(json.dumps(time.perf_counter() - t0))
+        run_once(cmd, folder, last)
         parts = starfile.read(last, always_dict=True)["particles"]
         where = {Path(n).name: i for i, n in enumerate(truth.image_names)}
         order = np.array([where[Path(n).name] for n in parts["rlnImageName"]])
