@@ -68,7 +68,6 @@ def open_junk(executor, table, state: ModelState, results: list, config: RunConf
     band the targets' (:func:`target_band`). ``executor``, ``batch_size``: where and in what
     tasks the means are summed.
     """
-    from faml.ml.em import ParticleResult
     from faml.ml.reseed import placed_means
 
     junk = list(junk_indices(config))
@@ -79,11 +78,7 @@ def open_junk(executor, table, state: ModelState, results: list, config: RunConf
     count = max(len(junk), int(round(JUNK_SEED_SHARE * n)))
     worst = np.argsort(fits, kind="stable")[:count]
     to_class = {int(i): junk[rank % len(junk)] for rank, i in enumerate(worst)}
-    results = [
-        ParticleResult(r.index, to_class[r.index], r.rotation, r.shift, r.max_probability,
-                       r.n_significant, r.fit) if r.index in to_class else r
-        for r in results
-    ]  # fmt: skip
+    results = [replace(r, klass=to_class[r.index]) if r.index in to_class else r for r in results]
     placed = [(r.index, r.klass, r.rotation, r.shift) for r in results if r.klass in junk]
     means, by_half, curves, _ = placed_means(executor, table, placed, halves, config,
                                              batch_size, "opening the junk classes")  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 
@@ -81,9 +82,7 @@ def reseed(
         if half_averages is not None:
             half_averages[:, k] = halves_k[:, k]
         for r in moved:
-            results[r.index] = ParticleResult(
-                r.index, k, r.rotation, r.shift, r.max_probability, r.n_significant, r.fit
-            )
+            results[r.index] = replace(r, klass=k)
         counts = np.bincount([r.klass for r in results], minlength=K)
         alpha = counts / counts.sum()
         changed = True
