@@ -74,3 +74,62 @@ def test_the_junk_class_opens_after_the_warm_up_with_the_worst_fits(tmp_path):
     assert in_junk.sum() == round(JUNK_SEED_SHARE * len(table))
     assert opened.state.alpha[1] == pytest.approx(in_junk.mean())
     assert np.mean(classes[in_junk] == 2) >= 0.75
+
+
+def test_the_screen_moves_the_low_population_out_of_the_target_class(tmp_path):
+    """Planted correlations with the target: 24 1BXN particles near 0.30 (4 of them in the
+    junk class) and 12 3CF3 picks near 0.10 in the target class. The screen finds two
+    populations (BIC), moves the 12 picks to the junk class and the 4 back, and rebuilds the
+    target average from the 24; one planted population (all near 0.30) moves nothing and
+    keeps the state."""
+    from faml.ml.junk import screen_junk
+    from faml.ml.tasks import split_halves
+    from faml.parallel import SerialExecutor
+
+    structures = [polnet_map("1bxn", 24)] * 2 + [polnet_map("3cf3", 24)]
+    _, _, classes = make_dataset(tmp_path / "p", structures, 12, 0.5, seed=3)
+    table = from_mrc_files(tmp_path / "p")
+    config = RunConfig(classes=2, junk_classes=1, seed=2, iterations=1).tuned(
+        starts=1, fa_iterations=1, verify=False
+    )
+    result = run(table, tmp_path / "run", config)
+    rng = np.random.default_rng(5)
+    other = classes == 2
+    fits = np.where(other, 0.10, 0.30) + 0.02 * rng.standard_normal(len(table))
+    from faml.ml.em import ParticleResult
+
+    # 4 of the 1BXN particles start in the junk class, their best target fit known
+    stray = np.flatnonzero(~other)[:4]
+    results = [
+        ParticleResult(
+            i,
+            int(i in stray),
+            result.rotations[i],
+            result.shifts[i],
+            1.0,
+            1,
+            0.0,
+            float(f),
+            0,
+            result.rotations[i],
+            result.shifts[i],
+        )  # fmt: skip
+        for i, f in enumerate(fits)
+    ]
+    halves = split_halves(len(table), config.seed)
+    state, screened, found = screen_junk(SerialExecutor(), table, result.state, results,
+                                         config, halves, 8)  # fmt: skip
+    moved = np.array([r.klass for r in screened]) == 1
+    assert found.applied and found.moved == 12 and found.returned == 4
+    assert found.bic[1] < found.bic[0]
+    assert np.array_equal(moved, other)
+    assert state.alpha == pytest.approx([24 / 36, 12 / 36])
+    assert not np.allclose(state.averages[0], result.state.averages[0])
+    assert "moved to junk class 2" in found.reason
+
+    same = [replace(r, klass=0, target_fit=0.30 + 0.02 * rng.standard_normal()) for r in results]
+    kept_state, kept, found = screen_junk(SerialExecutor(), table, result.state, same, config,
+                                          halves, 8)  # fmt: skip
+    assert not found.applied and found.moved == 0 and kept_state is result.state
+    assert all(r.klass == 0 for r in kept)
+    assert "one population" in found.reason

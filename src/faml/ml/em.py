@@ -95,6 +95,7 @@ __all__ = [
     "hard_particle",
     "initial_assignment",
     "load_particle",
+    "likelihoods_and_correlations",
     "log_likelihoods",
     "neighbour_step_deg",
     "process_particle",
@@ -180,6 +181,15 @@ class ParticleResult:
     max_probability: float
     n_significant: int  # candidates carrying 90% of the weight
     fit: float = 0.0  # FAML: the particle's log-likelihood; FA: its best correlation
+    # the best correlation with a target (not junk) class over its candidates (FA: the
+    # wedge-constrained score; FAML: the whitened correlation of the likelihood's shells),
+    # that class (0-based) and that candidate's pose: what the junk screen
+    # (faml.ml.junk.screen_junk) compares and where it places a particle back in a target
+    # class. NaN / -1 / None: not measured.
+    target_fit: float = float("nan")
+    target_class: int = -1
+    target_rotation: np.ndarray | None = None
+    target_shift: np.ndarray | None = None
 
 
 @lru_cache(maxsize=8)
@@ -315,6 +325,22 @@ def log_likelihoods(
     iteration); ``centre``: where the translation prior is centred (a local search: the
     particle's prior offset; default 0).
     """
+    return likelihoods_and_correlations(
+        ctx, klass, padded, wedge, rotations, shifts, shells, half, centre
+    )[0]
+
+
+def likelihoods_and_correlations(
+    ctx: StepContext, klass: int, padded: PaddedSpectrum, wedge: np.ndarray,
+    rotations: np.ndarray, shifts: np.ndarray, shells: np.ndarray, half: int = 0,
+    centre: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """:func:`log_likelihoods` and the `(B,)` whitened correlations ``XA / sqrt(XX AA)``.
+
+    The correlation of the data with the class's average as the particle saw it (its
+    weight), each shell ``1..band_e`` weighted by ``1 / sigma_r^2``: the share of the
+    particle's whitened power that the reference explains is its square (when positive).
+    """
     box = ctx.box
     n = box // 2 + 1
     _, _, shell, mult = frame_points(box, ctx.band_e)
@@ -336,7 +362,8 @@ def log_likelihoods(
     offsets = np.asarray(shifts) if centre is None else np.asarray(shifts) - centre
     t2 = np.sum(offsets**2, axis=1)
     prior = t2 / ctx.xi**2 + 3.0 * np.log(2.0 * np.pi * ctx.xi**2)
-    return -0.5 * (data + prior)
+    correlation = cross / np.sqrt(np.maximum(xx @ inv, 1e-300) * aa)
+    return -0.5 * (data + prior), correlation
 
 
 def with_neighbours(
@@ -465,6 +492,9 @@ def process_particle(
     if ctx.phase.method == "fa":
         best_k = int(np.argmax(scores[:active])) if only is None else only
         best_m, max_p, n_sig, fit = 0, 1.0, 1, float(scores[best_k])
+        target = (-np.inf, -1, 0)
+        for k in range(K - cfg.junk_classes):
+            target = max(target, (float(scores[k]), k, 0))
         clock = _lap(t, "estep", clock)
         accumulate(
             stats, padded, weights, half, best_k, [1.0], rots[best_k][:1], shifts[best_k][:1],
@@ -472,6 +502,7 @@ def process_particle(
         )  # fmt: skip
     else:
         log_e = []
+        target = (-np.inf, -1, 0)  # (correlation, class, candidate) of the best target fit
         for k in range(K):
             if len(rots[k]) == 0:  # a closed junk class
                 log_e.append(np.empty(0))
@@ -486,7 +517,11 @@ def process_particle(
                 clock = _lap(t, "voronoi", clock)
             else:
                 nu = nus[k]
-            ll = log_likelihoods(ctx, k, padded, weights, rots[k], shifts[k], shells, half, centre)
+            ll, corr = likelihoods_and_correlations(ctx, k, padded, weights, rots[k], shifts[k],
+                                                    shells, half, centre)  # fmt: skip
+            if k < K - cfg.junk_classes:
+                m = int(np.argmax(corr))
+                target = max(target, (float(corr[m]), k, m))
             if local is not None:
                 ll = ll + log_pose_prior(rots[k], prior[0], local)
             log_e.append(ctx.log_alpha[k] + np.log(nu) + ll)
@@ -518,9 +553,27 @@ def process_particle(
     _lap(t, "mstep", clock)
     stats.particles = 1
     result = ParticleResult(
-        int(i), best_k, rots[best_k][best_m], shifts[best_k][best_m], max_p, n_sig, fit
+        int(i),
+        best_k,
+        rots[best_k][best_m],
+        shifts[best_k][best_m],
+        max_p,
+        n_sig,
+        fit,
+        *_target_fields(target, rots, shifts),
     )
     return result, stats
+
+
+def _target_fields(target: tuple[float, int, int], rotations: list, shifts: list) -> tuple:
+    """A ParticleResult's ``target_*`` fields from the best target fit.
+
+    ``target``: ``(correlation, class, candidate)``; class -1: none measured.
+    """
+    value, k, m = target
+    if k < 0 or not np.isfinite(value):
+        return float("nan"), -1, None, None
+    return value, k, rotations[k][m], shifts[k][m]
 
 
 def settings_for(

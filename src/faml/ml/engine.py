@@ -41,7 +41,7 @@ from faml.io.particles import ParticleTable, with_weight_scale
 from faml.ml.config import RunConfig
 from faml.ml.em import ParticleResult, step_context
 from faml.ml.focus import check_focus_mask, focus_averages, focus_state, focused_model
-from faml.ml.junk import open_junk, target_band
+from faml.ml.junk import open_junk, screen_junk, target_band
 from faml.ml.mstep import reference_model, update_model
 from faml.ml.outputs import final_fsc, final_map, run_summary, write_results
 from faml.ml.phase import (
@@ -180,6 +180,10 @@ def run(
             history[-1] = replace(history[-1], kept_runner_up=True, log_likelihood=check[2],
                                   log_likelihood_chosen_start=old[2])  # fmt: skip
             check = old
+        if config.junk_classes:
+            state, results, screen = screen_junk(executor, table, state, results, config,
+                                                 halves, batch_size)  # fmt: skip
+            summary["junk_screen"] = screen.to_dict()
     except ExecutorLost as exc:
         done = main.last()
         after = "no iteration" if done is None else f"iteration {int(done.name)}"

@@ -16,7 +16,7 @@ from faml.ml.state import ModelState
 from faml.ml.tasks import Batch, map_assigned, reduce
 from faml.parallel import Executor
 
-__all__ = ["RARE_SHARE", "RESEED_SHARE", "placed_means", "reseed", "reseed_below"]
+__all__ = ["RARE_SHARE", "RESEED_SHARE", "placed_means", "rebuilt", "reseed", "reseed_below"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,14 +58,11 @@ def reseed(
     K = config.classes
     if K == 1:
         return state, results
-    averages = state.averages.copy()
-    half_averages = None if state.half_averages is None else state.half_averages.copy()
-    curves = state.fsc.copy()
-    alpha = state.alpha.copy()
+    before = state
     results = list(results)
     changed = False
     for k in range(K):
-        if alpha[k] >= reseed_below(K) or k >= K - config.junk_classes:
+        if state.alpha[k] >= reseed_below(K) or k >= K - config.junk_classes:
             continue  # not emptied, or a junk class (it may well be empty)
         counts = np.bincount([r.klass for r in results], minlength=K)
         big = int(np.argmax(counts))
@@ -74,29 +71,51 @@ def reseed(
             continue
         members.sort(key=lambda r: r.fit)
         moved = members[: len(members) // 2]
-        placed = [(r.index, k, r.rotation, r.shift) for r in moved]
-        means, halves_k, curves_k, _ = placed_means(
-            executor, table, placed, halves, config, batch_size, f"re-seeding class {k + 1}"
-        )
-        averages[k], curves[k] = means[k], curves_k[k]
-        if half_averages is not None:
-            half_averages[:, k] = halves_k[:, k]
         for r in moved:
             results[r.index] = replace(r, klass=k)
-        counts = np.bincount([r.klass for r in results], minlength=K)
-        alpha = counts / counts.sum()
+        state = rebuilt(executor, table, state, results, [k], halves, config, batch_size,
+                        f"re-seeding class {k + 1}")  # fmt: skip
         changed = True
         logger.info(
             "class %d held %.1f%% of the particles: re-seeded with the %d worst-fitting "
-            "particles of class %d", k + 1, 100 * state.alpha[k], len(moved), big + 1,
+            "particles of class %d", k + 1, 100 * before.alpha[k], len(moved), big + 1,
         )  # fmt: skip
     if not changed:
-        return state, results
-    band = model_band(curves, config.tuning.min_band, table.box)
-    reseeded = ModelState(
-        state.iteration, averages, curves, band, alpha, state.sigma2, state.xi, half_averages
-    )
-    return reseeded, results
+        return before, results
+    return replace(state, band=model_band(state.fsc, config.tuning.min_band, table.box)), results
+
+
+def rebuilt(
+    executor: Executor,
+    table: ParticleTable,
+    state: ModelState,
+    results: list[ParticleResult],
+    classes: list[int],
+    halves: np.ndarray,
+    config: RunConfig,
+    batch_size: int,
+    label: str,
+) -> ModelState:
+    """``state`` with the averages of ``classes`` rebuilt from their particles in ``results``.
+
+    Each particle whose class is one of ``classes`` is placed at its pose with weight 1
+    (:func:`placed_means`): those classes' averages, half-set averages and FSC curves are
+    replaced; every class's ``alpha`` follows the counts of ``results``; the band is left
+    to the caller. ``label``: the progress line.
+    """
+    placed = [(r.index, r.klass, r.rotation, r.shift) for r in results if r.klass in classes]
+    means, by_half, curves, _ = placed_means(executor, table, placed, halves, config,
+                                             batch_size, label)  # fmt: skip
+    averages, fsc_curves = state.averages.copy(), state.fsc.copy()
+    averages[classes] = means[classes].astype(averages.dtype, copy=False)
+    fsc_curves[classes] = curves[classes]
+    half_averages = state.half_averages
+    if half_averages is not None:
+        half_averages = half_averages.copy()
+        half_averages[:, classes] = by_half[:, classes].astype(half_averages.dtype, copy=False)
+    counts = np.bincount([r.klass for r in results], minlength=config.classes)
+    return replace(state, averages=averages, half_averages=half_averages, fsc=fsc_curves,
+                   alpha=counts / counts.sum())  # fmt: skip
 
 
 def placed_means(
