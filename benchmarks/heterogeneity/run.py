@@ -23,7 +23,8 @@ Usage::
 - ``junk``: 1U6G as the target (70%) with 30% picks of three other proteins (1BXN, 3CF3,
   2CG9), crowded, SNR 0.02, 150 particles; ``--classes 1 --junk 2`` against ``--classes 1``
   on the target's particles alone: the share of junk out of the target class, the target
-  map's masked correlation and FSC 0.5 with the truth.
+  map's masked correlation and FSC 0.5 with the truth; ``junk_seed2``: the same on a
+  second simulation (seed 2).
 
 Every run: the particle mask, ``--workers 2 --seed 1``; a run whose ``run.json`` exists is
 kept (re-scored, not rerun). Writes ``OUT/<scenario>.json``.
@@ -168,44 +169,56 @@ def three(out: Path, tenth: int = 20, name: str = "three") -> dict:
     return {**_scored_states(run, sim, 3, names), "wall_s": wall}
 
 
-def junk(out: Path) -> dict:
+def junk(out: Path, seed: int = 1) -> dict:
+    """The target + 30% junk scenario on the simulation of ``seed`` (folders ``*_s2`` etc.)."""
     from faml.evaluate.maps import score_map
     from faml.io.mrc import read_volume
     from faml.simulate.dataset import read_truth
 
+    tag = "" if seed == 1 else f"_s{seed}"
     # 7 x 15 target particles and 15 of each other protein: 150, 30% junk
-    sim = simulate(out / "sim_junk", ["1u6g"] * 7 + ["1bxn", "3cf3", "2cg9"], 15)
+    sim = simulate(out / f"sim_junk{tag}", ["1u6g"] * 7 + ["1bxn", "3cf3", "2cg9"], 15, seed)
     truth = read_truth(sim)
+    where = {Path(n).name: i for i, n in enumerate(truth.image_names)}
     is_target = np.asarray(truth.classes) < 7
+
+    def scored(run: Path) -> dict:
+        s = score_map(read_volume(run / "class_001.mrc")[0], truth.maps[0], truth.voxel_size)
+        return {"corr": float(s.correlation), "fsc05": float(s.resolution_05)}
+
     rows = {}
-    run = out / "junk_k1j2"
+    run = out / ("junk_k1j2" if seed == 1 else f"junk{tag}")
     wall = faml("run", str(sim / "particles.star"), "--out", str(run), "--overwrite",
                 "--classes", "1", "--junk", "2", *COMMON, *mask_args())  # fmt: skip
     got = starfile.read(run / "particles.star", always_dict=True)["particles"]
+    target = is_target[[where[Path(n).name] for n in got["rlnImageName"]]]
     klass = got["rlnClassNumber"].to_numpy()
-    s = score_map(read_volume(run / "class_001.mrc")[0], truth.maps[0], truth.voxel_size)
     rows["junk"] = {
-        "junk_out_of_target": float(np.mean(klass[~is_target] != 1)),
-        "target_in_target": float(np.mean(klass[is_target] == 1)),
-        "corr": float(s.correlation), "fsc05": float(s.resolution_05), "wall_s": wall,
+        "junk_out_of_target": float(np.mean(klass[~target] != 1)),
+        "target_in_target": float(np.mean(klass[target] == 1)),
+        **scored(run), "wall_s": wall,
+        "screen": json.loads((run / "run.json").read_text()).get("junk_screen"),
     }  # fmt: skip
     # the target's particles alone (the oracle selection), K = 1
     only = sim / "target_only.star"  # beside the simulation: its image names resolve
     blocks = starfile.read(sim / "particles.star", always_dict=True)
-    blocks["particles"] = blocks["particles"][is_target].reset_index(drop=True)
+    names = blocks["particles"]["rlnImageName"]
+    keep = is_target[[where[Path(n).name] for n in names]]
+    blocks["particles"] = blocks["particles"][keep].reset_index(drop=True)
     starfile.write(blocks, only, overwrite=True)
-    run = out / "target_only"
+    run = out / f"target_only{tag}"
     wall = faml("run", str(only), "--out", str(run), "--overwrite", *COMMON, *mask_args())
-    s = score_map(read_volume(run / "class_001.mrc")[0], truth.maps[0], truth.voxel_size)
-    rows["target_only"] = {"corr": float(s.correlation), "fsc05": float(s.resolution_05),
-                           "wall_s": wall}  # fmt: skip
-    run = out / "junk_k1"
+    rows["target_only"] = {**scored(run), "wall_s": wall}
+    run = out / f"junk_k1{tag}"
     wall = faml("run", str(sim / "particles.star"), "--out", str(run), "--overwrite",
                 *COMMON, *mask_args())  # fmt: skip
-    s = score_map(read_volume(run / "class_001.mrc")[0], truth.maps[0], truth.voxel_size)
-    rows["all_k1"] = {"corr": float(s.correlation), "fsc05": float(s.resolution_05),
-                      "wall_s": wall}  # fmt: skip
+    rows["all_k1"] = {**scored(run), "wall_s": wall}
     return rows
+
+
+def junk_seed2(out: Path) -> dict:
+    """``junk`` on a second simulation (seed 2): the screen's threshold was chosen on seed 1."""
+    return junk(out, 2)
 
 
 def three_large(out: Path) -> dict:
@@ -214,7 +227,8 @@ def three_large(out: Path) -> dict:
 
 
 SCENARIOS = {"single": single, "single_consensus": single_consensus, "states": states,
-             "three": three, "three_large": three_large, "junk": junk}  # fmt: skip
+             "three": three, "three_large": three_large, "junk": junk,
+             "junk_seed2": junk_seed2}  # fmt: skip
 
 
 def main() -> None:

@@ -188,9 +188,10 @@ def _add_run_model(m) -> None:
     m.add_argument(
         "--junk", type=int, default=0, metavar="J",
         help="J more classes, after the --classes K, for picks that are not the target "
-        "(other proteins, membrane, ice): they open after the FA warm-up with the picks that "
-        "fit the target worst, are never re-seeded and do not set the resolution; drop them "
-        "with --select-classes 1..K in the next run",
+        "(other proteins, membrane, ice): the iterations refine the targets, then the picks "
+        "whose correlation with them is a second, lower population (a tested two-component "
+        "mixture) move to the junk classes; drop them with --select-classes 1..K in the next "
+        "run",
     )  # fmt: skip
     m.add_argument(
         "--stability", type=int, default=0, metavar="N",

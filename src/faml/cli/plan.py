@@ -120,8 +120,9 @@ def plan_lines(
         *([("CTF form", ctf_form)] if ctf_form else []),
         ("classes K", f"{cfg.classes}" + (
             f" ({cfg.classes - cfg.junk_classes} target, {cfg.junk_classes} junk: classes "
-            f"{cfg.classes - cfg.junk_classes + 1}-{cfg.classes}, opened after the FA warm-up "
-            "with the worst-fitting picks)" if cfg.junk_classes else "")),
+            f"{cfg.classes - cfg.junk_classes + 1}-{cfg.classes}, filled after the last "
+            "iteration by the screen of the picks' correlations with the targets)"
+            if cfg.junk_classes else "")),
         ("method", "; ".join(m for m in (method, starts) if m)
          + f"; at most {_n(cfg.iterations, 'iteration')}"),
         *([("consensus", "a K = 1 run first, reference-free (OUT/consensus: random starts, "

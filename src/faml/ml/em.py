@@ -182,14 +182,9 @@ class ParticleResult:
     n_significant: int  # candidates carrying 90% of the weight
     fit: float = 0.0  # FAML: the particle's log-likelihood; FA: its best correlation
     # the best correlation with a target (not junk) class over its candidates (FA: the
-    # wedge-constrained score; FAML: the whitened correlation of the likelihood's shells),
-    # that class (0-based) and that candidate's pose: what the junk screen
-    # (faml.ml.junk.screen_junk) compares and where it places a particle back in a target
-    # class. NaN / -1 / None: not measured.
+    # wedge-constrained score; FAML: the whitened correlation of the likelihood's shells):
+    # what the junk screen (faml.ml.junk.screen_junk) compares. NaN: not measured.
     target_fit: float = float("nan")
-    target_class: int = -1
-    target_rotation: np.ndarray | None = None
-    target_shift: np.ndarray | None = None
 
 
 @lru_cache(maxsize=8)
@@ -423,8 +418,8 @@ def process_particle(
     tuning = cfg.tuning
     box = ctx.box
     K = cfg.classes
-    # the classes this iteration compares: the junk classes wait for the end of the warm-up
-    active = K if ctx.phase.junk_open else K - cfg.junk_classes
+    # the classes the iterations compare: the targets (junk classes are filled by the screen)
+    active = K - cfg.junk_classes
     local = cfg.local_search_deg
     if local is not None and prior is None:
         raise ValueError(f"particle {i}: a local search needs its prior pose")
@@ -484,17 +479,15 @@ def process_particle(
                 if local is not None:
                     inside = within(rots[k], shifts[k], prior, local, max_shift)
                     rots[k], shifts[k] = rots[k][inside], shifts[k][inside]
-    if candidates is None:  # closed junk classes: no candidate
+    if candidates is None:  # junk classes: no candidate
         rots += [np.empty((0, 3, 3))] * (K - active)
         shifts += [np.empty((0, 3))] * (K - active)
     clock = _lap(t, "align", clock)
-    only = random_class(cfg.seed, i, K) if ctx.phase.random_classes else None
+    only = random_class(cfg.seed, i, active) if ctx.phase.random_classes else None
     if ctx.phase.method == "fa":
         best_k = int(np.argmax(scores[:active])) if only is None else only
         best_m, max_p, n_sig, fit = 0, 1.0, 1, float(scores[best_k])
-        target = (-np.inf, -1, 0)
-        for k in range(K - cfg.junk_classes):
-            target = max(target, (float(scores[k]), k, 0))
+        target_fit = max(float(scores[k]) for k in range(active))
         clock = _lap(t, "estep", clock)
         accumulate(
             stats, padded, weights, half, best_k, [1.0], rots[best_k][:1], shifts[best_k][:1],
@@ -502,9 +495,9 @@ def process_particle(
         )  # fmt: skip
     else:
         log_e = []
-        target = (-np.inf, -1, 0)  # (correlation, class, candidate) of the best target fit
+        target_fit = float("nan")
         for k in range(K):
-            if len(rots[k]) == 0:  # a closed junk class
+            if len(rots[k]) == 0:  # a junk class
                 log_e.append(np.empty(0))
                 continue
             if nus is None and not cfg.tuning.voronoi:
@@ -519,9 +512,7 @@ def process_particle(
                 nu = nus[k]
             ll, corr = likelihoods_and_correlations(ctx, k, padded, weights, rots[k], shifts[k],
                                                     shells, half, centre)  # fmt: skip
-            if k < K - cfg.junk_classes:
-                m = int(np.argmax(corr))
-                target = max(target, (float(corr[m]), k, m))
+            target_fit = float(np.fmax(target_fit, np.max(corr)))  # junk: no candidates
             if local is not None:
                 ll = ll + log_pose_prior(rots[k], prior[0], local)
             log_e.append(ctx.log_alpha[k] + np.log(nu) + ll)
@@ -560,20 +551,9 @@ def process_particle(
         max_p,
         n_sig,
         fit,
-        *_target_fields(target, rots, shifts),
+        target_fit,
     )
     return result, stats
-
-
-def _target_fields(target: tuple[float, int, int], rotations: list, shifts: list) -> tuple:
-    """A ParticleResult's ``target_*`` fields from the best target fit.
-
-    ``target``: ``(correlation, class, candidate)``; class -1: none measured.
-    """
-    value, k, m = target
-    if k < 0 or not np.isfinite(value):
-        return float("nan"), -1, None, None
-    return value, k, rotations[k][m], shifts[k][m]
 
 
 def settings_for(

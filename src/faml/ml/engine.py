@@ -41,12 +41,11 @@ from faml.io.particles import ParticleTable, with_weight_scale
 from faml.ml.config import RunConfig
 from faml.ml.em import ParticleResult, step_context
 from faml.ml.focus import check_focus_mask, focus_averages, focus_state, focused_model
-from faml.ml.junk import open_junk, screen_junk, target_band
+from faml.ml.junk import screen_junk, target_band
 from faml.ml.mstep import reference_model, update_model
 from faml.ml.outputs import final_fsc, final_map, run_summary, write_results
 from faml.ml.phase import (
     Phase,
-    fa_iterations,
     phase_of,
     random_starts,
     split_start,
@@ -337,9 +336,6 @@ class _Job:
         state = update_model(stats, state, self.config, phase, len(self.table), self.mask,
                              self.focus)  # fmt: skip
         state = target_band(state, self.config, self.table.box)
-        if self.config.junk_classes and phase.iteration == fa_iterations(self.config) > 0:
-            state, results = open_junk(self.executor, self.table, state, results, self.config,
-                                       self.halves, self.batch_size)  # fmt: skip
         updated = state
         state, results = reseed(self.executor, self.table, state, results, self.config,
                                 self.halves, self.batch_size)  # fmt: skip

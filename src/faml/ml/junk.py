@@ -2,31 +2,29 @@
 
 Template matching and manual picking bring other proteins, membrane patches, ice and empty
 boxes with the target. The last ``RunConfig.junk_classes`` classes of a run are junk
-classes: ordinary classes (averages refined like the targets') with three differences.
+classes, filled once, after the last iteration, by :func:`screen_junk`:
 
-1. They wait for the end of the FA warm-up (:attr:`faml.ml.phase.Phase.junk_open`). A
-   junk class open from the start takes random picks, and the warm-up's hard assignment
-   by the best correlation empties it for good (prior 0, average 0) when the target
-   average is the sharper one: measured on the crowded junk set of
-   ``benchmarks/heterogeneity``, all 150 picks ended in the target class.
-2. After the warm-up's last M-step :func:`open_junk` seeds them with the picks that fit
-   the target classes worst (the lowest best correlation); from then on the likelihood
-   decides pick by pick. Junk classes held at a few shells (blobs of the particles' size)
-   lost every pick to the target even at SNR 0.5 (``tests/test_junk.py``): a blob explains
-   another protein's low-resolution shape worse than the target at its best-fitting pose
-   does, so the junk classes keep their own detail.
+1. The iterations compare the target classes only (the junk classes have no candidates,
+   :func:`faml.ml.em.process_particle`), so the target averages are refined as without
+   ``--junk``. At 30% junk the K = 1 map of all picks equals the one of the target's
+   particles alone (``benchmarks/heterogeneity``: masked correlation 0.925 / 0.924 and
+   0.923 / 0.929 on two simulations). Junk classes refined alongside instead (opened after
+   the FA warm-up with the worst-fitting third) became mixtures: 91% of the junk out of
+   the target class on one simulation, but on the second they took half of the target's
+   particles and left 62% of the junk in (its map 0.823 against 0.929).
+2. Every particle's best correlation with a target class in the last iteration
+   (:attr:`faml.ml.em.ParticleResult.target_fit`) is tested for two populations: a
+   two-component Gaussian mixture (scikit-learn), accepted when it fits better than one
+   Gaussian beyond chance (parametric bootstrap of the likelihood ratio, p <
+   :data:`SCREEN_P`) and its components are separated by Ashman's D >=
+   :data:`SCREEN_SEPARATION` (BIC reported beside them). The
+   particles that the lower component claims with posterior >= :data:`SCREEN_POSTERIOR`
+   go to the junk classes (split among them along the main components of their residuals
+   when there are several, :func:`faml.ml.split.split_classes`), at their target poses;
+   the target classes' and the junk classes' averages are rebuilt from the particles they
+   then hold (:func:`faml.ml.reseed.rebuilt`).
 3. The run's band comes from the target classes only (:func:`target_band`), and a junk
    class is never re-seeded (:func:`faml.ml.reseed.reseed`): empty is a result.
-4. After the last iteration, :func:`screen_junk` tests the particles' best correlations
-   with the target classes (:attr:`faml.ml.em.ParticleResult.target_fit`) for two
-   populations. The junk classes refine into mixtures of whatever was picked, a weaker
-   model of each protein than the target is of itself at its best-fitting pose, so some
-   junk stays in the target classes by likelihood (16% on the crowded junk set); its
-   correlation with the target is still low. When a two-component Gaussian mixture of the
-   correlations beats one by BIC, target-class particles that the low component claims
-   with posterior >= :data:`SCREEN_POSTERIOR` move to the last junk class, junk-class
-   particles that the high one claims so move back to their best target class, and the
-   target averages are rebuilt from the particles they then hold.
 
 The user drops the junk classes with ``--select-classes`` (:mod:`faml.cli`).
 """
@@ -43,30 +41,41 @@ from faml.ml.mstep import model_band
 from faml.ml.state import ModelState
 
 __all__ = [
-    "JUNK_SEED_SHARE",
+    "SCREEN_BOOTSTRAP",
     "SCREEN_MIN_PARTICLES",
+    "SCREEN_P",
     "SCREEN_POSTERIOR",
+    "SCREEN_SEPARATION",
     "JunkScreen",
     "junk_indices",
-    "open_junk",
     "screen_junk",
     "target_band",
 ]
 
 logger = logging.getLogger(__name__)
 
-JUNK_SEED_SHARE = 1 / 3
-"""The share of the particles (the worst-fitting) that seeds the junk classes when they
-open; the likelihood moves them on from there."""
-
-
 SCREEN_POSTERIOR = 0.8
-"""The posterior from which :func:`screen_junk` moves a particle: a target-class particle
-that the low population claims with at least this out to the junk, a junk-class particle
-that the high one claims so back to its best target class. Chosen on the crowded junk set
-of ``benchmarks/heterogeneity`` (``--junk 2``, seed 1; the last iteration's correlations):
-0.5 / 0.8 / 0.95 took 93 / 91 / 89% of the junk out of the target class and kept 88 / 88
-/ 86% of the target's particles in it."""
+"""The lower population's posterior from which :func:`screen_junk` moves a particle to the
+junk. Chosen on the crowded junk set of ``benchmarks/heterogeneity`` (seed 1, the
+correlations of a target-only refinement of all picks): 0.5 / 0.8 took 100 / 100% of the
+junk and 21 / 14% of the target's particles; on seed 2 (E-step correlations) 98 / 96% and
+22 / 9%."""
+
+SCREEN_SEPARATION = 2.0
+"""Ashman's D, ``sqrt(2) |mu_1 - mu_2| / sqrt(s_1^2 + s_2^2)``, from which two Gaussian
+components are taken for two populations (D > 2: a clean separation, Ashman et al. 1994).
+Measured: 2.8-3.7 on the junk sets (30% junk), 1.2 on a set of the target alone."""
+
+SCREEN_P = 0.1
+"""The bootstrap p-value of two components against one below which (with Ashman's D >=
+:data:`SCREEN_SEPARATION`) they are taken for two populations. Measured: 0.01-0.02 on the
+crowded junk sets (150 picks), 0.08 on the planted set of ``tests/test_junk.py`` (36, D
+3.1); 0.42 on the target alone (100 particles, D 1.0) and 0.09 / 0.62 / 0.87 on three draws
+of 36 from one Gaussian (D 1.8 / 1.9 / 2.25): neither test alone separates these."""
+
+SCREEN_BOOTSTRAP = 99
+"""Data sets drawn from the one-Gaussian fit for the null distribution of the likelihood
+ratio (McLachlan's bootstrap test of the number of components)."""
 
 SCREEN_MIN_PARTICLES = 30
 """Fewer particles with a measured target fit: no screen (a mixture of two populations is
@@ -80,28 +89,31 @@ class JunkScreen:
     Attributes
     ----------
     applied
-        Whether particles were moved (two populations supported and some claimed).
+        Whether particles were moved to the junk classes.
     reason
         One sentence: what was decided and on what evidence.
+    separation
+        Ashman's D of the two components (NaN: not fitted).
+    p_value
+        Bootstrap p-value of two components against one (NaN: not fitted).
     bic
         `(2,)` BIC of one and of two Gaussian populations of the correlations (lower is
         better); empty when not fitted.
     means, sds, weights
-        The two populations' means, standard deviations and shares, the lower first.
+        The two components' means, standard deviations and shares, the lower first.
     moved
-        Particles moved from the target classes to the junk class.
-    returned
-        Particles moved from the junk classes back to a target class.
+        Particles moved from the target classes to the junk classes.
     """
 
     applied: bool
     reason: str
+    separation: float = float("nan")
+    p_value: float = float("nan")
     bic: tuple[float, ...] = ()
     means: tuple[float, ...] = ()
     sds: tuple[float, ...] = ()
     weights: tuple[float, ...] = ()
     moved: int = 0
-    returned: int = 0
 
     def to_dict(self) -> dict:
         """The fields as a JSON-ready dict."""
@@ -109,30 +121,19 @@ class JunkScreen:
 
 
 def screen_junk(
-    executor,
-    table,
-    state: ModelState,
-    results: list,
-    config: RunConfig,
-    halves: np.ndarray,
+    executor, table, state: ModelState, results: list, config: RunConfig, halves: np.ndarray,
     batch_size: int,
-) -> tuple[ModelState, list, JunkScreen]:
-    """The junk screen after the last iteration (module docstring, item 4).
+) -> tuple[ModelState, list, JunkScreen]:  # fmt: skip
+    """The junk screen after the last iteration (module docstring, item 2).
 
-    The correlations are every particle's best with a target class in the last iteration
-    (junk-class particles included: they are the low population's clearest members). A
-    Gaussian mixture of one and of two components is fitted (scikit-learn, seeded with
-    ``config.seed``); with two preferred by BIC, the target-class particles that the lower
-    component claims with posterior >= :data:`SCREEN_POSTERIOR` move to the last junk class
-    (keeping their target pose; the junk averages are not rebuilt), the junk-class
-    particles that the upper one claims so move to their best target class at that fit's
-    pose, and the target classes' averages (their half averages and FSC) are rebuilt from
-    their particles (:func:`faml.ml.reseed.rebuilt`), ``alpha`` from the counts. Without
-    junk classes, or with fewer than :data:`SCREEN_MIN_PARTICLES` measured correlations,
-    nothing changes.
+    Returns the state with the target and junk classes' averages (half averages, FSC)
+    rebuilt and ``alpha`` from the counts, the results with the moved particles in the
+    junk classes, and what was found. Without junk classes, with fewer than
+    :data:`SCREEN_MIN_PARTICLES` measured correlations or without two separated
+    populations, the inputs come back unchanged. ``executor``, ``halves``,
+    ``batch_size``: where and how the averages are rebuilt; the mixture is seeded with
+    ``config.seed``.
     """
-    from sklearn.mixture import GaussianMixture
-
     from faml.ml.reseed import rebuilt
 
     junk = list(junk_indices(config))
@@ -143,55 +144,102 @@ def screen_junk(
     if measured.sum() < SCREEN_MIN_PARTICLES:
         reason = (f"not screened: {int(measured.sum())} particles have a measured correlation "
                   f"with the targets (at least {SCREEN_MIN_PARTICLES} needed)")  # fmt: skip
-        logger.info("junk screen %s", reason)
+        logger.info("junk screen: %s", reason)
         return state, results, JunkScreen(False, reason)
-    x = fits[measured][:, None]
+    x = fits[measured]
     seed = int(config.seed) % (2**32)
-    one = GaussianMixture(1, random_state=seed).fit(x)
-    two = GaussianMixture(2, n_init=5, random_state=seed).fit(x)
-    bic = (float(one.bic(x)), float(two.bic(x)))
+    ratio, one, two = _mixtures(x, seed)
+    p_value = _bootstrap_p(ratio, one, len(x), seed)
     order = np.argsort(two.means_.ravel())
-    means = tuple(float(m) for m in two.means_.ravel()[order])
-    sds = tuple(float(s) for s in np.sqrt(two.covariances_.ravel()[order]))
-    weights = tuple(float(w) for w in two.weights_[order])
-    found = dict(bic=bic, means=means, sds=sds, weights=weights)
-    if bic[1] >= bic[0]:
-        reason = (f"one population of correlations with the targets (BIC {bic[0]:.1f} for one, "
-                  f"{bic[1]:.1f} for two): no particle moved")  # fmt: skip
+    mu = two.means_.ravel()[order]
+    sd = np.sqrt(two.covariances_.ravel()[order])
+    separation = float(np.sqrt(2.0) * (mu[1] - mu[0]) / np.sqrt(sd[0] ** 2 + sd[1] ** 2))
+    found = dict(separation=separation, p_value=p_value,
+                 bic=(float(one.bic(x[:, None])), float(two.bic(x[:, None]))),
+                 means=tuple(map(float, mu)), sds=tuple(map(float, sd)),
+                 weights=tuple(map(float, two.weights_[order])))  # fmt: skip
+    head = (f"correlations with the targets: two components at {mu[0]:.3f} and {mu[1]:.3f} "
+            f"(shares {found['weights'][0]:.2f} / {found['weights'][1]:.2f}, Ashman's D "
+            f"{separation:.2f}, bootstrap p {p_value:.3f}; BIC {found['bic'][1]:.1f} against "
+            f"{found['bic'][0]:.1f} for one)")  # fmt: skip
+    if separation < SCREEN_SEPARATION or p_value >= SCREEN_P:
+        reason = (f"{head}: one population (needs D >= {SCREEN_SEPARATION} and p < "
+                  f"{SCREEN_P}), no particle moved")  # fmt: skip
         logger.info("junk screen: %s", reason)
         return state, results, JunkScreen(False, reason, **found)
-    low = np.full(len(results), np.nan)
-    low[measured] = two.predict_proba(x)[:, order[0]]
-    targets = set(range(config.classes - len(junk)))
+    low = np.zeros(len(results))
+    low[measured] = two.predict_proba(x[:, None])[:, order[0]]
+    targets = list(range(config.classes - len(junk)))
     out = [r for r in results if r.klass in targets and low[r.index] >= SCREEN_POSTERIOR]
-    back = [r for r in results if r.klass not in targets and r.target_class >= 0
-            and low[r.index] <= 1.0 - SCREEN_POSTERIOR]  # fmt: skip
     counts = np.bincount([r.klass for r in results], minlength=config.classes)
     left = counts - np.bincount([r.klass for r in out], minlength=config.classes)
-    head = (f"two populations of correlations with the targets (means {means[0]:.3f} and "
-            f"{means[1]:.3f}, shares {weights[0]:.2f} and {weights[1]:.2f}; BIC {bic[1]:.1f} "
-            f"against {bic[0]:.1f} for one)")  # fmt: skip
-    if not (out or back) or any(left[k] < 2 for k in targets):
-        why = ("every particle is already where the screen puts it" if not (out or back)
+    if not out or any(left[k] < 2 for k in targets):
+        why = ("no particle in the lower one" if not out
                else "moving them would empty a target class")  # fmt: skip
         reason = f"{head}, but {why}: no particle moved"
         logger.info("junk screen: %s", reason)
         return state, results, JunkScreen(False, reason, **found)
+    labels = _junk_labels(table, out, len(junk), config, halves)
     results = list(results)
-    for r in out:  # its pose stays the target's: the junk average is not rebuilt
-        results[r.index] = replace(r, klass=junk[-1])
-    for r in back:
-        results[r.index] = replace(r, klass=r.target_class, rotation=r.target_rotation,
-                                   shift=r.target_shift)  # fmt: skip
-    state = rebuilt(executor, table, state, results, sorted(targets), halves, config,
-                    batch_size, "rebuilding the target classes after the junk screen")  # fmt: skip
-    reason = (f"{head}: {len(out)} target-class particles in the lower one (posterior >= "
-              f"{SCREEN_POSTERIOR}) moved to junk class {junk[-1] + 1}, {len(back)} junk-class "
-              f"particles in the upper one (posterior >= {SCREEN_POSTERIOR}) back to their best "
-              f"target class")  # fmt: skip
+    for r, label in zip(out, labels, strict=True):  # at its target pose
+        results[r.index] = replace(r, klass=junk[label])
+    state = rebuilt(executor, table, state, results, targets + junk, halves, config,
+                    batch_size, "rebuilding the classes after the junk screen")  # fmt: skip
+    reason = (f"{head}: the {len(out)} target-class particles in the lower one (posterior >= "
+              f"{SCREEN_POSTERIOR}) moved to junk class(es) "
+              f"{', '.join(str(k + 1) for k in junk)}")  # fmt: skip
     logger.info("junk screen: %s", reason)
-    screened = JunkScreen(True, reason, moved=len(out), returned=len(back), **found)
+    screened = JunkScreen(True, reason, moved=len(out), **found)
     return target_band(state, config, table.box), results, screened
+
+
+def _mixtures(x: np.ndarray, seed: int):
+    """``(ratio, one, two)``: one- and two-component Gaussian mixtures of `(n,)` values.
+
+    ``ratio``: the likelihood ratio statistic ``2 (log L2 - log L1)``.
+    """
+    from sklearn.mixture import GaussianMixture
+
+    data = np.asarray(x, dtype=np.float64)[:, None]
+    one = GaussianMixture(1, random_state=seed).fit(data)
+    two = GaussianMixture(2, n_init=3, random_state=seed).fit(data)
+    return 2.0 * len(data) * (two.score(data) - one.score(data)), one, two
+
+
+def _bootstrap_p(ratio: float, one, n: int, seed: int) -> float:
+    """The p-value of ``ratio`` under one Gaussian.
+
+    :data:`SCREEN_BOOTSTRAP` draws of ``n`` values from ``one``, each fitted as the data.
+    """
+    rng = np.random.default_rng([seed, 31])
+    mean, sd = float(one.means_[0, 0]), float(np.sqrt(one.covariances_.ravel()[0]))
+    null = [_mixtures(rng.normal(mean, sd, n), seed)[0] for _ in range(SCREEN_BOOTSTRAP)]
+    return float((1 + np.sum(np.asarray(null) >= ratio)) / (SCREEN_BOOTSTRAP + 1))
+
+
+def _junk_labels(table, out: list, count: int, config: RunConfig, halves) -> np.ndarray:
+    """`(len(out),)` which of the ``count`` junk classes each screened particle goes to.
+
+    One junk class: all to it. More: the split of their residuals at their target poses
+    (:func:`faml.ml.split.split_classes`, in the reference-mask sphere), when there are at
+    least two per class; else dealt in turn.
+    """
+    from faml.ml.split import split_classes
+
+    n = len(out)
+    if count == 1:
+        return np.zeros(n, dtype=np.int64)
+    if n < 2 * count:
+        return np.arange(n) % count
+    from faml.geometry.masks import soft_sphere
+
+    rows = np.array([r.index for r in out])
+    box = table.box
+    region = soft_sphere(box, config.mask_radius * box - 3.0, edge=3.0)
+    split = split_classes(table.subset(rows), np.stack([r.rotation for r in out]),
+                          np.stack([r.shift for r in out]), count, region, None,
+                          np.asarray(halves)[rows], config.particle_mask_radius)  # fmt: skip
+    return split.labels
 
 
 def junk_indices(config: RunConfig) -> range:
@@ -208,34 +256,3 @@ def target_band(state: ModelState, config: RunConfig, box: int) -> ModelState:
         return state
     targets = state.fsc[: config.classes - config.junk_classes]
     return replace(state, band=model_band(targets, config.tuning.min_band, box))
-
-
-def open_junk(executor, table, state: ModelState, results: list, config: RunConfig,
-              halves: np.ndarray, batch_size: int) -> tuple[ModelState, list]:  # fmt: skip
-    """``state`` and ``results`` with the junk classes seeded, after the FA warm-up.
-
-    The :data:`JUNK_SEED_SHARE` of the particles with the lowest fit (FA: the best
-    correlation with their target class) are dealt to the junk classes in turn, worst first,
-    at their current poses; each junk class's average is the wedge-compensated mean of its
-    particles (:func:`faml.ml.reseed.placed_means`); ``alpha`` follows the new counts, the
-    band the targets' (:func:`target_band`). ``executor``, ``batch_size``: where and in what
-    tasks the means are summed.
-    """
-    from faml.ml.reseed import rebuilt
-
-    junk = list(junk_indices(config))
-    if not junk:
-        return state, results
-    n = len(results)
-    fits = np.array([r.fit for r in results])
-    count = max(len(junk), int(round(JUNK_SEED_SHARE * n)))
-    worst = np.argsort(fits, kind="stable")[:count]
-    to_class = {int(i): junk[rank % len(junk)] for rank, i in enumerate(worst)}
-    results = [replace(r, klass=to_class[r.index]) if r.index in to_class else r for r in results]
-    opened = rebuilt(executor, table, state, results, junk, halves, config, batch_size,
-                     "opening the junk classes")  # fmt: skip
-    logger.info(
-        "junk classes %s opened after the warm-up with the %d worst-fitting particles",
-        ", ".join(str(k + 1) for k in junk), len(worst),
-    )  # fmt: skip
-    return target_band(opened, config, table.box), results

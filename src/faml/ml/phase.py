@@ -67,10 +67,6 @@ class Phase:
     random_classes
         Each particle may go to one class only, drawn at random (the first iteration from
         one reference for several classes: RELION's random subsets).
-    junk_open
-        The junk classes (``RunConfig.junk_classes``) take part: not during the FA warm-up,
-        whose hard assignment by correlation gives every pick to the detailed target
-        average; they open after it (:func:`faml.ml.junk.open_junk`).
     """
 
     iteration: int
@@ -82,7 +78,6 @@ class Phase:
     held_band: int | None
     may_stop: bool
     random_classes: bool = False
-    junk_open: bool = True
 
 
 def given_start(config: RunConfig) -> bool:
@@ -135,7 +130,6 @@ def phase_of(
         may_stop=not comparing and iteration > max(warm_up, t.grid_iterations),
         random_classes=(iteration == 1 and config.references == 1 and config.classes > 1
                         and not split_start(config)),
-        junk_open=iteration > warm_up,
     )  # fmt: skip
 
 

@@ -85,9 +85,6 @@ def save_checkpoint(
             max_probability=np.array([r.max_probability for r in results]),
             n_significant=np.array([r.n_significant for r in results]),
             target_fit=np.array([r.target_fit for r in results]),
-            target_class=np.array([r.target_class for r in results]),
-            target_rotation=np.stack([_or_nan(r.target_rotation, (3, 3)) for r in results]),
-            target_shift=np.stack([_or_nan(r.target_shift, (3,)) for r in results]),
             halves=halves,
         )
     for k, vol in enumerate(maps):
@@ -102,11 +99,6 @@ def save_checkpoint(
     write_text_atomic(manifest, json.dumps(info))
 
 
-def _or_nan(value: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
-    """``value``, or NaNs of ``shape`` for a pose that was not measured."""
-    return np.full(shape, np.nan) if value is None else np.asarray(value, dtype=np.float64)
-
-
 def load_checkpoint(folder: Path) -> tuple[ModelState, list[ParticleResult], list[IterationRecord]]:
     """The model, the particles' results and the history saved in ``folder``."""
     with np.load(folder / "model.npz") as z:
@@ -117,30 +109,13 @@ def load_checkpoint(folder: Path) -> tuple[ModelState, list[ParticleResult], lis
         )  # fmt: skip
     with np.load(folder / "particles.npz") as z:
         n = len(z["classes"])
-        # checkpoints written before the junk screen carry no target fits: not measured
-        if "target_class" in z.files:
-            targets = (z["target_fit"], z["target_class"], z["target_rotation"],
-                       z["target_shift"])  # fmt: skip
-        else:
-            targets = (np.full(n, np.nan), np.full(n, -1), np.full((n, 3, 3), np.nan),
-                       np.full((n, 3), np.nan))  # fmt: skip
+        # checkpoints written before the junk screen carry no target fits: NaN (not measured)
+        fits = z["target_fit"] if "target_fit" in z.files else np.full(n, np.nan)
         columns = (z["classes"], z["rotations"], z["shifts"], z["max_probability"],
-                   z["n_significant"], *targets)  # fmt: skip
+                   z["n_significant"], fits)  # fmt: skip
         results = [
-            ParticleResult(
-                i,
-                int(c),
-                r,
-                s,
-                float(p),
-                int(ns),
-                0.0,
-                float(f),
-                int(tk),
-                None if tk < 0 else tr,
-                None if tk < 0 else ts,
-            )  # fmt: skip
-            for i, (c, r, s, p, ns, f, tk, tr, ts) in enumerate(zip(*columns, strict=True))
+            ParticleResult(i, int(c), r, s, float(p), int(ns), target_fit=float(f))
+            for i, (c, r, s, p, ns, f) in enumerate(zip(*columns, strict=True))
         ]
     entries = json.loads((folder / "manifest.json").read_text())["history"]
     return state, results, [IterationRecord.from_dict(e) for e in entries]
