@@ -280,12 +280,13 @@ def initial_assignment(
 ) -> tuple[int, int, np.ndarray, np.ndarray]:
     """Random start number ``start`` (DESIGN.md 3.5) of particle ``index``.
 
-    The particle goes to a random class at a random rotation (uniform on SO(3)) and zero
-    shift, so that no common wedge orientation survives in the starting averages. Start
+    The particle goes to a random target class (the junk classes wait for the screen,
+    :mod:`faml.ml.junk`) at a random rotation (uniform on SO(3)) and zero shift, so that
+    no common wedge orientation survives in the starting averages. Start
     ``s`` draws from the generator of (seed, iteration 0, particle, ``s``).
     """
     rng = rng_for(config.seed, 0, int(index), start)
-    klass = int(rng.integers(config.classes))
+    klass = int(rng.integers(config.classes - config.junk_classes))
     return int(index), klass, random_rotations(1, rng)[0], np.zeros(3)
 
 

@@ -270,7 +270,8 @@ class _Job:
         """
         table, cfg = self.table, self.config
         region = self.focus if self.focus is not None else self.mask
-        split = split_classes(table, table.prior_rotations, table.prior_shifts, cfg.classes,
+        targets = cfg.classes - cfg.junk_classes  # the junk classes wait for the screen
+        split = split_classes(table, table.prior_rotations, table.prior_shifts, targets,
                               region, None, self.halves, cfg.particle_mask_radius,
                               split_sample(len(table), cfg))  # fmt: skip
         state, counts = split_model(state, table, split.labels, self.halves, self.executor,
