@@ -24,7 +24,8 @@ Usage::
   2CG9), crowded, SNR 0.02, 150 particles; ``--classes 1 --junk 2`` against ``--classes 1``
   on the target's particles alone: the share of junk out of the target class, the target
   map's masked correlation and FSC 0.5 with the truth; ``junk_seed2``: the same on a
-  second simulation (seed 2).
+  second simulation (seed 2); ``junk_none``: ``--classes 1 --junk 2`` on the 1U6G set of
+  ``single`` (no junk), where the screen must move nothing.
 
 Every run: the particle mask, ``--workers 2 --seed 1``; a run whose ``run.json`` exists is
 kept (re-scored, not rerun). Writes ``OUT/<scenario>.json``.
@@ -216,6 +217,18 @@ def junk(out: Path, seed: int = 1) -> dict:
     return rows
 
 
+def junk_none(out: Path) -> dict:
+    """``--classes 1 --junk 2`` on the 1U6G set without junk: the screen must move nothing."""
+    sim = simulate(out / "sim_single", ["1u6g"], 100)
+    run = out / "single_junk"
+    wall = faml("run", str(sim / "particles.star"), "--out", str(run), "--overwrite",
+                "--classes", "1", "--junk", "2", *COMMON, *mask_args())  # fmt: skip
+    got = starfile.read(run / "particles.star", always_dict=True)["particles"]
+    return {"in_target": float(np.mean(got["rlnClassNumber"].to_numpy() == 1)),
+            "screen": json.loads((run / "run.json").read_text()).get("junk_screen"),
+            "wall_s": wall}  # fmt: skip
+
+
 def junk_seed2(out: Path) -> dict:
     """``junk`` on a second simulation (seed 2): the screen's threshold was chosen on seed 1."""
     return junk(out, 2)
@@ -228,7 +241,7 @@ def three_large(out: Path) -> dict:
 
 SCENARIOS = {"single": single, "single_consensus": single_consensus, "states": states,
              "three": three, "three_large": three_large, "junk": junk,
-             "junk_seed2": junk_seed2}  # fmt: skip
+             "junk_seed2": junk_seed2, "junk_none": junk_none}  # fmt: skip
 
 
 def main() -> None:
