@@ -78,6 +78,8 @@ def test_the_screen_moves_the_low_population_out_of_the_target_class(tmp_path):
     the 12 picks (and no target particle) to the junk class and rebuilds the target average
     from the 24 and the junk average from the 12; one planted population (all near 0.30)
     moves nothing and keeps the state."""
+    import json
+
     from faml.ml.em import ParticleResult
     from faml.ml.tasks import split_halves
     from faml.parallel import SerialExecutor
@@ -108,3 +110,9 @@ def test_the_screen_moves_the_low_population_out_of_the_target_class(tmp_path):
     assert not found.applied and found.moved == 0 and kept_state is start
     assert all(r.klass == 0 for r in kept)
     assert "one population" in found.reason
+
+    few = [replace(r, target_fit=np.nan) if r.index >= 20 else r for r in results]
+    _, _, found = screen_junk(SerialExecutor(), table, start, few, config, halves, 8)
+    assert not found.applied and "20 particles have a measured correlation" in found.reason
+    assert found.to_dict()["separation"] is None  # run.json stays strict JSON
+    json.dumps(found.to_dict(), allow_nan=False)

@@ -116,8 +116,9 @@ class JunkScreen:
     moved: int = 0
 
     def to_dict(self) -> dict:
-        """The fields as a JSON-ready dict."""
-        return asdict(self)
+        """The fields as a JSON-ready dict (a figure not fitted: ``None``)."""
+        return {k: None if isinstance(v, float) and not np.isfinite(v) else v
+                for k, v in asdict(self).items()}  # fmt: skip
 
 
 def screen_junk(
