@@ -316,9 +316,9 @@ class RunConfig:
     junk_classes
         The last ``junk_classes`` of the ``classes`` are junk classes (``faml run --junk J``),
         where picks that are not the target (other proteins, membrane, ice) gather
-        (:mod:`faml.ml.junk`): they wait for the end of the FA warm-up, open with the
-        worst-fitting picks, are never re-seeded and do not set the band. With references
-        for the target classes only, they start from the references' mean.
+        (:mod:`faml.ml.junk`): the iterations compare the target classes only, and after
+        the last one the screen of the picks' correlations with the targets moves a second,
+        lower population to them; they are never re-seeded and do not set the band.
     focused
         Focused classification (``faml run --focus-mask``): the class averages are made equal
         outside the focus mask given to :func:`faml.ml.engine.run` after every M-step
