@@ -94,9 +94,8 @@ __all__ = [
     "hard_chunk",
     "hard_particle",
     "initial_assignment",
-    "load_particle",
     "likelihoods_and_correlations",
-    "log_likelihoods",
+    "load_particle",
     "neighbour_step_deg",
     "process_particle",
     "random_class",
@@ -309,33 +308,23 @@ def responsibilities(log_e: np.ndarray) -> tuple[np.ndarray, float]:
     return g / g.sum(), total  # renormalised: with exponents near -1e5, exp loses ~1e-11
 
 
-def log_likelihoods(
-    ctx: StepContext, klass: int, padded: PaddedSpectrum, wedge: np.ndarray,
-    rotations: np.ndarray, shifts: np.ndarray, shells: np.ndarray, half: int = 0,
-    centre: np.ndarray | None = None,
-) -> np.ndarray:  # fmt: skip
-    """``log p(X | phi, k) + log p(t)`` of `(B,)` candidates of one class (module docstring).
-
-    ``wedge``: the particle's weight as :func:`class_frame` takes it; ``shells``: its
-    :func:`particle_shells`; ``half``: its half-set (the references of a gold-standard
-    iteration); ``centre``: where the translation prior is centred (a local search: the
-    particle's prior offset; default 0).
-    """
-    return likelihoods_and_correlations(
-        ctx, klass, padded, wedge, rotations, shifts, shells, half, centre
-    )[0]
-
-
 def likelihoods_and_correlations(
     ctx: StepContext, klass: int, padded: PaddedSpectrum, wedge: np.ndarray,
     rotations: np.ndarray, shifts: np.ndarray, shells: np.ndarray, half: int = 0,
     centre: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """:func:`log_likelihoods` and the `(B,)` whitened correlations ``XA / sqrt(XX AA)``.
+    """``log p(X | phi, k) + log p(t)`` and the correlation of `(B,)` candidates of one class.
 
-    The correlation of the data with the class's average as the particle saw it (its
-    weight), each shell ``1..band_e`` weighted by ``1 / sigma_r^2``: the share of the
-    particle's whitened power that the reference explains is its square (when positive).
+    The log-likelihoods as in the module docstring; the correlations are the whitened
+    ``XA / sqrt(XX AA)``.
+
+    ``wedge``: the particle's weight as :func:`class_frame` takes it; ``shells``: its
+    :func:`particle_shells`; ``half``: its half-set (the references of a gold-standard
+    iteration); ``centre``: where the translation prior is centred (a local search: the
+    particle's prior offset; default 0). The correlation is that of the data with the
+    class's average as the particle saw it (its weight), each shell ``1..band_e`` weighted
+    by ``1 / sigma_r^2``: the share of the particle's whitened power that the reference
+    explains is its square (when positive).
     """
     box = ctx.box
     n = box // 2 + 1
