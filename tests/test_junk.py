@@ -80,6 +80,7 @@ def test_the_screen_moves_the_low_population_out_of_the_target_class(tmp_path):
     moves nothing and keeps the state."""
     import json
 
+    from faml.geometry.masks import soft_sphere
     from faml.ml.em import ParticleResult
     from faml.ml.tasks import split_halves
     from faml.parallel import SerialExecutor
@@ -93,9 +94,10 @@ def test_the_screen_moves_the_low_population_out_of_the_target_class(tmp_path):
         for i, f in enumerate(fits)
     ]
     halves = split_halves(len(table), config.seed)
+    mask = soft_sphere(table.box, 0.4 * table.box - 3.0, edge=3.0)
     start = replace(result.state, alpha=np.array([1.0, 0.0]))
     state, screened, found = screen_junk(SerialExecutor(), table, start, results, config,
-                                         halves, 8)  # fmt: skip
+                                         halves, 8, mask)  # fmt: skip
     moved = np.array([r.klass for r in screened]) == 1
     assert found.applied and found.moved == 12 and found.separation >= 2.0
     assert np.array_equal(moved, other)
@@ -106,13 +108,13 @@ def test_the_screen_moves_the_low_population_out_of_the_target_class(tmp_path):
 
     same = [replace(r, target_fit=0.30 + 0.02 * rng.standard_normal()) for r in results]
     kept_state, kept, found = screen_junk(SerialExecutor(), table, start, same, config,
-                                          halves, 8)  # fmt: skip
+                                          halves, 8, mask)  # fmt: skip
     assert not found.applied and found.moved == 0 and kept_state is start
     assert all(r.klass == 0 for r in kept)
     assert "one population" in found.reason
 
     few = [replace(r, target_fit=np.nan) if r.index >= 20 else r for r in results]
-    _, _, found = screen_junk(SerialExecutor(), table, start, few, config, halves, 8)
+    _, _, found = screen_junk(SerialExecutor(), table, start, few, config, halves, 8, mask)
     assert not found.applied and "20 particles have a measured correlation" in found.reason
     assert found.to_dict()["separation"] is None  # run.json stays strict JSON
     json.dumps(found.to_dict(), allow_nan=False)

@@ -181,7 +181,7 @@ def run(
             check = old
         if config.junk_classes:
             state, results, screen = screen_junk(executor, table, state, results, config,
-                                                 halves, batch_size)  # fmt: skip
+                                                 halves, batch_size, mask)  # fmt: skip
             summary["junk_screen"] = screen.to_dict()
     except ExecutorLost as exc:
         done = main.last()

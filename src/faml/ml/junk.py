@@ -123,7 +123,7 @@ class JunkScreen:
 
 def screen_junk(
     executor, table, state: ModelState, results: list, config: RunConfig, halves: np.ndarray,
-    batch_size: int,
+    batch_size: int, mask: np.ndarray,
 ) -> tuple[ModelState, list, JunkScreen]:  # fmt: skip
     """The junk screen after the last iteration (module docstring, item 2).
 
@@ -132,7 +132,8 @@ def screen_junk(
     junk classes, and what was found. Without junk classes, with fewer than
     :data:`SCREEN_MIN_PARTICLES` measured correlations or without two separated
     populations, the inputs come back unchanged. ``executor``, ``halves``,
-    ``batch_size``: where and how the averages are rebuilt; the mixture is seeded with
+    ``batch_size``: where and how the averages are rebuilt; ``mask``: the run's reference
+    mask (where several junk classes split their particles); the mixture is seeded with
     ``config.seed``.
     """
     from faml.ml.reseed import rebuilt
@@ -180,7 +181,7 @@ def screen_junk(
         reason = f"{head}, but {why}: no particle moved"
         logger.info("junk screen: %s", reason)
         return state, results, JunkScreen(False, reason, **found)
-    labels = _junk_labels(table, out, len(junk), config, halves)
+    labels = _junk_labels(table, out, len(junk), config, halves, mask)
     results = list(results)
     for r, label in zip(out, labels, strict=True):  # at its target pose
         results[r.index] = replace(r, klass=junk[label])
@@ -218,12 +219,12 @@ def _bootstrap_p(ratio: float, one, n: int, seed: int) -> float:
     return float((1 + np.sum(np.asarray(null) >= ratio)) / (SCREEN_BOOTSTRAP + 1))
 
 
-def _junk_labels(table, out: list, count: int, config: RunConfig, halves) -> np.ndarray:
+def _junk_labels(table, out: list, count: int, config: RunConfig, halves, mask) -> np.ndarray:
     """`(len(out),)` which of the ``count`` junk classes each screened particle goes to.
 
     One junk class: all to it. More: the split of their residuals at their target poses
-    (:func:`faml.ml.split.split_classes`, in the reference-mask sphere), when there are at
-    least two per class; else dealt in turn.
+    (:func:`faml.ml.split.split_classes`, inside the run's reference ``mask``), when there
+    are at least two per class; else dealt in turn.
     """
     from faml.ml.split import split_classes
 
@@ -232,13 +233,9 @@ def _junk_labels(table, out: list, count: int, config: RunConfig, halves) -> np.
         return np.zeros(n, dtype=np.int64)
     if n < 2 * count:
         return np.arange(n) % count
-    from faml.geometry.masks import soft_sphere
-
     rows = np.array([r.index for r in out])
-    box = table.box
-    region = soft_sphere(box, config.mask_radius * box - 3.0, edge=3.0)
     split = split_classes(table.subset(rows), np.stack([r.rotation for r in out]),
-                          np.stack([r.shift for r in out]), count, region, None,
+                          np.stack([r.shift for r in out]), count, mask, None,
                           np.asarray(halves)[rows], config.particle_mask_radius)  # fmt: skip
     return split.labels
 
